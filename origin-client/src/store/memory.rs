@@ -1,0 +1,143 @@
+//! A store held in memory: used by `edge preview` and by unit tests. Same semantics as the
+//! other backends, including compare-and-swap on pointers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{ObjectBody, Store, StoreError, sort_deploys};
+use crate::Hash;
+use crate::records::{CurrentPointer, DeployRecord, HostRecord, normalize_host};
+
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: HashMap<Hash, Bytes>,
+    hosts: HashMap<String, HostRecord>,
+    current: HashMap<String, CurrentPointer>,
+    deploys: HashMap<String, BTreeMap<String, DeployRecord>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the maps half-updated (every update
+        // is a single insert), so a poisoned lock is safe to keep using.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of objects held.
+    pub fn object_count(&self) -> usize {
+        self.state().objects.len()
+    }
+
+    /// Drops every object not in `keep` (used by preview to forget old files).
+    pub fn retain_objects(&self, keep: &std::collections::HashSet<Hash>) {
+        self.state().objects.retain(|h, _| keep.contains(h));
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn location(&self) -> String {
+        "memory:".into()
+    }
+
+    async fn get_object(&self, hash: &Hash) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.state().objects.get(hash).cloned())
+    }
+
+    async fn open_object(&self, hash: &Hash) -> Result<Option<ObjectBody>, StoreError> {
+        Ok(self.state().objects.get(hash).cloned().map(|b| ObjectBody {
+            len: Some(b.len() as u64),
+            stream: futures_util::stream::once(async move { Ok(b) }).boxed(),
+        }))
+    }
+
+    async fn has_object(&self, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self.state().objects.contains_key(hash))
+    }
+
+    async fn put_object(&self, hash: &Hash, data: Bytes) -> Result<bool, StoreError> {
+        if Hash::of(&data) != *hash {
+            return Err(StoreError::Corrupt { hash: *hash });
+        }
+        Ok(self.state().objects.insert(*hash, data).is_none())
+    }
+
+    async fn get_host(&self, host: &str) -> Result<Option<HostRecord>, StoreError> {
+        let host = normalize_host(host)?;
+        Ok(self.state().hosts.get(&host).cloned())
+    }
+
+    async fn put_host(&self, record: &HostRecord) -> Result<(), StoreError> {
+        super::check("host record", record.validate())?;
+        self.state()
+            .hosts
+            .insert(record.host.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn get_current(&self, site: &str) -> Result<Option<CurrentPointer>, StoreError> {
+        Ok(self.state().current.get(site).cloned())
+    }
+
+    async fn swap_current(
+        &self,
+        expected: Option<u64>,
+        new: &CurrentPointer,
+    ) -> Result<(), StoreError> {
+        super::check("current pointer", new.validate())?;
+        let mut st = self.state();
+        let found = st.current.get(&new.site).map(|c| c.seq);
+        if found != expected {
+            return Err(StoreError::Conflict {
+                site: new.site.clone(),
+                expected,
+                found,
+            });
+        }
+        st.current.insert(new.site.clone(), new.clone());
+        Ok(())
+    }
+
+    async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
+        super::check("deploy record", record.validate())?;
+        self.state()
+            .deploys
+            .entry(record.site.clone())
+            .or_default()
+            .insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn get_deploy(&self, site: &str, id: &str) -> Result<Option<DeployRecord>, StoreError> {
+        Ok(self
+            .state()
+            .deploys
+            .get(site)
+            .and_then(|m| m.get(id))
+            .cloned())
+    }
+
+    async fn list_deploys(&self, site: &str) -> Result<Vec<DeployRecord>, StoreError> {
+        let mut v: Vec<_> = self
+            .state()
+            .deploys
+            .get(site)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        sort_deploys(&mut v);
+        Ok(v)
+    }
+}

@@ -1,0 +1,326 @@
+//! Stores: where objects and pointer records live. One trait, several backends with the same
+//! semantics: every read answers found (`Ok(Some)`), not found (`Ok(None)`) or error (`Err`),
+//! and those are never confused (a timeout is not a "not found").
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::records::{CurrentPointer, DeployRecord, HostRecord, NameError, RecordError};
+use crate::Hash;
+
+mod http;
+mod local;
+mod memory;
+
+pub use self::http::{HttpStore, HttpStoreOptions};
+pub use self::local::LocalStore;
+pub use self::memory::MemoryStore;
+
+/// A stream of an object's bytes. Not verified: whoever consumes it checks the hash.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// An object being read: its length (when the store knows it up front) and its bytes.
+pub struct ObjectBody {
+    pub len: Option<u64>,
+    pub stream: ByteStream,
+}
+
+impl fmt::Debug for ObjectBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBody").field("len", &self.len).finish()
+    }
+}
+
+/// Who is to blame for a failure: the store (upstream), or the caller's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The store misbehaved or could not be reached; retrying may help.
+    Upstream,
+    /// The request itself was wrong (read-only store, conflict, bad name).
+    Caller,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("store location {location:?} {why}")]
+    Location { location: String, why: String },
+    #[error("store {store} is read-only: {op} needs a local (path or file://) store")]
+    ReadOnly { store: String, op: &'static str },
+    #[error(
+        "conflict on site {site:?}: expected sequence {expected:?} but the store has {found:?} (another publish or rollback moved it first)"
+    )]
+    Conflict {
+        site: String,
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
+    #[error("GET {url}: unexpected status {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}")]
+    Http {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("GET {url}: timed out after {after:?}")]
+    Timeout {
+        url: String,
+        after: std::time::Duration,
+    },
+    #[error("record {key}")]
+    Record {
+        key: String,
+        #[source]
+        source: RecordError,
+    },
+    #[error("object {hash}: bytes do not match the hash")]
+    Corrupt { hash: Hash },
+    #[error("object {hash}: {size} bytes is larger than the {limit}-byte limit for whole reads")]
+    TooLarge { hash: Hash, size: u64, limit: u64 },
+    #[error("{path}: file changed while it was being published")]
+    SourceChanged { path: PathBuf },
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+impl StoreError {
+    pub fn blame(&self) -> Blame {
+        match self {
+            StoreError::ReadOnly { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::Name(_)
+            | StoreError::Location { .. }
+            | StoreError::SourceChanged { .. } => Blame::Caller,
+            _ => Blame::Upstream,
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StoreError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Largest object [`Store::get_object`] reads whole (tree nodes and small blobs). Bigger
+/// objects are streamed with [`Store::open_object`].
+pub const MAX_WHOLE_OBJECT: u64 = 256 * 1024 * 1024;
+
+/// The origin protocol. See the crate docs for the layout every backend shares.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Where this store is, for messages (`file:///srv/store`, `https://origin/`).
+    fn location(&self) -> String;
+
+    /// Reads a whole object and checks it against its hash ([`StoreError::Corrupt`] if not).
+    async fn get_object(&self, hash: &Hash) -> Result<Option<Bytes>, StoreError>;
+
+    /// Opens an object for streaming. The bytes are not verified here.
+    async fn open_object(&self, hash: &Hash) -> Result<Option<ObjectBody>, StoreError>;
+
+    async fn has_object(&self, hash: &Hash) -> Result<bool, StoreError>;
+
+    /// Stores `data` under `hash` (checked first) atomically. `Ok(true)` if it was new.
+    async fn put_object(&self, hash: &Hash, data: Bytes) -> Result<bool, StoreError>;
+
+    /// Stores the file at `path`, which should hash to `hash`. A file that changed since it
+    /// was hashed is refused with [`StoreError::SourceChanged`]. `Ok(true)` if it was new.
+    async fn put_object_file(&self, hash: &Hash, path: &Path) -> Result<bool, StoreError> {
+        let p = path.to_owned();
+        let data = tokio::task::spawn_blocking(move || std::fs::read(&p))
+            .await
+            .map_err(|e| StoreError::io("read", path, io::Error::other(e)))?
+            .map_err(|e| StoreError::io("read", path, e))?;
+        if Hash::of(&data) != *hash {
+            return Err(StoreError::SourceChanged {
+                path: path.to_owned(),
+            });
+        }
+        self.put_object(hash, Bytes::from(data)).await
+    }
+
+    async fn get_host(&self, host: &str) -> Result<Option<HostRecord>, StoreError>;
+    async fn put_host(&self, record: &HostRecord) -> Result<(), StoreError>;
+
+    async fn get_current(&self, site: &str) -> Result<Option<CurrentPointer>, StoreError>;
+
+    /// Moves `sites/<site>/current` to `new`, atomically, only if the stored pointer's
+    /// sequence number is still `expected` (`None`: no pointer yet). Otherwise
+    /// [`StoreError::Conflict`] and nothing changes.
+    async fn swap_current(
+        &self,
+        expected: Option<u64>,
+        new: &CurrentPointer,
+    ) -> Result<(), StoreError>;
+
+    /// Appends a deploy record to the site's log. Records are never overwritten.
+    async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError>;
+    async fn get_deploy(&self, site: &str, id: &str) -> Result<Option<DeployRecord>, StoreError>;
+    /// Every deploy record of the site, oldest first.
+    async fn list_deploys(&self, site: &str) -> Result<Vec<DeployRecord>, StoreError>;
+}
+
+/// Whether a store is opened to read or to write (a local store is created for writing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// Opens a store from a location: a path, a `file://` URL, or an `http(s)://` URL (read-only).
+pub fn open_store(location: &str, access: Access) -> Result<Arc<dyn Store>, StoreError> {
+    let loc_err = |why: &str| StoreError::Location {
+        location: location.to_owned(),
+        why: why.to_owned(),
+    };
+    if location.is_empty() {
+        return Err(loc_err("is empty"));
+    }
+    if let Some((scheme, rest)) = location.split_once("://") {
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                let path = match rest.strip_prefix("localhost") {
+                    Some(p) => p,
+                    None => rest,
+                };
+                if !path.starts_with('/') {
+                    return Err(loc_err("is not an absolute file:// URL (file:///path)"));
+                }
+                let decoded = percent_encoding::percent_decode_str(path)
+                    .decode_utf8()
+                    .map_err(|_| loc_err("is not valid UTF-8 once percent-decoded"))?;
+                Ok(Arc::new(LocalStore::open(
+                    Path::new(decoded.as_ref()),
+                    access,
+                )?))
+            }
+            "http" | "https" => {
+                if access == Access::Write {
+                    return Err(StoreError::ReadOnly {
+                        store: location.to_owned(),
+                        op: "writing",
+                    });
+                }
+                Ok(Arc::new(HttpStore::new(
+                    location,
+                    HttpStoreOptions::default(),
+                )?))
+            }
+            other => Err(loc_err(&format!(
+                "has unknown scheme {other:?} (expected a path, file://, http:// or https://)"
+            ))),
+        }
+    } else {
+        Ok(Arc::new(LocalStore::open(Path::new(location), access)?))
+    }
+}
+
+pub(crate) fn parse_record<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+        key: key.to_owned(),
+        source: RecordError::Json(e),
+    })
+}
+
+pub(crate) fn check<T>(key: &str, r: Result<T, RecordError>) -> Result<T, StoreError> {
+    r.map_err(|source| StoreError::Record {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+/// The relative path of each key in the shared layout.
+pub mod layout {
+    use crate::Hash;
+
+    pub fn object(hash: &Hash) -> String {
+        let hex = hash.to_hex();
+        format!("objects/{}/{}", &hex[..2], hex)
+    }
+    pub fn host(host: &str) -> String {
+        format!("hosts/{host}")
+    }
+    pub fn current(site: &str) -> String {
+        format!("sites/{site}/current")
+    }
+    pub fn deploy(site: &str, id: &str) -> String {
+        format!("sites/{site}/deploys/{id}")
+    }
+    pub fn deploys_dir(site: &str) -> String {
+        format!("sites/{site}/deploys")
+    }
+    /// One deploy id per line, oldest first: the listing HTTP readers use.
+    pub fn history(site: &str) -> String {
+        format!("sites/{site}/history")
+    }
+}
+
+/// Validates a fetched pointer against the site it was fetched for.
+pub(crate) fn check_current(site: &str, c: CurrentPointer) -> Result<CurrentPointer, StoreError> {
+    let key = layout::current(site);
+    check(&key, c.validate())?;
+    if c.site != site {
+        return Err(StoreError::Record {
+            key,
+            source: RecordError::Mismatch {
+                expected: site.to_owned(),
+                found: c.site,
+            },
+        });
+    }
+    Ok(c)
+}
+
+pub(crate) fn check_deploy(site: &str, id: &str, d: DeployRecord) -> Result<DeployRecord, StoreError> {
+    let key = layout::deploy(site, id);
+    check(&key, d.validate())?;
+    if d.site != site || d.id != id {
+        return Err(StoreError::Record {
+            key,
+            source: RecordError::Mismatch {
+                expected: format!("{site}/{id}"),
+                found: format!("{}/{}", d.site, d.id),
+            },
+        });
+    }
+    Ok(d)
+}
+
+pub(crate) fn check_host(host: &str, h: HostRecord) -> Result<HostRecord, StoreError> {
+    let key = layout::host(host);
+    check(&key, h.validate())?;
+    if h.host != host {
+        return Err(StoreError::Record {
+            key,
+            source: RecordError::Mismatch {
+                expected: host.to_owned(),
+                found: h.host,
+            },
+        });
+    }
+    Ok(h)
+}
+
+pub(crate) fn sort_deploys(v: &mut [DeployRecord]) {
+    v.sort_by(|a, b| (a.created, a.seq, &a.id).cmp(&(b.created, b.seq, &b.id)));
+}

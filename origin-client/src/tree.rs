@@ -1,0 +1,451 @@
+//! The canonical, versioned encoding of directory nodes.
+//!
+//! ```text
+//! node    = magic "EDGT" | version u8 (= 1) | count u32le | entry*count
+//! entry   = name_len u16le | name (UTF-8) | kind u8 (1 file, 2 dir) | size u64le | hash [u8; 32]
+//! ```
+//!
+//! Entries are sorted by the bytes of their names, strictly (so names are unique). Names are
+//! non-empty UTF-8 of at most [`MAX_NAME_LEN`] bytes, never `.` or `..`, and contain neither
+//! `/` nor NUL. For a file, `size` is the blob's length; for a directory, the length of the
+//! child node's encoding. The decoder accepts exactly the encoder's output and nothing else, so
+//! one tree has one hash. This module does no I/O.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::cmp::Ordering;
+
+use crate::Hash;
+
+pub const MAGIC: &[u8; 4] = b"EDGT";
+pub const VERSION: u8 = 1;
+/// Longest entry name, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+/// Most entries in one directory node.
+pub const MAX_ENTRIES: usize = 4_000_000;
+
+const HEADER_LEN: usize = 4 + 1 + 4;
+/// Fixed part of an entry: name_len + kind + size + hash.
+const ENTRY_FIXED: usize = 2 + 1 + 8 + 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
+impl EntryKind {
+    fn code(self) -> u8 {
+        match self {
+            EntryKind::File => 1,
+            EntryKind::Dir => 2,
+        }
+    }
+}
+
+/// Why bytes are not a canonical tree node, or why entries cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TreeError {
+    #[error("not a tree node: bad magic")]
+    BadMagic,
+    #[error("unknown tree node version {0}")]
+    UnknownVersion(u8),
+    #[error("tree node truncated at byte {0}")]
+    Truncated(usize),
+    #[error("tree node has {0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("tree node has {0} entries, more than the limit")]
+    TooManyEntries(u64),
+    #[error("entry {index}: empty name")]
+    EmptyName { index: usize },
+    #[error("entry {index}: name is `.` or `..`")]
+    DotName { index: usize },
+    #[error("entry {index}: name contains `/`")]
+    NameHasSlash { index: usize },
+    #[error("entry {index}: name contains NUL")]
+    NameHasNul { index: usize },
+    #[error("entry {index}: name is not UTF-8")]
+    NameNotUtf8 { index: usize },
+    #[error("entry {index}: name is {len} bytes, more than {MAX_NAME_LEN}")]
+    NameTooLong { index: usize, len: usize },
+    #[error("entry {index}: names not sorted")]
+    Unsorted { index: usize },
+    #[error("entry {index}: duplicate name {name:?}")]
+    Duplicate { index: usize, name: String },
+    #[error("entry {index}: unknown kind {kind}")]
+    UnknownKind { index: usize, kind: u8 },
+}
+
+/// Checks one entry name against the canonical rules.
+pub fn validate_name(name: &[u8], index: usize) -> Result<&str, TreeError> {
+    if name.is_empty() {
+        return Err(TreeError::EmptyName { index });
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(TreeError::NameTooLong {
+            index,
+            len: name.len(),
+        });
+    }
+    if name == b"." || name == b".." {
+        return Err(TreeError::DotName { index });
+    }
+    if name.contains(&b'/') {
+        return Err(TreeError::NameHasSlash { index });
+    }
+    if name.contains(&0) {
+        return Err(TreeError::NameHasNul { index });
+    }
+    std::str::from_utf8(name).map_err(|_| TreeError::NameNotUtf8 { index })
+}
+
+/// One entry, borrowed from a decoded node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub name: &'a str,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub hash: Hash,
+}
+
+/// An owned entry, for building nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedEntry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub hash: Hash,
+}
+
+/// Encodes entries canonically (sorting them first). Fails on an invalid or duplicate name.
+pub fn encode(mut entries: Vec<OwnedEntry>) -> Result<Bytes, TreeError> {
+    if entries.len() > MAX_ENTRIES {
+        return Err(TreeError::TooManyEntries(entries.len() as u64));
+    }
+    entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let total: usize = HEADER_LEN
+        + entries
+            .iter()
+            .map(|e| ENTRY_FIXED + e.name.len())
+            .sum::<usize>();
+    let mut out = BytesMut::with_capacity(total);
+    out.put_slice(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u32_le(entries.len() as u32);
+    for (index, e) in entries.iter().enumerate() {
+        validate_name(e.name.as_bytes(), index)?;
+        if index > 0 && entries[index - 1].name == e.name {
+            return Err(TreeError::Duplicate {
+                index,
+                name: e.name.clone(),
+            });
+        }
+        out.put_u16_le(e.name.len() as u16);
+        out.put_slice(e.name.as_bytes());
+        out.put_u8(e.kind.code());
+        out.put_u64_le(e.size);
+        out.put_slice(e.hash.as_bytes());
+    }
+    Ok(out.freeze())
+}
+
+/// A decoded, verified-canonical directory node. Cheap to clone; lookups are binary searches
+/// over the original bytes, so a node costs its encoding plus four bytes per entry.
+#[derive(Clone)]
+pub struct TreeNode {
+    bytes: Bytes,
+    offsets: std::sync::Arc<[u32]>,
+}
+
+impl std::fmt::Debug for TreeNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeNode")
+            .field("entries", &self.len())
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl TreeNode {
+    /// Decodes and checks every canonical rule. Accepts exactly what [`encode`] produces.
+    pub fn decode(bytes: Bytes) -> Result<TreeNode, TreeError> {
+        let b = &bytes[..];
+        if b.len() < 5 || &b[..4] != MAGIC {
+            if b.len() < 4 || &b[..4] == MAGIC {
+                return Err(TreeError::Truncated(b.len()));
+            }
+            return Err(TreeError::BadMagic);
+        }
+        if b[4] != VERSION {
+            return Err(TreeError::UnknownVersion(b[4]));
+        }
+        if b.len() < HEADER_LEN {
+            return Err(TreeError::Truncated(b.len()));
+        }
+        let count = u32::from_le_bytes([b[5], b[6], b[7], b[8]]) as usize;
+        if count > MAX_ENTRIES {
+            return Err(TreeError::TooManyEntries(count as u64));
+        }
+        // Every entry takes at least ENTRY_FIXED bytes: refuse absurd counts before
+        // allocating for them.
+        if count > (b.len() - HEADER_LEN) / ENTRY_FIXED {
+            return Err(TreeError::Truncated(b.len()));
+        }
+        if b.len() > u32::MAX as usize {
+            return Err(TreeError::TooManyEntries(count as u64));
+        }
+        let mut offsets = Vec::with_capacity(count);
+        let mut pos = HEADER_LEN;
+        let mut prev: Option<&[u8]> = None;
+        for index in 0..count {
+            if b.len() < pos + 2 {
+                return Err(TreeError::Truncated(b.len()));
+            }
+            let name_len = u16::from_le_bytes([b[pos], b[pos + 1]]) as usize;
+            let end = pos + ENTRY_FIXED + name_len;
+            if b.len() < end {
+                return Err(TreeError::Truncated(b.len()));
+            }
+            let name = &b[pos + 2..pos + 2 + name_len];
+            validate_name(name, index)?;
+            if let Some(prev) = prev {
+                match prev.cmp(name) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        return Err(TreeError::Duplicate {
+                            index,
+                            name: String::from_utf8_lossy(name).into_owned(),
+                        });
+                    }
+                    Ordering::Greater => return Err(TreeError::Unsorted { index }),
+                }
+            }
+            let kind = b[pos + 2 + name_len];
+            if kind != 1 && kind != 2 {
+                return Err(TreeError::UnknownKind { index, kind });
+            }
+            offsets.push(pos as u32);
+            prev = Some(name);
+            pos = end;
+        }
+        if pos != b.len() {
+            return Err(TreeError::TrailingBytes(b.len() - pos));
+        }
+        Ok(TreeNode {
+            bytes,
+            offsets: offsets.into(),
+        })
+    }
+
+    /// The canonical encoding this node was decoded from.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn hash(&self) -> Hash {
+        Hash::of(&self.bytes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Approximate memory held, for cache weighing.
+    pub fn weight(&self) -> usize {
+        self.bytes.len() + self.offsets.len() * 4 + 64
+    }
+
+    fn name_at(&self, i: usize) -> &[u8] {
+        let pos = self.offsets[i] as usize;
+        let len = u16::from_le_bytes([self.bytes[pos], self.bytes[pos + 1]]) as usize;
+        &self.bytes[pos + 2..pos + 2 + len]
+    }
+
+    /// The `i`th entry in name order. Panics when `i >= len()`.
+    pub fn entry(&self, i: usize) -> Entry<'_> {
+        let pos = self.offsets[i] as usize;
+        let b = &self.bytes[..];
+        let len = u16::from_le_bytes([b[pos], b[pos + 1]]) as usize;
+        let name_end = pos + 2 + len;
+        // Checked by `decode`: names are UTF-8, kinds are 1 or 2, and the fixed part fits.
+        let name = std::str::from_utf8(&b[pos + 2..name_end]).unwrap_or_default();
+        let kind = if b[name_end] == 1 {
+            EntryKind::File
+        } else {
+            EntryKind::Dir
+        };
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&b[name_end + 1..name_end + 9]);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&b[name_end + 9..name_end + 41]);
+        Entry {
+            name,
+            kind,
+            size: u64::from_le_bytes(size),
+            hash: Hash::from_bytes(hash),
+        }
+    }
+
+    /// Finds an entry by exact name: a binary search, O(log n).
+    pub fn lookup(&self, name: &str) -> Option<Entry<'_>> {
+        let needle = name.as_bytes();
+        let (mut lo, mut hi) = (0usize, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.name_at(mid).cmp(needle) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return Some(self.entry(mid)),
+            }
+        }
+        None
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'_>> + '_ {
+        (0..self.len()).map(move |i| self.entry(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, data: &[u8]) -> OwnedEntry {
+        OwnedEntry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size: data.len() as u64,
+            hash: Hash::of(data),
+        }
+    }
+
+    fn raw(entries: &[(&[u8], u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for (name, kind) in entries {
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            out.push(*kind);
+            out.extend_from_slice(&7u64.to_le_bytes());
+            out.extend_from_slice(&[9u8; 32]);
+        }
+        out
+    }
+
+    #[test]
+    fn encode_decode_lookup() {
+        let bytes = encode(vec![file("b.txt", b"b"), file("a.txt", b"a")]).unwrap();
+        let node = TreeNode::decode(bytes.clone()).unwrap();
+        assert_eq!(node.len(), 2);
+        assert_eq!(node.entry(0).name, "a.txt");
+        let b = node.lookup("b.txt").unwrap();
+        assert_eq!(b.hash, Hash::of(b"b"));
+        assert_eq!(b.size, 1);
+        assert!(node.lookup("c.txt").is_none());
+        assert!(node.lookup("").is_none());
+        assert_eq!(node.hash(), Hash::of(&bytes));
+    }
+
+    #[test]
+    fn empty_directory_round_trips() {
+        let node = TreeNode::decode(encode(vec![]).unwrap()).unwrap();
+        assert!(node.is_empty());
+        assert!(node.lookup("x").is_none());
+    }
+
+    #[test]
+    fn raw_helper_matches_encoder() {
+        let ours = raw(&[(b"a", 1), (b"b", 2)]);
+        let e = |n: &str, k| OwnedEntry {
+            name: n.into(),
+            kind: k,
+            size: 7,
+            hash: Hash::from_bytes([9; 32]),
+        };
+        let enc = encode(vec![e("b", EntryKind::Dir), e("a", EntryKind::File)]).unwrap();
+        assert_eq!(&enc[..], &ours[..]);
+        TreeNode::decode(Bytes::from(ours)).unwrap();
+    }
+
+    #[test]
+    fn decoder_rejects_each_non_canonical_form() {
+        let d = |v: Vec<u8>| TreeNode::decode(Bytes::from(v)).unwrap_err();
+        assert_eq!(
+            d(raw(&[(b"b", 1), (b"a", 1)])),
+            TreeError::Unsorted { index: 1 }
+        );
+        assert!(matches!(
+            d(raw(&[(b"a", 1), (b"a", 2)])),
+            TreeError::Duplicate { index: 1, .. }
+        ));
+        assert_eq!(d(raw(&[(b"", 1)])), TreeError::EmptyName { index: 0 });
+        assert_eq!(d(raw(&[(b".", 1)])), TreeError::DotName { index: 0 });
+        assert_eq!(d(raw(&[(b"..", 2)])), TreeError::DotName { index: 0 });
+        assert_eq!(d(raw(&[(b"a/b", 1)])), TreeError::NameHasSlash { index: 0 });
+        assert_eq!(d(raw(&[(b"a\0b", 1)])), TreeError::NameHasNul { index: 0 });
+        assert_eq!(d(raw(&[(b"\xff", 1)])), TreeError::NameNotUtf8 { index: 0 });
+        assert_eq!(
+            d(raw(&[(b"a", 3)])),
+            TreeError::UnknownKind { index: 0, kind: 3 }
+        );
+        let long = vec![b'x'; MAX_NAME_LEN + 1];
+        assert!(matches!(
+            d(raw(&[(&long, 1)])),
+            TreeError::NameTooLong { .. }
+        ));
+        let mut v = raw(&[(b"a", 1)]);
+        v[4] = 2;
+        assert_eq!(d(v), TreeError::UnknownVersion(2));
+        let mut v = raw(&[(b"a", 1)]);
+        v[0] = b'X';
+        assert_eq!(d(v), TreeError::BadMagic);
+        let mut v = raw(&[(b"a", 1)]);
+        v.push(0);
+        assert_eq!(d(v), TreeError::TrailingBytes(1));
+        let v = raw(&[(b"a", 1)]);
+        for cut in 0..v.len() {
+            assert!(
+                matches!(
+                    TreeNode::decode(Bytes::copy_from_slice(&v[..cut])),
+                    Err(TreeError::Truncated(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        // A count that claims more entries than the bytes can hold.
+        let mut v = raw(&[(b"a", 1)]);
+        v[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(TreeNode::decode(Bytes::from(v)).is_err());
+    }
+
+    #[test]
+    fn encoder_rejects_bad_names() {
+        assert!(matches!(
+            encode(vec![file("a", b"1"), file("a", b"2")]),
+            Err(TreeError::Duplicate { .. })
+        ));
+        assert!(encode(vec![file("..", b"")]).is_err());
+        assert!(encode(vec![file("x/y", b"")]).is_err());
+        assert!(encode(vec![file("", b"")]).is_err());
+    }
+
+    #[test]
+    fn hundred_thousand_entries() {
+        let entries: Vec<_> = (0..100_000)
+            .map(|i| file(&format!("file-{i:06}.html"), &[]))
+            .collect();
+        let node = TreeNode::decode(encode(entries).unwrap()).unwrap();
+        assert_eq!(node.len(), 100_000);
+        for i in (0..100_000).step_by(997) {
+            let name = format!("file-{i:06}.html");
+            assert_eq!(node.lookup(&name).unwrap().name, name);
+        }
+        assert!(node.lookup("file-100000.html").is_none());
+    }
+}
