@@ -1,1 +1,114 @@
-fn main() {}
+//! The `edge` command: thin on purpose. It parses the command line and calls the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "edge", version, about = "A CDN cache node for static-site deploys")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Publish a folder as a new deploy of a site and make it current.
+    Publish {
+        /// The folder to publish.
+        dir: PathBuf,
+        /// The site name (lowercase letters, digits, `-`, `_`).
+        #[arg(long)]
+        site: String,
+        /// The store: a path, a file:// URL (http(s):// stores are read-only).
+        #[arg(long)]
+        store: String,
+        /// Also publish `.git`, `.hg`, `.svn` and `.DS_Store`, which are skipped by default.
+        #[arg(long)]
+        include_skipped: bool,
+    },
+    /// Make an earlier deploy current again.
+    Rollback {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        store: String,
+        /// The deploy id to return to (see `edge deploys`).
+        #[arg(long)]
+        to: String,
+    },
+    /// List a site's deploys, oldest first, marking the current one.
+    Deploys {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        store: String,
+    },
+    /// Manage host names.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
+    /// Serve sites from a store.
+    Serve(Box<edge::cli::ServeArgs>),
+    /// Serve a local folder for development, rebuilding it when files change.
+    Preview {
+        /// The folder to serve.
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostsCommand {
+    /// Point a host name at a site.
+    Add {
+        host: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        store: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Publish {
+            dir,
+            site,
+            store,
+            include_skipped,
+        } => {
+            let progress = std::io::stderr().is_terminal();
+            edge::cli::publish(&dir, &site, &store, include_skipped, progress).await
+        }
+        Command::Rollback { site, store, to } => edge::cli::rollback(&site, &store, &to).await,
+        Command::Deploys { site, store } => edge::cli::deploys(&site, &store).await,
+        Command::Hosts {
+            command: HostsCommand::Add { host, site, store },
+        } => edge::cli::hosts_add(&host, &site, &store).await,
+        Command::Serve(args) => edge::cli::serve(*args).await,
+        Command::Preview { dir, listen } => edge::cli::preview(&dir, &listen).await,
+    }
+}

@@ -1,0 +1,5 @@
+//! The edge node: serving deploys from memory, disk and the origin.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
