@@ -1,1 +1,398 @@
-pub fn x() {}
+//! Configuration of the edge node: the TOML file format (serde) and the validated runtime
+//! values it becomes. Text is parsed once into typed values (addresses, byte sizes,
+//! durations); every error names the key, and the line when the file has one.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod units;
+pub use units::{parse_duration, parse_size};
+
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{}line {line}: {message}", file_prefix(.file))]
+    Syntax {
+        file: Option<String>,
+        line: usize,
+        message: String,
+    },
+    #[error("{}{}`{key}`: {message}", file_prefix(.file), line_prefix(.line))]
+    Invalid {
+        file: Option<String>,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+fn file_prefix(f: &Option<String>) -> String {
+    f.as_ref().map(|f| format!("{f}: ")).unwrap_or_default()
+}
+
+fn line_prefix(l: &Option<usize>) -> String {
+    l.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+impl ConfigError {
+    /// The dotted key at fault, when the error is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// A byte size in the file: an integer, or a string with a unit (`"256MiB"`, `"10GB"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeText {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A duration in the file: a string with a unit (`"5s"`, `"250ms"`, `"2m"`).
+pub type DurationText = String;
+
+/// The file, as written. Every section and key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub store: StoreSection,
+    pub cache: CacheSection,
+    pub pointers: PointerSection,
+    pub http: HttpSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: Option<String>,
+    pub default_site: Option<String>,
+    pub header_read_timeout: Option<DurationText>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub location: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    pub dir: Option<String>,
+    pub memory_size: Option<SizeText>,
+    pub memory_max_object: Option<SizeText>,
+    pub disk_size: Option<SizeText>,
+    pub tree_size: Option<SizeText>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PointerSection {
+    pub refresh_interval: Option<DurationText>,
+    pub negative_ttl: Option<DurationText>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub cache_control_html: Option<String>,
+    pub cache_control_other: Option<String>,
+}
+
+/// The validated configuration the node runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The site for requests whose Host names no site.
+    pub default_site: Option<String>,
+    /// How long a client may take to send a request head (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Where deploys come from: a path, `file://` or `http(s)://` URL.
+    pub store: String,
+    /// The disk tier's folder; `None` turns the disk tier off.
+    pub cache_dir: Option<PathBuf>,
+    /// Byte bound of the memory tier (blobs).
+    pub memory_size: u64,
+    /// Blobs larger than this skip the memory tier.
+    pub memory_max_object: u64,
+    /// Byte bound of the disk tier.
+    pub disk_size: u64,
+    /// Byte bound of the decoded tree-node cache.
+    pub tree_size: u64,
+    /// How often cached pointers are refreshed from the store.
+    pub refresh_interval: Duration,
+    /// How long an unknown host or site is remembered as unknown.
+    pub negative_ttl: Duration,
+    pub cache_control_html: String,
+    pub cache_control_other: String,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_STORE: &str = "store";
+pub const DEFAULT_CACHE_DIR: &str = "edge-cache";
+pub const DEFAULT_CACHE_CONTROL_HTML: &str = "public, max-age=0, must-revalidate";
+pub const DEFAULT_CACHE_CONTROL_OTHER: &str = "public, max-age=300";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_file(&FileConfig::default(), None, None)
+            .expect("the built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Config::parse(&text, Some(&path.display().to_string()))
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: Option<&str>) -> Result<Config, ConfigError> {
+        let parsed: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1)
+                .unwrap_or(1);
+            ConfigError::Syntax {
+                file: file.map(str::to_owned),
+                line,
+                message: e.message().to_owned(),
+            }
+        })?;
+        Config::from_file(&parsed, Some(text), file)
+    }
+
+    /// Validates a parsed file. `text` (the source) lets errors carry line numbers.
+    pub fn from_file(
+        f: &FileConfig,
+        text: Option<&str>,
+        file: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.map(str::to_owned),
+            key: key.to_owned(),
+            line: text.and_then(|t| line_of(t, key)),
+            message,
+        };
+        let size = |key: &str, v: &Option<SizeText>, default: u64| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(SizeText::Bytes(b)) => Ok(*b),
+                Some(SizeText::Text(t)) => parse_size(t).map_err(|m| invalid(key, m)),
+            }
+        };
+        let duration =
+            |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(t) => parse_duration(t).map_err(|m| invalid(key, m)),
+                }
+            };
+        let listen_text = f.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{listen_text:?} is not an address like 127.0.0.1:8080 or [::1]:8080"),
+            )
+        })?;
+        let default_site = match f.server.default_site.as_deref() {
+            None | Some("") => None,
+            Some(s) => {
+                if !valid_site(s) {
+                    return Err(invalid(
+                        "server.default_site",
+                        format!("{s:?} is not a site name (lowercase letters, digits, `-`, `_`)"),
+                    ));
+                }
+                Some(s.to_owned())
+            }
+        };
+        let store = f
+            .store
+            .location
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        if store.is_empty() {
+            return Err(invalid("store.location", "must not be empty".into()));
+        }
+        let cache_dir = match f.cache.dir.as_deref() {
+            None => Some(PathBuf::from(DEFAULT_CACHE_DIR)),
+            Some("") => None,
+            Some(d) => Some(PathBuf::from(d)),
+        };
+        let memory_size = size("cache.memory_size", &f.cache.memory_size, 256 << 20)?;
+        let memory_max_object =
+            size("cache.memory_max_object", &f.cache.memory_max_object, 4 << 20)?;
+        let disk_size = size("cache.disk_size", &f.cache.disk_size, 10 << 30)?;
+        let tree_size = size("cache.tree_size", &f.cache.tree_size, 64 << 20)?;
+        if memory_max_object > memory_size {
+            return Err(invalid(
+                "cache.memory_max_object",
+                format!("{memory_max_object} bytes is larger than cache.memory_size ({memory_size})"),
+            ));
+        }
+        if tree_size < 1 << 20 {
+            return Err(invalid("cache.tree_size", "must be at least 1MiB".into()));
+        }
+        if cache_dir.is_some() && disk_size < 1 << 20 {
+            return Err(invalid("cache.disk_size", "must be at least 1MiB".into()));
+        }
+        let refresh_interval = duration(
+            "pointers.refresh_interval",
+            &f.pointers.refresh_interval,
+            Duration::from_secs(5),
+        )?;
+        if refresh_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "pointers.refresh_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        let negative_ttl = duration(
+            "pointers.negative_ttl",
+            &f.pointers.negative_ttl,
+            Duration::from_secs(10),
+        )?;
+        let header_read_timeout = duration(
+            "server.header_read_timeout",
+            &f.server.header_read_timeout,
+            Duration::from_secs(10),
+        )?;
+        if header_read_timeout.is_zero() {
+            return Err(invalid(
+                "server.header_read_timeout",
+                "must be more than zero".into(),
+            ));
+        }
+        let header_value = |key: &str, v: &Option<String>, default: &str| {
+            let v = v.clone().unwrap_or_else(|| default.to_owned());
+            if v.is_empty() || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(invalid(key, "must be non-empty printable ASCII".into()));
+            }
+            Ok(v)
+        };
+        Ok(Config {
+            listen,
+            default_site,
+            header_read_timeout,
+            store,
+            cache_dir,
+            memory_size,
+            memory_max_object,
+            disk_size,
+            tree_size,
+            refresh_interval,
+            negative_ttl,
+            cache_control_html: header_value(
+                "http.cache_control_html",
+                &f.http.cache_control_html,
+                DEFAULT_CACHE_CONTROL_HTML,
+            )?,
+            cache_control_other: header_value(
+                "http.cache_control_other",
+                &f.http.cache_control_other,
+                DEFAULT_CACHE_CONTROL_OTHER,
+            )?,
+        })
+    }
+}
+
+fn valid_site(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+/// The 1-based line where dotted `key` (`section.name`) is set in `text`, if found.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix('[') {
+            current = rest.trim_end_matches(']').trim().to_owned();
+            continue;
+        }
+        if current == section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim() == name {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_as_is() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.memory_size, 256 << 20);
+        assert_eq!(c.refresh_interval, Duration::from_secs(5));
+        assert_eq!(c.cache_dir.as_deref(), Some(Path::new(DEFAULT_CACHE_DIR)));
+        assert_eq!(Config::parse("", None).unwrap(), c);
+    }
+
+    #[test]
+    fn values_are_parsed() {
+        let c = Config::parse(
+            "[server]\nlisten = \"[::1]:9000\"\ndefault_site = \"docs\"\n[cache]\ndir = \"\"\nmemory_size = \"64MiB\"\nmemory_max_object = 1024\n[pointers]\nrefresh_interval = \"250ms\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "[::1]:9000");
+        assert_eq!(c.default_site.as_deref(), Some("docs"));
+        assert_eq!(c.cache_dir, None);
+        assert_eq!(c.memory_size, 64 << 20);
+        assert_eq!(c.memory_max_object, 1024);
+        assert_eq!(c.refresh_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = Config::parse("[cache]\n\nmemory_size = \"lots\"\n", Some("edge.toml")).unwrap_err();
+        assert_eq!(e.key(), Some("cache.memory_size"));
+        let msg = e.to_string();
+        assert!(msg.starts_with("edge.toml: line 3: `cache.memory_size`"), "{msg}");
+
+        let e = Config::parse("[server]\nlisten = \"nope\"\n", None).unwrap_err();
+        assert_eq!(e.key(), Some("server.listen"));
+
+        let e = Config::parse("[server]\nlisten = \"x\"\nbogus = 1\n", None).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("line 3") && msg.contains("bogus"), "{msg}");
+
+        let e = Config::parse("[pointers]\nrefresh_interval = \"1ms\"\n", None).unwrap_err();
+        assert_eq!(e.key(), Some("pointers.refresh_interval"));
+
+        let e = Config::parse("[cache]\nmemory_max_object = \"1GiB\"\n", None).unwrap_err();
+        assert_eq!(e.key(), Some("cache.memory_max_object"));
+
+        let e = Config::parse("[server]\ndefault_site = \"Bad Site\"\n", None).unwrap_err();
+        assert_eq!(e.key(), Some("server.default_site"));
+    }
+}

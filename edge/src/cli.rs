@@ -93,12 +93,116 @@ pub async fn hosts_add(host: &str, site: &str, store: &str) -> anyhow::Result<()
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
-
-pub async fn serve(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve is not built yet")
+pub struct ServeArgs {
+    /// A TOML config file (see config/edge.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Address to listen on for HTTP/1.1 and cleartext HTTP/2 [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// The store: a path, file:// or http(s):// URL [default: ./store].
+    #[arg(long)]
+    pub store: Option<String>,
+    /// The disk cache folder [default: ./edge-cache]; "" turns the disk tier off.
+    #[arg(long)]
+    pub cache_dir: Option<String>,
+    /// The site for requests whose Host names no site.
+    #[arg(long)]
+    pub default_site: Option<String>,
 }
 
-pub async fn preview(_dir: &Path, _listen: &str) -> anyhow::Result<()> {
-    anyhow::bail!("preview is not built yet")
+/// Starts logging to standard error; `RUST_LOG` overrides the default level (info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The configuration `edge serve` runs with: the file (if any), then the flags.
+pub fn serve_config(args: &ServeArgs) -> anyhow::Result<edge_config::Config> {
+    let (mut file, text, name) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let name = path.display().to_string();
+            let parsed: edge_config::FileConfig = toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    edge_config::Config::parse(&text, Some(&name))
+                        .err()
+                        .map_or_else(|| e.to_string(), |e| e.to_string())
+                )
+            })?;
+            (parsed, Some(text), Some(name))
+        }
+        None => (edge_config::FileConfig::default(), None, None),
+    };
+    if let Some(v) = &args.listen {
+        file.server.listen = Some(v.clone());
+    }
+    if let Some(v) = &args.store {
+        file.store.location = Some(v.clone());
+    }
+    if let Some(v) = &args.cache_dir {
+        file.cache.dir = Some(v.clone());
+    }
+    if let Some(v) = &args.default_site {
+        file.server.default_site = Some(v.clone());
+    }
+    Ok(edge_config::Config::from_file(
+        &file,
+        text.as_deref(),
+        name.as_deref(),
+    )?)
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = serve_config(&args)?;
+    let handler = crate::node::build(&cfg).await?;
+    let listener = crate::node::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(store = %cfg.store, "serving");
+    println!("edge listening on http://{addr}/");
+    crate::node::run(
+        handler,
+        listener,
+        cfg.header_read_timeout,
+        crate::node::shutdown_signal(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    Ok(())
+}
+
+pub async fn preview(dir: &Path, listen: &str) -> anyhow::Result<()> {
+    init_logging();
+    let mut file = edge_config::FileConfig::default();
+    file.server.listen = Some(listen.to_owned());
+    file.server.default_site = Some(crate::preview::SITE.to_owned());
+    file.cache.dir = Some(String::new());
+    file.pointers.refresh_interval = Some("1h".into());
+    file.http.cache_control_other = Some("no-cache".into());
+    let cfg = edge_config::Config::from_file(&file, None, None)?;
+    let store = origin_client::store::MemoryStore::new();
+    let handler =
+        crate::node::build_handler(&cfg, std::sync::Arc::new(store.clone()), false).await?;
+    crate::preview::rebuild(&store, handler.resolver(), dir)
+        .await
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let _watcher = crate::preview::spawn_watcher(store, handler.clone(), dir.to_owned())?;
+    let listener = crate::node::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    println!("previewing {} at http://{addr}/", dir.display());
+    crate::node::run(
+        handler,
+        listener,
+        cfg.header_read_timeout,
+        crate::node::shutdown_signal(),
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    Ok(())
 }

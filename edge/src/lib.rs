@@ -3,3 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod error;
+pub mod http;
+pub mod node;
+pub mod path;
+pub mod preview;
+pub mod resolve;
+pub mod tiers;

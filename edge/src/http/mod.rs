@@ -1,0 +1,366 @@
+//! The request handler: one code path decides what every request gets, whatever protocol
+//! carried it. It sees method, URI, version and headers, and returns a response whose body
+//! streams from the tiers.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use origin_client::{EntryKind, Hash, TreeNode};
+
+use crate::error::EdgeError;
+use crate::path::{self, PathError};
+use crate::resolve::{Deploy, Resolver, Target, error_chain};
+use crate::tiers::{Source, Tiers};
+
+pub mod body;
+pub mod headers;
+
+pub use body::Body;
+
+pub static X_EDGE_DEPLOY: HeaderName = HeaderName::from_static("x-edge-deploy");
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub cache_control_html: HeaderValue,
+    pub cache_control_other: HeaderValue,
+}
+
+pub struct Handler {
+    resolver: Arc<Resolver>,
+    tiers: Arc<Tiers>,
+    cfg: HttpConfig,
+}
+
+/// The parts of a request the handler looks at.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a http::Uri,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> RequestHead<'a> {
+    pub fn of<B>(req: &'a http::Request<B>) -> Self {
+        RequestHead {
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+        }
+    }
+}
+
+fn text(status: StatusCode, reason: &str) -> Response<Body> {
+    let body = format!(
+        "{} {}: {reason}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::full(body))
+        .unwrap_or_else(|_| Response::new(Body::Empty))
+}
+
+fn cache_status(source: Source) -> HeaderValue {
+    HeaderValue::from_static(match source {
+        Source::Memory => "edge; hit; detail=memory",
+        Source::Disk => "edge; hit; detail=disk",
+        Source::Origin => "edge; fwd=miss",
+    })
+}
+
+impl Handler {
+    pub fn new(resolver: Arc<Resolver>, tiers: Arc<Tiers>, cfg: HttpConfig) -> Handler {
+        Handler {
+            resolver,
+            tiers,
+            cfg,
+        }
+    }
+
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
+    }
+
+    pub fn tiers(&self) -> &Arc<Tiers> {
+        &self.tiers
+    }
+
+    pub async fn handle<B>(&self, req: http::Request<B>) -> Response<Body> {
+        self.serve(RequestHead::of(&req)).await
+    }
+
+    pub async fn serve(&self, req: RequestHead<'_>) -> Response<Body> {
+        let head_only = match *req.method {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return r;
+            }
+        };
+        let target_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if target_len > path::MAX_URI_LEN {
+            return text(StatusCode::URI_TOO_LONG, "request target too long");
+        }
+        let host = match req.uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => match req.headers.get(header::HOST) {
+                Some(h) => match h.to_str() {
+                    Ok(h) => Some(h),
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "Host header is not ASCII"),
+                },
+                None if req.version == Version::HTTP_11 => {
+                    return text(StatusCode::BAD_REQUEST, "missing Host header");
+                }
+                None => None,
+            },
+        };
+        let parsed = match path::parse(req.uri.path()) {
+            Ok(p) => p,
+            Err(PathError::TooLong) => {
+                return text(StatusCode::URI_TOO_LONG, "request target too long");
+            }
+            Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let site = match self.resolver.site_for_host(host).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "no site is configured for this host name",
+                );
+            }
+            Err(e) => return self.failure(&e, "host lookup"),
+        };
+        let deploy = match self.resolver.deploy(&site).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return text(StatusCode::NOT_FOUND, "the site has no active deploy"),
+            Err(e) => return self.failure(&e, "pointer lookup"),
+        };
+        let target = match self.resolver.lookup(deploy.root, &parsed).await {
+            Ok(t) => t,
+            Err(e) => return self.failure(&e, "tree walk"),
+        };
+        match target {
+            Target::AddSlash => {
+                let mut loc = format!("{}/", req.uri.path());
+                if let Some(q) = req.uri.query() {
+                    loc.push('?');
+                    loc.push_str(q);
+                }
+                let mut r = text(StatusCode::MOVED_PERMANENTLY, "this is a folder");
+                if let Ok(v) = HeaderValue::from_str(&loc) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                self.stamp(&mut r, &deploy);
+                r
+            }
+            Target::File {
+                dir,
+                name,
+                hash,
+                size,
+            } => {
+                self.file(&req, &deploy, &dir, &name, hash, size, StatusCode::OK, head_only)
+                    .await
+            }
+            Target::NotFound => match self.resolver.not_found_page(deploy.root).await {
+                Ok(Target::File {
+                    dir,
+                    name,
+                    hash,
+                    size,
+                }) => {
+                    self.file(
+                        &req,
+                        &deploy,
+                        &dir,
+                        &name,
+                        hash,
+                        size,
+                        StatusCode::NOT_FOUND,
+                        head_only,
+                    )
+                    .await
+                }
+                Ok(_) => {
+                    let mut r = text(StatusCode::NOT_FOUND, "no such file in this deploy");
+                    self.stamp(&mut r, &deploy);
+                    r
+                }
+                Err(e) => self.failure(&e, "404 page"),
+            },
+        }
+    }
+
+    fn stamp(&self, r: &mut Response<Body>, deploy: &Deploy) {
+        if let Ok(v) = HeaderValue::from_str(&deploy.id) {
+            r.headers_mut().insert(X_EDGE_DEPLOY.clone(), v);
+        }
+    }
+
+    fn failure(&self, e: &EdgeError, during: &'static str) -> Response<Body> {
+        tracing::warn!(during, error = %error_chain(e), "request failed");
+        text(e.status(), e.reason())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn file(
+        &self,
+        req: &RequestHead<'_>,
+        deploy: &Deploy,
+        dir: &TreeNode,
+        name: &str,
+        mut hash: Hash,
+        mut size: u64,
+        status: StatusCode,
+        head_only: bool,
+    ) -> Response<Body> {
+        // Precompressed siblings: `name.br`, `name.zst`, `name.gz` in the same folder.
+        let mut encoding = None;
+        let mut has_siblings = false;
+        let accept = req
+            .headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let mut best_q = 0.0f32;
+        for (coding, suffix) in headers::CODINGS {
+            let sibling = format!("{name}{suffix}");
+            if let Some(e) = dir.lookup(&sibling).filter(|e| e.kind == EntryKind::File) {
+                has_siblings = true;
+                let q = accept.map_or(0.0, |a| headers::accept_q(a, coding));
+                if q > best_q {
+                    best_q = q;
+                    encoding = Some((*coding, e.hash, e.size));
+                }
+            }
+        }
+        if let Some((_, h, s)) = encoding {
+            hash = h;
+            size = s;
+        }
+
+        let etag = format!("\"{}\"", hash.to_hex());
+        let mut h = HeaderMap::with_capacity(12);
+        let ct = headers::content_type(name);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&ct)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        );
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            h.insert(header::ETAG, v);
+        }
+        h.insert(
+            header::CACHE_CONTROL,
+            if headers::is_html(name) {
+                self.cfg.cache_control_html.clone()
+            } else {
+                self.cfg.cache_control_other.clone()
+            },
+        );
+        if has_siblings {
+            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
+        if let Some((coding, _, _)) = encoding {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+        }
+        if let Ok(v) = HeaderValue::from_str(&deploy.id) {
+            h.insert(X_EDGE_DEPLOY.clone(), v);
+        }
+
+        if status == StatusCode::OK
+            && let Some(inm) = req.headers.get(header::IF_NONE_MATCH)
+            && inm.to_str().is_ok_and(|v| headers::none_match(v, &etag))
+        {
+            let mut r = Response::new(Body::Empty);
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            *r.headers_mut() = h;
+            r.headers_mut().remove(header::CONTENT_TYPE);
+            return r;
+        }
+
+        let mut status = status;
+        let (mut start, mut end) = (0, size);
+        if status == StatusCode::OK {
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            let if_range_ok = req
+                .headers
+                .get(header::IF_RANGE)
+                .is_none_or(|v| v.to_str().is_ok_and(|v| v == etag));
+            if let Some(range) = req.headers.get(header::RANGE).filter(|_| if_range_ok) {
+                let spec = range
+                    .to_str()
+                    .map_or(headers::RangeSpec::Malformed, |r| {
+                        headers::parse_range(r, size)
+                    });
+                match spec {
+                    headers::RangeSpec::Whole => {}
+                    headers::RangeSpec::Single(s, e) => {
+                        status = StatusCode::PARTIAL_CONTENT;
+                        (start, end) = (s, e);
+                        if let Ok(v) =
+                            HeaderValue::from_str(&format!("bytes {s}-{}/{size}", e - 1))
+                        {
+                            h.insert(header::CONTENT_RANGE, v);
+                        }
+                    }
+                    headers::RangeSpec::Unsatisfiable | headers::RangeSpec::Malformed => {
+                        let mut r = text(
+                            StatusCode::RANGE_NOT_SATISFIABLE,
+                            if spec == headers::RangeSpec::Malformed {
+                                "malformed Range header"
+                            } else {
+                                "range outside the file"
+                            },
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                            r.headers_mut().insert(header::CONTENT_RANGE, v);
+                        }
+                        return r;
+                    }
+                }
+            }
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+
+        let body = if head_only {
+            h.insert(
+                CACHE_STATUS.clone(),
+                HeaderValue::from_static("edge; hit; detail=tree"),
+            );
+            Body::Empty
+        } else {
+            match self.tiers.get(hash, size).await {
+                Ok((blob, source)) => {
+                    h.insert(CACHE_STATUS.clone(), cache_status(source));
+                    match blob {
+                        crate::tiers::Blob::Bytes(b) if start == 0 && end == size => {
+                            Body::full(b)
+                        }
+                        crate::tiers::Blob::Bytes(b) => {
+                            Body::full(b.slice(start as usize..end as usize))
+                        }
+                        other => Body::Stream {
+                            stream: other.into_stream(start, end),
+                            len: end - start,
+                        },
+                    }
+                }
+                Err(e) => return self.failure(&e, "blob fetch"),
+            }
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = h;
+        r
+    }
+}

@@ -1,0 +1,168 @@
+//! The node: builds every part from the configuration, owns their lifetimes, runs the
+//! listener. The only module that knows every other one.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use edge_config::Config;
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use origin_client::{Access, Store, open_store};
+use tokio::net::TcpListener;
+
+use crate::http::{Handler, HttpConfig};
+use crate::resolve::{Resolver, ResolverConfig};
+use crate::tiers::{DiskTier, TierConfig, Tiers};
+
+/// Builds the handler (resolver, tiers, HTTP policy) for a store and a configuration.
+pub async fn build_handler(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    with_disk: bool,
+) -> anyhow::Result<Arc<Handler>> {
+    let disk = match (&cfg.cache_dir, with_disk) {
+        (Some(dir), true) => {
+            let (dir, size) = (dir.clone(), cfg.disk_size);
+            let shown = dir.display().to_string();
+            let tier = tokio::task::spawn_blocking(move || DiskTier::open(&dir, size))
+                .await?
+                .with_context(|| format!("opening the disk cache at {shown}"))?;
+            tracing::info!(
+                dir = %shown,
+                objects = tier.len(),
+                bytes = tier.bytes(),
+                capacity = tier.capacity(),
+                "disk tier ready"
+            );
+            Some(tier)
+        }
+        _ => None,
+    };
+    let resolver = Resolver::new(
+        store.clone(),
+        ResolverConfig {
+            refresh_interval: cfg.refresh_interval,
+            negative_ttl: cfg.negative_ttl,
+            tree_cache_bytes: cfg.tree_size,
+            default_site: cfg.default_site.clone(),
+            max_pointers: 100_000,
+        },
+    );
+    resolver.spawn_refresher();
+    let tiers = Tiers::new(
+        store,
+        &TierConfig {
+            memory_bytes: cfg.memory_size,
+            memory_max_object: cfg.memory_max_object,
+        },
+        disk,
+    );
+    let http = HttpConfig {
+        cache_control_html: HeaderValue::from_str(&cfg.cache_control_html)?,
+        cache_control_other: HeaderValue::from_str(&cfg.cache_control_other)?,
+    };
+    Ok(Arc::new(Handler::new(resolver, tiers, http)))
+}
+
+/// Opens the configured store and builds the handler.
+pub async fn build(cfg: &Config) -> anyhow::Result<Arc<Handler>> {
+    let store = open_store(&cfg.store, Access::Read)
+        .with_context(|| format!("opening store {}", cfg.store))?;
+    build_handler(cfg, store, true).await
+}
+
+/// Serves HTTP/1.1 and cleartext HTTP/2 on `listener` until `shutdown` resolves, then stops
+/// accepting and gives open connections up to `drain` to finish.
+pub async fn run(
+    handler: Arc<Handler>,
+    listener: TcpListener,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let svc = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer.addr = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!("drain deadline passed with connections still open");
+        }
+    }
+}
+
+/// Binds the listener, with a message naming the address on failure.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

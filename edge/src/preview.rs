@@ -1,0 +1,85 @@
+//! `edge preview DIR`: a local folder served through the same resolver, tiers and HTTP code,
+//! from an in-memory store that is rebuilt when files change.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::Watcher;
+use origin_client::publish::{PublishOptions, publish};
+use origin_client::store::MemoryStore;
+use origin_client::{EntryKind, Hash, Store, TreeNode};
+
+use crate::http::Handler;
+use crate::resolve::{Deploy, Resolver};
+
+pub const SITE: &str = "preview";
+
+/// Publishes `dir` into `store` as the preview site and points the resolver at it. Objects
+/// no longer referenced are dropped from the store.
+pub async fn rebuild(store: &MemoryStore, resolver: &Resolver, dir: &Path) -> anyhow::Result<()> {
+    let report = publish(store, dir, SITE, &PublishOptions::default()).await?;
+    let d = report.deploy;
+    resolver
+        .set_deploy(Deploy {
+            site: SITE.into(),
+            id: d.id.clone(),
+            root: d.root,
+            seq: d.seq,
+            adopted: Instant::now(),
+        })
+        .await;
+    let mut keep = HashSet::new();
+    collect(store, d.root, &mut keep).await?;
+    store.retain_objects(&keep);
+    tracing::info!(deploy = %d.id, files = d.files, "preview rebuilt");
+    Ok(())
+}
+
+async fn collect(store: &MemoryStore, root: Hash, keep: &mut HashSet<Hash>) -> anyhow::Result<()> {
+    let mut stack = vec![root];
+    while let Some(h) = stack.pop() {
+        keep.insert(h);
+        let bytes = store
+            .get_object(&h)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("tree {h} vanished"))?;
+        for e in TreeNode::decode(bytes)?.iter() {
+            match e.kind {
+                EntryKind::Dir => stack.push(e.hash),
+                EntryKind::File => {
+                    keep.insert(e.hash);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Watches `dir` and rebuilds the preview within a second of any change.
+pub fn spawn_watcher(
+    store: MemoryStore,
+    handler: Arc<Handler>,
+    dir: PathBuf,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            // A full channel already holds a pending rebuild: dropping this signal is fine.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let a burst of writes (an editor saving, a build tool) settle.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            if let Err(e) = rebuild(&store, handler.resolver(), &dir).await {
+                tracing::warn!(error = %format!("{e:#}"), "preview rebuild failed; still serving the previous version");
+            }
+        }
+    });
+    Ok(watcher)
+}

@@ -1,0 +1,296 @@
+//! The disk tier: content-addressed files under `DIR/blobs/<hh>/<hash>`, bounded in bytes,
+//! evicting the least recently used.
+//!
+//! Fills are written to `DIR/tmp/` and renamed into place only after their bytes have been
+//! checked against the hash, so a file under `blobs/` was whole and right when written. The
+//! index (hash -> size, recency) lives in memory and is rebuilt at start from file names and
+//! sizes alone (no byte is read), so a restarted node serves its disk cache at once. Damage
+//! after the write is caught when the file is read: its size is checked against the tree
+//! entry on every lookup, and its hash whenever it is read whole or streamed whole.
+//!
+//! Every method here does blocking file I/O: call them from the blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use origin_client::Hash;
+
+#[derive(Debug)]
+pub struct DiskTier {
+    dir: PathBuf,
+    capacity: u64,
+    index: Mutex<Index>,
+    tmp_counter: AtomicU64,
+    evictions: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    entries: HashMap<Hash, (u64, u64)>, // size, recency tick
+    order: BTreeMap<u64, Hash>,         // recency tick -> hash, oldest first
+    tick: u64,
+    bytes: u64,
+}
+
+impl Index {
+    fn touch(&mut self, hash: &Hash) -> Option<u64> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (size, old) = {
+            let e = self.entries.get_mut(hash)?;
+            let old = e.1;
+            e.1 = tick;
+            (e.0, old)
+        };
+        self.order.remove(&old);
+        self.order.insert(tick, *hash);
+        Some(size)
+    }
+
+    fn insert(&mut self, hash: Hash, size: u64) {
+        self.remove(&hash);
+        self.tick += 1;
+        self.entries.insert(hash, (size, self.tick));
+        self.order.insert(self.tick, hash);
+        self.bytes += size;
+    }
+
+    fn remove(&mut self, hash: &Hash) -> Option<u64> {
+        let (size, tick) = self.entries.remove(hash)?;
+        self.order.remove(&tick);
+        self.bytes -= size;
+        Some(size)
+    }
+
+    fn pop_oldest(&mut self) -> Option<Hash> {
+        let (_, hash) = self.order.pop_first()?;
+        if let Some((size, _)) = self.entries.remove(&hash) {
+            self.bytes -= size;
+        }
+        Some(hash)
+    }
+}
+
+impl DiskTier {
+    /// Opens (creating) the tier at `dir` and rebuilds the index from what is there,
+    /// oldest-modified first. Leftover temporary files are removed; files beyond the bound
+    /// are evicted.
+    pub fn open(dir: &Path, capacity: u64) -> io::Result<DiskTier> {
+        fs::create_dir_all(dir.join("blobs"))?;
+        let tmp = dir.join("tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)?;
+        let mut found = Vec::new();
+        for fan in fs::read_dir(dir.join("blobs"))? {
+            let fan = fan?;
+            if !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(fan.path())? {
+                let f = f?;
+                let name = f.file_name();
+                let Some(hash) = name.to_str().and_then(|n| n.parse::<Hash>().ok()) else {
+                    let _ = fs::remove_file(f.path()); // not ours
+                    continue;
+                };
+                let meta = f.metadata()?;
+                if !meta.is_file() {
+                    continue;
+                }
+                let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                found.push((mtime, hash, meta.len()));
+            }
+        }
+        found.sort();
+        let tier = DiskTier {
+            dir: dir.to_owned(),
+            capacity,
+            index: Mutex::new(Index::default()),
+            tmp_counter: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        };
+        {
+            let mut idx = tier.lock();
+            for (_, hash, size) in found {
+                idx.insert(hash, size);
+            }
+        }
+        tier.evict_to(capacity);
+        Ok(tier)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        // Index updates are single map operations; a panic cannot leave it half-changed.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn path(&self, hash: &Hash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    /// The size recorded for `hash` if the tier has it (marking it recently used).
+    pub fn lookup(&self, hash: &Hash) -> Option<u64> {
+        self.lock().touch(hash)
+    }
+
+    /// Drops a damaged or unwanted file.
+    pub fn remove(&self, hash: &Hash) {
+        self.lock().remove(hash);
+        let _ = fs::remove_file(self.path(hash));
+    }
+
+    /// A fresh temporary path for a fill.
+    pub fn temp_path(&self) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.dir.join("tmp").join(format!("fill-{n}"))
+    }
+
+    /// Whether an object of `size` bytes may enter the tier (one object may take at most an
+    /// eighth of it, so a single huge file cannot flush everything else).
+    pub fn admits(&self, size: u64) -> bool {
+        size <= self.capacity / 8
+    }
+
+    /// Moves a verified temporary file into the tier and evicts down to the bound.
+    pub fn commit(&self, hash: &Hash, tmp: &Path, size: u64) -> io::Result<()> {
+        if !self.admits(size) {
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+        let dest = self.path(hash);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        // Make room first, so the bound holds at every moment.
+        self.evict_to(self.capacity.saturating_sub(size));
+        if let Err(e) = fs::rename(tmp, &dest) {
+            let _ = fs::remove_file(tmp);
+            return Err(e);
+        }
+        self.lock().insert(*hash, size);
+        Ok(())
+    }
+
+    /// Writes `data` (already verified) as the object `hash`.
+    pub fn write(&self, hash: &Hash, data: &[u8]) -> io::Result<()> {
+        if !self.admits(data.len() as u64) {
+            return Ok(());
+        }
+        let tmp = self.temp_path();
+        if let Err(e) = fs::write(&tmp, data) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.commit(hash, &tmp, data.len() as u64)
+    }
+
+    fn evict_to(&self, target: u64) {
+        loop {
+            let victim = {
+                let mut idx = self.lock();
+                if idx.bytes <= target {
+                    return;
+                }
+                idx.pop_oldest()
+            };
+            let Some(hash) = victim else { return };
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            let _ = fs::remove_file(self.path(&hash));
+        }
+    }
+
+    /// Bytes currently indexed.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(i: u32, len: usize) -> (Hash, Vec<u8>) {
+        let data = vec![(i % 251) as u8; len];
+        let mut d = data.clone();
+        d.extend_from_slice(&i.to_le_bytes());
+        (Hash::of(&d), d)
+    }
+
+    fn on_disk(dir: &Path) -> u64 {
+        let mut total = 0;
+        for fan in fs::read_dir(dir.join("blobs")).unwrap() {
+            for f in fs::read_dir(fan.unwrap().path()).unwrap() {
+                total += f.unwrap().metadata().unwrap().len();
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn stays_within_bound_and_evicts_lru() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 64 * 1024).unwrap();
+        let mut hashes = Vec::new();
+        for i in 0..48 {
+            let (h, d) = blob(i, 4096);
+            tier.write(&h, &d).unwrap();
+            hashes.push(h);
+            // Keep the first object hot.
+            tier.lookup(&hashes[0]);
+            assert!(tier.bytes() <= 64 * 1024);
+            assert!(on_disk(dir.path()) <= 64 * 1024);
+        }
+        assert!(tier.lookup(&hashes[0]).is_some(), "recently used survives");
+        assert!(tier.lookup(&hashes[1]).is_none(), "least recently used evicted");
+        assert!(tier.evictions() > 0);
+    }
+
+    #[test]
+    fn index_rebuilds_from_names_and_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, d) = blob(7, 1000);
+        {
+            let tier = DiskTier::open(dir.path(), 1 << 20).unwrap();
+            tier.write(&h, &d).unwrap();
+            fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
+        }
+        let tier = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(tier.lookup(&h), Some(d.len() as u64));
+        assert_eq!(tier.len(), 1);
+        assert!(!dir.path().join("tmp/leftover").exists());
+        // Reopening with a smaller bound evicts.
+        drop(tier);
+        let tier = DiskTier::open(dir.path(), 500).unwrap();
+        assert!(tier.is_empty());
+    }
+
+    #[test]
+    fn refuses_objects_over_an_eighth() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 8000).unwrap();
+        let (h, d) = blob(1, 1001);
+        tier.write(&h, &d).unwrap();
+        assert!(tier.lookup(&h).is_none());
+    }
+}

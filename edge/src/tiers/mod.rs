@@ -1,0 +1,551 @@
+//! Blob tiers: memory, then disk, then the origin.
+//!
+//! Invariant: every byte this module hands out was checked against its blake3 hash before it
+//! was cached, or is checked while it streams (the last chunk is held back until the hash
+//! matches; on a mismatch the stream fails, so the client sees a cut response, never a
+//! complete wrong one). Identical concurrent misses share one origin fetch. Blocking file I/O
+//! runs on the blocking pool.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt, Stream, StreamExt};
+use origin_client::store::ByteStream;
+use origin_client::{Hash, Store};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{EdgeError, EdgeResult};
+
+pub mod disk;
+
+pub use disk::DiskTier;
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Disk,
+    Origin,
+}
+
+/// A blob ready to serve.
+pub enum Blob {
+    /// Whole and verified.
+    Bytes(Bytes),
+    /// A disk-tier file whose size matched; its hash is checked when streamed whole.
+    File {
+        file: std::fs::File,
+        len: u64,
+        hash: Hash,
+        tier: Arc<DiskTier>,
+    },
+    /// Streaming from the origin, not cached (too large for memory, no room on disk).
+    Origin {
+        stream: ByteStream,
+        len: u64,
+        hash: Hash,
+    },
+}
+
+impl Blob {
+    pub fn len(&self) -> u64 {
+        match self {
+            Blob::Bytes(b) => b.len() as u64,
+            Blob::File { len, .. } | Blob::Origin { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes `start..end` as a stream. Whole disk files and every origin stream are
+    /// verified as they go; a partial disk read is checked by size only.
+    pub fn into_stream(self, start: u64, end: u64) -> ByteStream {
+        match self {
+            Blob::Bytes(b) => {
+                let piece = b.slice(start as usize..end as usize);
+                futures_util::stream::once(async move { Ok(piece) }).boxed()
+            }
+            Blob::File {
+                file,
+                len,
+                hash,
+                tier,
+            } => {
+                let whole = start == 0 && end == len;
+                let mut file = tokio::fs::File::from_std(file);
+                let stream = async move {
+                    use tokio::io::AsyncSeekExt;
+                    if start > 0 {
+                        file.seek(io::SeekFrom::Start(start)).await?;
+                    }
+                    Ok::<_, io::Error>(tokio_util::io::ReaderStream::with_capacity(
+                        tokio::io::AsyncReadExt::take(file, end - start),
+                        256 * 1024,
+                    ))
+                }
+                .into_stream()
+                .map(|r| match r {
+                    Ok(s) => s.boxed(),
+                    Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
+                })
+                .flatten()
+                .boxed();
+                if whole {
+                    let on_fail: FailHook = Box::new(move || {
+                        tracing::error!(%hash, "disk cache file failed verification; dropped");
+                        tier.remove(&hash);
+                    });
+                    Verify::new(stream, hash, len, 0, len, Some(on_fail)).boxed()
+                } else {
+                    stream
+                }
+            }
+            Blob::Origin { stream, len, hash } => {
+                Verify::new(stream, hash, len, start, end, None).boxed()
+            }
+        }
+    }
+}
+
+type FailHook = Box<dyn FnOnce() + Send>;
+
+/// Hashes a whole object as it streams, passes on the bytes in `start..end`, and holds the
+/// last piece back until the hash and length check out.
+struct Verify {
+    inner: ByteStream,
+    hasher: blake3::Hasher,
+    hash: Hash,
+    len: u64,
+    pos: u64,
+    start: u64,
+    end: u64,
+    held: Option<Bytes>,
+    done: bool,
+    on_fail: Option<FailHook>,
+}
+
+impl Verify {
+    fn new(
+        inner: ByteStream,
+        hash: Hash,
+        len: u64,
+        start: u64,
+        end: u64,
+        on_fail: Option<FailHook>,
+    ) -> Verify {
+        Verify {
+            inner,
+            hasher: blake3::Hasher::new(),
+            hash,
+            len,
+            pos: 0,
+            start,
+            end,
+            held: None,
+            done: false,
+            on_fail,
+        }
+    }
+
+    fn fail(&mut self, why: String) -> Poll<Option<io::Result<Bytes>>> {
+        self.done = true;
+        self.held = None;
+        if let Some(f) = self.on_fail.take() {
+            f();
+        }
+        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))))
+    }
+}
+
+impl Stream for Verify {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    this.held = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let chunk_start = this.pos;
+                    let chunk_end = this.pos + chunk.len() as u64;
+                    if chunk_end > this.len {
+                        let why = format!("object {} is longer than {} bytes", this.hash, this.len);
+                        return this.fail(why);
+                    }
+                    this.hasher.update(&chunk);
+                    this.pos = chunk_end;
+                    let lo = this.start.max(chunk_start);
+                    let hi = this.end.min(chunk_end);
+                    if lo < hi {
+                        let piece =
+                            chunk.slice((lo - chunk_start) as usize..(hi - chunk_start) as usize);
+                        if let Some(prev) = this.held.replace(piece) {
+                            return Poll::Ready(Some(Ok(prev)));
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    if this.pos != this.len {
+                        let why = format!(
+                            "object {} ended after {} of {} bytes",
+                            this.hash, this.pos, this.len
+                        );
+                        return this.fail(why);
+                    }
+                    if Hash::from(this.hasher.finalize()) != this.hash {
+                        let why = format!("object {} failed verification", this.hash);
+                        return this.fail(why);
+                    }
+                    this.done = true;
+                    return Poll::Ready(this.held.take().map(Ok));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TierStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub origin_fetches: AtomicU64,
+    pub verify_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TierConfig {
+    pub memory_bytes: u64,
+    pub memory_max_object: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Filled {
+    Memory(Bytes),
+    Disk,
+}
+
+type FillFuture = Shared<BoxFuture<'static, EdgeResult<Filled>>>;
+
+pub struct Tiers {
+    store: Arc<dyn Store>,
+    memory: moka::sync::Cache<Hash, Bytes>,
+    memory_max_object: u64,
+    disk: Option<Arc<DiskTier>>,
+    inflight: Mutex<HashMap<Hash, FillFuture>>,
+    pub stats: TierStats,
+}
+
+impl Tiers {
+    pub fn new(store: Arc<dyn Store>, cfg: &TierConfig, disk: Option<DiskTier>) -> Arc<Tiers> {
+        let memory = moka::sync::Cache::builder()
+            .weigher(|_: &Hash, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+            .max_capacity(cfg.memory_bytes)
+            .build();
+        Arc::new(Tiers {
+            store,
+            memory,
+            memory_max_object: cfg.memory_max_object,
+            disk: disk.map(Arc::new),
+            inflight: Mutex::new(HashMap::new()),
+            stats: TierStats::default(),
+        })
+    }
+
+    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
+        self.disk.as_ref()
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.run_pending_tasks();
+        self.memory.weighted_size()
+    }
+
+    /// The blob `hash` of `size` bytes (as its tree entry says), from the first tier that
+    /// has it.
+    pub async fn get(self: &Arc<Self>, hash: Hash, size: u64) -> EdgeResult<(Blob, Source)> {
+        if let Some(b) = self.memory.get(&hash) {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((Blob::Bytes(b), Source::Memory));
+        }
+        if let Some(blob) = self.from_disk(hash, size).await? {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((blob, Source::Disk));
+        }
+        let disk_takes = self.disk.as_ref().is_some_and(|d| d.admits(size));
+        if size <= self.memory_max_object || disk_takes {
+            match self.fill(hash, size).await? {
+                Filled::Memory(b) => return Ok((Blob::Bytes(b), Source::Origin)),
+                Filled::Disk => {
+                    if let Some(blob) = self.from_disk(hash, size).await? {
+                        return Ok((blob, Source::Origin));
+                    }
+                }
+            }
+        }
+        // Too large for memory and no room on disk: stream through, verifying.
+        self.stats.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        let body = self
+            .store
+            .open_object(&hash)
+            .await
+            .map_err(|e| Arc::new(EdgeError::from(e)))?
+            .ok_or(EdgeError::MissingObject { hash })?;
+        if let Some(len) = body.len.filter(|&l| l != size) {
+            return Err(Arc::new(EdgeError::SizeMismatch {
+                hash,
+                got: len,
+                want: size,
+            }));
+        }
+        Ok((
+            Blob::Origin {
+                stream: body.stream,
+                len: size,
+                hash,
+            },
+            Source::Origin,
+        ))
+    }
+
+    /// A disk-tier hit, checked: size always; hash too when read whole into memory.
+    async fn from_disk(self: &Arc<Self>, hash: Hash, size: u64) -> EdgeResult<Option<Blob>> {
+        let Some(disk) = self.disk.clone() else {
+            return Ok(None);
+        };
+        let this = self.clone();
+        let into_memory = size <= self.memory_max_object;
+        tokio::task::spawn_blocking(move || {
+            let recorded = disk.lookup(&hash)?;
+            let bad = |why: &str| {
+                tracing::warn!(%hash, why, "disk cache file rejected; refetching");
+                this.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                disk.remove(&hash);
+                None
+            };
+            if recorded != size {
+                return bad("size differs from the tree entry");
+            }
+            let path = disk.path(&hash);
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(_) => return bad("file missing"),
+            };
+            let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if len != size {
+                return bad("file size differs from the tree entry");
+            }
+            if into_memory {
+                let mut data = Vec::with_capacity(size as usize);
+                use std::io::Read;
+                if (&file).read_to_end(&mut data).is_err() || Hash::of(&data) != hash {
+                    return bad("hash mismatch");
+                }
+                let data = Bytes::from(data);
+                this.memory.insert(hash, data.clone());
+                return Some(Blob::Bytes(data));
+            }
+            Some(Blob::File {
+                file,
+                len,
+                hash,
+                tier: disk,
+            })
+        })
+        .await
+        .map_err(|e| Arc::new(EdgeError::Internal(format!("disk read task: {e}"))))
+    }
+
+    /// One origin fetch per hash at a time; every waiter gets its result. The fetch runs as
+    /// its own task, so it completes (and fills the cache) even if the first client leaves.
+    fn fill(self: &Arc<Self>, hash: Hash, size: u64) -> FillFuture {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = inflight.get(&hash) {
+            return f.clone();
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let r = this.fetch(hash, size).await;
+            this.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
+            r.map_err(Arc::new)
+        });
+        let fut = async move {
+            task.await
+                .unwrap_or_else(|e| Err(Arc::new(EdgeError::Internal(format!("fill task: {e}")))))
+        }
+        .boxed()
+        .shared();
+        inflight.insert(hash, fut.clone());
+        fut
+    }
+
+    async fn fetch(&self, hash: Hash, size: u64) -> Result<Filled, EdgeError> {
+        self.stats.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        if size <= self.memory_max_object {
+            let data = self
+                .store
+                .get_object(&hash)
+                .await?
+                .ok_or(EdgeError::MissingObject { hash })?;
+            if data.len() as u64 != size {
+                return Err(EdgeError::SizeMismatch {
+                    hash,
+                    got: data.len() as u64,
+                    want: size,
+                });
+            }
+            // The store checks too; the edge does not rely on it.
+            if Hash::of(&data) != hash {
+                self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(EdgeError::Corrupt { hash });
+            }
+            if let Some(disk) = self.disk.clone() {
+                let d = data.clone();
+                let written = tokio::task::spawn_blocking(move || disk.write(&hash, &d)).await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(%hash, error = %e, "disk cache write failed");
+                }
+            }
+            self.memory.insert(hash, data.clone());
+            return Ok(Filled::Memory(data));
+        }
+        let disk = self
+            .disk
+            .clone()
+            .ok_or_else(|| EdgeError::Internal("large fill without a disk tier".into()))?;
+        let body = self
+            .store
+            .open_object(&hash)
+            .await?
+            .ok_or(EdgeError::MissingObject { hash })?;
+        let tmp = disk.temp_path();
+        let result = stream_to_file(body.stream, &tmp, hash, size).await;
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            if matches!(e, EdgeError::Corrupt { .. } | EdgeError::SizeMismatch { .. }) {
+                self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(e);
+        }
+        tokio::task::spawn_blocking(move || disk.commit(&hash, &tmp, size))
+            .await
+            .map_err(|e| EdgeError::Internal(format!("disk commit task: {e}")))?
+            .map_err(EdgeError::Disk)?;
+        Ok(Filled::Disk)
+    }
+}
+
+/// Copies an origin stream into `tmp`, hashing as it goes; fails unless length and hash match.
+async fn stream_to_file(
+    mut stream: ByteStream,
+    tmp: &std::path::Path,
+    hash: Hash,
+    size: u64,
+) -> Result<(), EdgeError> {
+    let mut file = tokio::fs::File::create(tmp).await.map_err(EdgeError::Disk)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut got = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            EdgeError::Store(origin_client::StoreError::Http {
+                url: format!("object {hash}"),
+                source: Box::new(e),
+            })
+        })?;
+        got += chunk.len() as u64;
+        if got > size {
+            return Err(EdgeError::SizeMismatch {
+                hash,
+                got,
+                want: size,
+            });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(EdgeError::Disk)?;
+    }
+    if got != size {
+        return Err(EdgeError::SizeMismatch {
+            hash,
+            got,
+            want: size,
+        });
+    }
+    if Hash::from(hasher.finalize()) != hash {
+        return Err(EdgeError::Corrupt { hash });
+    }
+    file.flush().await.map_err(EdgeError::Disk)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    fn chunks(data: &[u8], size: usize) -> ByteStream {
+        let v: Vec<io::Result<Bytes>> = data
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::stream::iter(v).boxed()
+    }
+
+    async fn run(v: Verify) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let mut s = v.boxed();
+        loop {
+            match s.try_next().await {
+                Ok(Some(b)) => out.extend_from_slice(&b),
+                Ok(None) => return (out, true),
+                Err(_) => return (out, false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn verify_passes_good_bytes_and_windows() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let h = Hash::of(&data);
+        let (out, ok) = run(Verify::new(chunks(&data, 777), h, 10_000, 0, 10_000, None)).await;
+        assert!(ok);
+        assert_eq!(out, data);
+        let (out, ok) = run(Verify::new(chunks(&data, 777), h, 10_000, 1234, 5678, None)).await;
+        assert!(ok);
+        assert_eq!(out, &data[1234..5678]);
+    }
+
+    #[tokio::test]
+    async fn verify_never_completes_wrong_bytes() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let h = Hash::of(&data);
+        let mut bad = data.clone();
+        bad[9_999] ^= 1;
+        let (out, ok) = run(Verify::new(chunks(&bad, 1000), h, 10_000, 0, 10_000, None)).await;
+        assert!(!ok);
+        assert!(out.len() < 10_000, "the last chunk is held back");
+        let (_, ok) = run(Verify::new(chunks(&data[..9_000], 1000), h, 10_000, 0, 10_000, None)).await;
+        assert!(!ok, "truncated");
+        let mut long = data.clone();
+        long.push(0);
+        let (_, ok) = run(Verify::new(chunks(&long, 1000), h, 10_000, 0, 10_000, None)).await;
+        assert!(!ok, "too long");
+    }
+}
