@@ -396,3 +396,16 @@ mod tests {
         assert_eq!(e.key(), Some("server.default_site"));
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn shipped_example_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../edge.toml");
+        let parsed = super::Config::parse(text, Some("config/edge.toml")).unwrap();
+        let mut defaults = super::Config::default();
+        // The example leaves default_site empty, which means "none".
+        defaults.default_site = None;
+        assert_eq!(parsed, defaults);
+    }
+}
