@@ -45,7 +45,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
         "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
         "" => Err(format!("{text:?} needs a unit (ms, s, m or h)")),
-        u => Err(format!("unknown duration unit {u:?} in {text:?} (use ms, s, m or h)")),
+        u => Err(format!(
+            "unknown duration unit {u:?} in {text:?} (use ms, s, m or h)"
+        )),
     }
 }
 

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::Hash;
 use crate::records::{CurrentPointer, DeployRecord, unix_now, validate_site};
 use crate::store::{Store, StoreError};
 use crate::tree::{self, EntryKind, OwnedEntry, TreeError};
-use crate::Hash;
 
 /// Names skipped by default (a flag includes them).
 pub const DEFAULT_SKIPPED: &[&str] = &[".git", ".hg", ".svn", ".DS_Store"];
@@ -193,7 +193,10 @@ fn scan_dir(
                 None => fs::canonicalize(&path).map_err(io_err(&path))?,
             };
             if stack.contains(&canon) {
-                return Err(PublishError::SymlinkCycle { path, target: canon });
+                return Err(PublishError::SymlinkCycle {
+                    path,
+                    target: canon,
+                });
             }
             stack.push(canon);
             let sub = scan_dir(&path, root_canon, stack, files, include_skipped)?;
@@ -298,12 +301,11 @@ pub async fn publish(
     bar.finish_and_clear();
 
     let mut nodes = Vec::new();
-    let (root_hash, _) = build_nodes(&root, &hashes, &mut nodes).map_err(|source| {
-        PublishError::BadName {
+    let (root_hash, _) =
+        build_nodes(&root, &hashes, &mut nodes).map_err(|source| PublishError::BadName {
             path: dir.to_owned(),
             source,
-        }
-    })?;
+        })?;
 
     // Blobs: one upload per distinct hash, from the first file that has it.
     let mut seen = HashSet::new();
@@ -355,7 +357,7 @@ pub async fn publish(
     store.put_deploy(&record).await?;
     move_current(store, site, previous_seq, &record).await?;
     Ok(PublishReport {
-        objects: (seen.len() + tree_seen.len()) as u64,
+        objects: (seen.len() + tree_seen.difference(&seen).count()) as u64,
         deploy: record,
         previous_seq,
         new_blobs,
@@ -474,8 +476,7 @@ mod tests {
         write(outside.path(), "secret", b"s");
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "ok.txt", b"ok");
-        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("leak"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("leak")).unwrap();
         let store = MemoryStore::new();
         let err = publish(&store, dir.path(), "s", &PublishOptions::default())
             .await

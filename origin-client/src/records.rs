@@ -239,7 +239,10 @@ mod tests {
 
     #[test]
     fn host_names() {
-        assert_eq!(normalize_host("WWW.Example.com.").unwrap(), "www.example.com");
+        assert_eq!(
+            normalize_host("WWW.Example.com.").unwrap(),
+            "www.example.com"
+        );
         for bad in ["", "a..b", "a/b", "..", "a b", "exa mple.com", "a:80"] {
             assert!(normalize_host(bad).is_err(), "{bad:?}");
         }

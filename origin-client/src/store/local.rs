@@ -68,6 +68,9 @@ impl LocalStore {
             }
             Err(e) => return Err(StoreError::io("stat", root, e)),
         }
+        if access == Access::Write {
+            remove_stale_temp_files(&root.join("tmp"));
+        }
         Ok(LocalStore {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
@@ -94,20 +97,28 @@ impl Inner {
     fn temp_file(&self) -> Result<(File, PathBuf), StoreError> {
         let dir = self.root.join("tmp");
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{}.{}.tmp", std::process::id(), n));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create", &path, e))?;
-        Ok((f, path))
+        // The counter is per handle, not per folder: another handle on the same store in this
+        // process, or a file left by a killed process whose pid was reused, may hold a name.
+        // `create_new` sees that; take the next name instead of failing the write.
+        let mut attempts = 0;
+        loop {
+            let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("{}.{}.tmp", std::process::id(), n));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => return Ok((f, path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 10_000 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(StoreError::io("create", &path, e)),
+            }
+        }
     }
 
     /// Fsyncs `tmp`, renames it to `dest`, fsyncs the directory. Removes `tmp` on failure.
     fn commit(&self, file: File, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
         let res = (|| {
-            file.sync_all().map_err(|e| StoreError::io("fsync", tmp, e))?;
+            file.sync_all()
+                .map_err(|e| StoreError::io("fsync", tmp, e))?;
             drop(file);
             let parent = dest.parent().unwrap_or(&self.root);
             fs::create_dir_all(parent).map_err(|e| StoreError::io("create", parent, e))?;
@@ -162,6 +173,27 @@ impl Inner {
             .map_err(|e| StoreError::io("open", &path, e))?;
         f.lock().map_err(|e| StoreError::io("lock", &path, e))?;
         Ok(f)
+    }
+}
+
+/// Temporary files untouched for this long belong to a writer that died (a killed publish).
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes what killed writers left in `tmp/`. A live writer touches its file as it writes,
+/// so only files idle for [`STALE_TEMP`] go. Best effort: failures are ignored.
+fn remove_stale_temp_files(tmp: &Path) {
+    let Ok(rd) = fs::read_dir(tmp) else { return };
+    let now = std::time::SystemTime::now();
+    for ent in rd.flatten() {
+        let stale = ent
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TEMP);
+        if stale {
+            let _ = fs::remove_file(ent.path());
+        }
     }
 }
 
@@ -445,4 +477,32 @@ fn list_deploys_blocking(inner: &Inner, site: &str) -> Result<Vec<DeployRecord>,
     }
     sort_deploys(&mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_for_write_removes_only_stale_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let old = tmp.join("1.0.tmp");
+        let fresh = tmp.join("2.0.tmp");
+        fs::write(&old, b"half").unwrap();
+        fs::write(&fresh, b"in progress").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        LocalStore::open(dir.path(), Access::Read).unwrap();
+        assert!(old.exists(), "reading never cleans");
+        LocalStore::open(dir.path(), Access::Write).unwrap();
+        assert!(!old.exists());
+        assert!(fresh.exists());
+    }
 }

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::records::{CurrentPointer, DeployRecord, HostRecord, NameError, RecordError};
 use crate::Hash;
+use crate::records::{CurrentPointer, DeployRecord, HostRecord, NameError, RecordError};
 
 mod http;
 mod local;
@@ -34,7 +34,9 @@ pub struct ObjectBody {
 
 impl fmt::Debug for ObjectBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectBody").field("len", &self.len).finish()
+        f.debug_struct("ObjectBody")
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -291,7 +293,11 @@ pub(crate) fn check_current(site: &str, c: CurrentPointer) -> Result<CurrentPoin
     Ok(c)
 }
 
-pub(crate) fn check_deploy(site: &str, id: &str, d: DeployRecord) -> Result<DeployRecord, StoreError> {
+pub(crate) fn check_deploy(
+    site: &str,
+    id: &str,
+    d: DeployRecord,
+) -> Result<DeployRecord, StoreError> {
     let key = layout::deploy(site, id);
     check(&key, d.validate())?;
     if d.site != site || d.id != id {
