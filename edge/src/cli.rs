@@ -44,7 +44,10 @@ pub async fn rollback(site: &str, store: &str, to: &str) -> anyhow::Result<()> {
     let p = publish::rollback(store.as_ref(), site, to)
         .await
         .with_context(|| format!("rolling back site {site} to {to}"))?;
-    println!("site {site}: current deploy is now {} (seq {})", p.deploy, p.seq);
+    println!(
+        "site {site}: current deploy is now {} (seq {})",
+        p.deploy, p.seq
+    );
     Ok(())
 }
 
@@ -162,19 +165,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let cfg = serve_config(&args)?;
     let handler = crate::node::build(&cfg).await?;
-    let listener = crate::node::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
     tracing::info!(store = %cfg.store, "serving");
-    println!("edge listening on http://{addr}/");
-    crate::node::run(
+    serve_handler(
         handler,
-        listener,
-        cfg.header_read_timeout,
-        crate::node::shutdown_signal(),
+        &cfg,
         std::time::Duration::from_secs(10),
+        "edge listening on",
     )
-    .await;
-    Ok(())
+    .await
+}
+
+/// Binds the configured address, prints the URL, serves until SIGINT/SIGTERM, then drains.
+async fn serve_handler(
+    handler: std::sync::Arc<crate::http::Handler>,
+    cfg: &edge_config::Config,
+    drain: std::time::Duration,
+    banner: &str,
+) -> anyhow::Result<()> {
+    let listeners = crate::node::bind_reuseport(cfg.listen, crate::node::worker_count())?;
+    let addr = listeners[0].local_addr()?;
+    println!("{banner} http://{addr}/");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::node::shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    crate::node::run_workers(handler, listeners, cfg.header_read_timeout, rx, drain).await
 }
 
 pub async fn preview(dir: &Path, listen: &str) -> anyhow::Result<()> {
@@ -193,16 +209,6 @@ pub async fn preview(dir: &Path, listen: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("reading {}", dir.display()))?;
     let _watcher = crate::preview::spawn_watcher(store, handler.clone(), dir.to_owned())?;
-    let listener = crate::node::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
-    println!("previewing {} at http://{addr}/", dir.display());
-    crate::node::run(
-        handler,
-        listener,
-        cfg.header_read_timeout,
-        crate::node::shutdown_signal(),
-        std::time::Duration::from_secs(2),
-    )
-    .await;
-    Ok(())
+    let banner = format!("previewing {} at", dir.display());
+    serve_handler(handler, &cfg, std::time::Duration::from_secs(2), &banner).await
 }

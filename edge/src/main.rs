@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "edge", version, about = "A CDN cache node for static-site deploys")]
+#[command(
+    name = "edge",
+    version,
+    about = "A CDN cache node for static-site deploys"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -144,6 +144,77 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("listening on {addr}"))
 }
 
+/// Binds `n` listening sockets on one address with `SO_REUSEPORT`, so the kernel spreads
+/// connections over them. With port 0 the first picks the port and the others join it.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n.max(1) {
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(true)?;
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())
+            .with_context(|| format!("listening on {addr}"))?;
+        sock.listen(4096)?;
+        let l: std::net::TcpListener = sock.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Serves on one thread per listener, each with a single-threaded runtime: a connection
+/// stays on the thread that accepted it, with no cross-thread wake-ups or work stealing on
+/// the request path (the model nginx's workers use). Shared state (caches, pointers) is
+/// behind `Arc`s; background work (pointer refresh) runs on the caller's runtime. Returns
+/// when every worker has drained after `shutdown` fires.
+pub async fn run_workers(
+    handler: Arc<Handler>,
+    listeners: Vec<std::net::TcpListener>,
+    header_read_timeout: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let mut threads = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let handler = handler.clone();
+        let mut shutdown = shutdown.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("edge-worker-{i}"))
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(l)?;
+                    let stop = async move {
+                        let _ = shutdown.wait_for(|s| *s).await;
+                    };
+                    run(handler, listener, header_read_timeout, stop, drain).await;
+                    Ok(())
+                })
+            })?;
+        threads.push(t);
+    }
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            match t.join() {
+                Ok(r) => r?,
+                Err(_) => anyhow::bail!("a worker thread panicked"),
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// How many serving workers to run: one per core.
+pub fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -3,11 +3,13 @@
 /// Longest request target accepted (path and query), in bytes.
 pub const MAX_URI_LEN: usize = 8 * 1024;
 
-/// A checked request path.
+use std::borrow::Cow;
+
+/// A checked request path. Segments borrow from the request unless they were escaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestPath {
+pub struct RequestPath<'a> {
     /// Decoded segments; never empty strings, `.`, `..`, or containing `/` or NUL.
-    pub segments: Vec<String>,
+    pub segments: Vec<Cow<'a, str>>,
     /// Whether the path ended with `/` (always true for `/`).
     pub trailing_slash: bool,
 }
@@ -44,7 +46,7 @@ fn hex(b: u8) -> Option<u8> {
 ///
 /// Each segment is percent-decoded exactly once (`%2525` is the name `%25`). Empty segments
 /// (`//`) are dropped, as static servers do.
-pub fn parse(raw: &str) -> Result<RequestPath, PathError> {
+pub fn parse(raw: &str) -> Result<RequestPath<'_>, PathError> {
     if raw.len() > MAX_URI_LEN {
         return Err(PathError::TooLong);
     }
@@ -80,9 +82,9 @@ pub fn parse(raw: &str) -> Result<RequestPath, PathError> {
                     i += 1;
                 }
             }
-            String::from_utf8(out).map_err(|_| PathError::NotUtf8)?
+            Cow::Owned(String::from_utf8(out).map_err(|_| PathError::NotUtf8)?)
         } else {
-            seg.to_owned()
+            Cow::Borrowed(seg)
         };
         if decoded.contains('\0') {
             return Err(PathError::Nul);
@@ -114,7 +116,12 @@ mod tests {
     use super::*;
 
     fn segs(p: &str) -> Vec<String> {
-        parse(p).unwrap().segments
+        parse(p)
+            .unwrap()
+            .segments
+            .into_iter()
+            .map(|s| s.into_owned())
+            .collect()
     }
 
     #[test]
@@ -141,12 +148,23 @@ mod tests {
         assert_eq!(parse("/%zz"), Err(PathError::BadEscape));
         assert_eq!(parse("/%4"), Err(PathError::BadEscape));
         assert_eq!(parse("a"), Err(PathError::NotAbsolute));
-        assert_eq!(parse(&format!("/{}", "a".repeat(MAX_URI_LEN))), Err(PathError::TooLong));
+        assert_eq!(
+            parse(&format!("/{}", "a".repeat(MAX_URI_LEN))),
+            Err(PathError::TooLong)
+        );
     }
 
     #[test]
     fn encode_round_trips() {
-        for name in ["a b", "100%", "a+b#c?d", "x~y", "😀.tar.gz", "é", "e\u{301}"] {
+        for name in [
+            "a b",
+            "100%",
+            "a+b#c?d",
+            "x~y",
+            "😀.tar.gz",
+            "é",
+            "e\u{301}",
+        ] {
             let enc = encode_segment(name);
             assert_eq!(segs(&format!("/{enc}")), [name], "{enc}");
         }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use notify::Watcher;
 use origin_client::publish::{PublishOptions, publish};
@@ -22,13 +22,7 @@ pub async fn rebuild(store: &MemoryStore, resolver: &Resolver, dir: &Path) -> an
     let report = publish(store, dir, SITE, &PublishOptions::default()).await?;
     let d = report.deploy;
     resolver
-        .set_deploy(Deploy {
-            site: SITE.into(),
-            id: d.id.clone(),
-            root: d.root,
-            seq: d.seq,
-            adopted: Instant::now(),
-        })
+        .set_deploy(Deploy::new(SITE.into(), d.id.clone(), d.root, d.seq))
         .await;
     let mut keep = HashSet::new();
     collect(store, d.root, &mut keep).await?;

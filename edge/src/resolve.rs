@@ -38,6 +38,25 @@ pub struct Deploy {
     pub seq: u64,
     /// When this node adopted the pointer.
     pub adopted: Instant,
+    /// `id` as a header value, built once.
+    pub id_header: http::HeaderValue,
+}
+
+impl Deploy {
+    pub fn new(site: String, id: String, root: Hash, seq: u64) -> Deploy {
+        // Deploy ids are validated as `[a-z0-9-]` by the store, so this cannot fail; an
+        // invalid one would only lose the header.
+        let id_header = http::HeaderValue::from_str(&id)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+        Deploy {
+            site,
+            id,
+            root,
+            seq,
+            adopted: Instant::now(),
+            id_header,
+        }
+    }
 }
 
 /// Cached pointer state: `None` means "known not to exist" (negative entry).
@@ -155,7 +174,10 @@ impl Resolver {
         }
         let key = site.to_owned();
         self.sites
-            .try_get_with(site.to_owned(), async move { self.fetch_deploy(&key).await })
+            .try_get_with(
+                site.to_owned(),
+                async move { self.fetch_deploy(&key).await },
+            )
             .await
     }
 
@@ -165,20 +187,18 @@ impl Resolver {
         };
         // Adopt only a pointer whose root we can fetch and verify.
         self.tree(p.root).await.map_err(unwrap_shared)?;
-        Ok(Some(Arc::new(Deploy {
-            site: p.site,
-            id: p.deploy,
-            root: p.root,
-            seq: p.seq,
-            adopted: Instant::now(),
-        })))
+        Ok(Some(Arc::new(Deploy::new(p.site, p.deploy, p.root, p.seq))))
     }
 
     /// Re-reads one site's pointer now; keeps the old one on any failure.
     pub async fn refresh_site(&self, site: &str) -> EdgeResult<Option<Arc<Deploy>>> {
         let old = self.sites.get(site).await.flatten();
         match self.store.get_current(site).await {
-            Ok(Some(p)) if old.as_ref().is_some_and(|d| d.root == p.root && d.id == p.deploy) => {
+            Ok(Some(p))
+                if old
+                    .as_ref()
+                    .is_some_and(|d| d.root == p.root && d.id == p.deploy) =>
+            {
                 Ok(old)
             }
             Ok(_) => match self.fetch_deploy(site).await {
@@ -256,7 +276,7 @@ impl Resolver {
     ///
     /// `/dir/` serves `dir/index.html`; `/dir` (a folder) asks for the slash; `/about`
     /// serves `about.html` when there is no `about`; a file with a trailing slash is not found.
-    pub async fn lookup(&self, root: Hash, path: &RequestPath) -> EdgeResult<Target> {
+    pub async fn lookup(&self, root: Hash, path: &RequestPath<'_>) -> EdgeResult<Target> {
         let mut dir = self.tree(root).await?;
         let n = path.segments.len();
         for (i, seg) in path.segments.iter().enumerate() {
@@ -394,7 +414,11 @@ mod tests {
     }
 
     async fn walk(r: &Resolver, root: Hash, p: &str) -> String {
-        match r.lookup(root, &crate::path::parse(p).unwrap()).await.unwrap() {
+        match r
+            .lookup(root, &crate::path::parse(p).unwrap())
+            .await
+            .unwrap()
+        {
             Target::File { name, .. } => name,
             Target::AddSlash => "301".into(),
             Target::NotFound => "404".into(),
@@ -424,12 +448,20 @@ mod tests {
     async fn unknown_site_and_host_are_negative() {
         let (r, _, _dir) = site().await;
         assert!(r.deploy("other").await.unwrap().is_none());
-        assert!(r.site_for_host(Some("nope.example")).await.unwrap().is_none());
+        assert!(
+            r.site_for_host(Some("nope.example"))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn host_names() {
-        assert_eq!(host_name("Example.com:8080").as_deref(), Some("example.com"));
+        assert_eq!(
+            host_name("Example.com:8080").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(host_name("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
         assert_eq!(host_name("[::1]:80"), None);
         assert_eq!(host_name("bad host"), None);

@@ -97,11 +97,7 @@ fn parse_one(p: &str, len: u64) -> Option<RangeSpec> {
         }
     } else {
         let start = digits(a)?;
-        let end = if b.is_empty() {
-            None
-        } else {
-            Some(digits(b)?)
-        };
+        let end = if b.is_empty() { None } else { Some(digits(b)?) };
         if end.is_some_and(|e| e < start) {
             return None;
         }
@@ -115,9 +111,10 @@ fn parse_one(p: &str, len: u64) -> Option<RangeSpec> {
 
 /// Does an `If-None-Match` value match `etag` (weak comparison)?
 pub fn none_match(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|t| {
-        t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
-    })
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 /// Content codings the edge serves from precompressed siblings, in preference order, with

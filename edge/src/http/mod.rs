@@ -100,7 +100,10 @@ impl Handler {
             Method::GET => false,
             Method::HEAD => true,
             _ => {
-                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served");
+                let mut r = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "only GET and HEAD are served",
+                );
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 return r;
@@ -169,8 +172,17 @@ impl Handler {
                 hash,
                 size,
             } => {
-                self.file(&req, &deploy, &dir, &name, hash, size, StatusCode::OK, head_only)
-                    .await
+                self.file(
+                    &req,
+                    &deploy,
+                    &dir,
+                    &name,
+                    hash,
+                    size,
+                    StatusCode::OK,
+                    head_only,
+                )
+                .await
             }
             Target::NotFound => match self.resolver.not_found_page(deploy.root).await {
                 Ok(Target::File {
@@ -202,9 +214,8 @@ impl Handler {
     }
 
     fn stamp(&self, r: &mut Response<Body>, deploy: &Deploy) {
-        if let Ok(v) = HeaderValue::from_str(&deploy.id) {
-            r.headers_mut().insert(X_EDGE_DEPLOY.clone(), v);
-        }
+        r.headers_mut()
+            .insert(X_EDGE_DEPLOY.clone(), deploy.id_header.clone());
     }
 
     fn failure(&self, e: &EdgeError, during: &'static str) -> Response<Body> {
@@ -232,8 +243,11 @@ impl Handler {
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok());
         let mut best_q = 0.0f32;
+        let mut sibling = String::with_capacity(name.len() + 4);
         for (coding, suffix) in headers::CODINGS {
-            let sibling = format!("{name}{suffix}");
+            sibling.clear();
+            sibling.push_str(name);
+            sibling.push_str(suffix);
             if let Some(e) = dir.lookup(&sibling).filter(|e| e.kind == EntryKind::File) {
                 has_siblings = true;
                 let q = accept.map_or(0.0, |a| headers::accept_q(a, coding));
@@ -250,12 +264,12 @@ impl Handler {
 
         let etag = format!("\"{}\"", hash.to_hex());
         let mut h = HeaderMap::with_capacity(12);
-        let ct = headers::content_type(name);
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(&ct)
+        let ct = match headers::content_type(name) {
+            std::borrow::Cow::Borrowed(s) => HeaderValue::from_static(s),
+            std::borrow::Cow::Owned(s) => HeaderValue::from_str(&s)
                 .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-        );
+        };
+        h.insert(header::CONTENT_TYPE, ct);
         if let Ok(v) = HeaderValue::from_str(&etag) {
             h.insert(header::ETAG, v);
         }
@@ -273,9 +287,7 @@ impl Handler {
         if let Some((coding, _, _)) = encoding {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
         }
-        if let Ok(v) = HeaderValue::from_str(&deploy.id) {
-            h.insert(X_EDGE_DEPLOY.clone(), v);
-        }
+        h.insert(X_EDGE_DEPLOY.clone(), deploy.id_header.clone());
 
         if status == StatusCode::OK
             && let Some(inm) = req.headers.get(header::IF_NONE_MATCH)
@@ -297,18 +309,15 @@ impl Handler {
                 .get(header::IF_RANGE)
                 .is_none_or(|v| v.to_str().is_ok_and(|v| v == etag));
             if let Some(range) = req.headers.get(header::RANGE).filter(|_| if_range_ok) {
-                let spec = range
-                    .to_str()
-                    .map_or(headers::RangeSpec::Malformed, |r| {
-                        headers::parse_range(r, size)
-                    });
+                let spec = range.to_str().map_or(headers::RangeSpec::Malformed, |r| {
+                    headers::parse_range(r, size)
+                });
                 match spec {
                     headers::RangeSpec::Whole => {}
                     headers::RangeSpec::Single(s, e) => {
                         status = StatusCode::PARTIAL_CONTENT;
                         (start, end) = (s, e);
-                        if let Ok(v) =
-                            HeaderValue::from_str(&format!("bytes {s}-{}/{size}", e - 1))
+                        if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{}/{size}", e - 1))
                         {
                             h.insert(header::CONTENT_RANGE, v);
                         }
@@ -343,9 +352,7 @@ impl Handler {
                 Ok((blob, source)) => {
                     h.insert(CACHE_STATUS.clone(), cache_status(source));
                     match blob {
-                        crate::tiers::Blob::Bytes(b) if start == 0 && end == size => {
-                            Body::full(b)
-                        }
+                        crate::tiers::Blob::Bytes(b) if start == 0 && end == size => Body::full(b),
                         crate::tiers::Blob::Bytes(b) => {
                             Body::full(b.slice(start as usize..end as usize))
                         }

@@ -262,7 +262,10 @@ mod tests {
             assert!(on_disk(dir.path()) <= 64 * 1024);
         }
         assert!(tier.lookup(&hashes[0]).is_some(), "recently used survives");
-        assert!(tier.lookup(&hashes[1]).is_none(), "least recently used evicted");
+        assert!(
+            tier.lookup(&hashes[1]).is_none(),
+            "least recently used evicted"
+        );
         assert!(tier.evictions() > 0);
     }
 

@@ -440,7 +440,10 @@ impl Tiers {
         let result = stream_to_file(body.stream, &tmp, hash, size).await;
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&tmp).await;
-            if matches!(e, EdgeError::Corrupt { .. } | EdgeError::SizeMismatch { .. }) {
+            if matches!(
+                e,
+                EdgeError::Corrupt { .. } | EdgeError::SizeMismatch { .. }
+            ) {
                 self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
             }
             return Err(e);
@@ -460,7 +463,9 @@ async fn stream_to_file(
     hash: Hash,
     size: u64,
 ) -> Result<(), EdgeError> {
-    let mut file = tokio::fs::File::create(tmp).await.map_err(EdgeError::Disk)?;
+    let mut file = tokio::fs::File::create(tmp)
+        .await
+        .map_err(EdgeError::Disk)?;
     let mut hasher = blake3::Hasher::new();
     let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -499,6 +504,112 @@ async fn stream_to_file(
 mod tests {
     use super::*;
     use futures_util::TryStreamExt;
+    use origin_client::store::{MemoryStore, ObjectBody};
+    use origin_client::{CurrentPointer, DeployRecord, HostRecord, StoreError};
+
+    /// A store that counts object reads and answers them slowly, so misses overlap.
+    #[derive(Debug, Default)]
+    struct SlowCounting {
+        inner: MemoryStore,
+        reads: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for SlowCounting {
+        fn location(&self) -> String {
+            "counting:".into()
+        }
+        async fn get_object(&self, h: &Hash) -> Result<Option<Bytes>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.inner.get_object(h).await
+        }
+        async fn open_object(&self, h: &Hash) -> Result<Option<ObjectBody>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.inner.open_object(h).await
+        }
+        async fn has_object(&self, h: &Hash) -> Result<bool, StoreError> {
+            self.inner.has_object(h).await
+        }
+        async fn put_object(&self, h: &Hash, d: Bytes) -> Result<bool, StoreError> {
+            self.inner.put_object(h, d).await
+        }
+        async fn get_host(&self, h: &str) -> Result<Option<HostRecord>, StoreError> {
+            self.inner.get_host(h).await
+        }
+        async fn put_host(&self, r: &HostRecord) -> Result<(), StoreError> {
+            self.inner.put_host(r).await
+        }
+        async fn get_current(&self, s: &str) -> Result<Option<CurrentPointer>, StoreError> {
+            self.inner.get_current(s).await
+        }
+        async fn swap_current(&self, e: Option<u64>, n: &CurrentPointer) -> Result<(), StoreError> {
+            self.inner.swap_current(e, n).await
+        }
+        async fn put_deploy(&self, r: &DeployRecord) -> Result<(), StoreError> {
+            self.inner.put_deploy(r).await
+        }
+        async fn get_deploy(&self, s: &str, i: &str) -> Result<Option<DeployRecord>, StoreError> {
+            self.inner.get_deploy(s, i).await
+        }
+        async fn list_deploys(&self, s: &str) -> Result<Vec<DeployRecord>, StoreError> {
+            self.inner.list_deploys(s).await
+        }
+    }
+
+    async fn concurrent_misses(size: usize, disk: bool) -> (u64, Vec<Vec<u8>>) {
+        let store = Arc::new(SlowCounting::default());
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 256) as u8).collect();
+        let hash = Hash::of(&data);
+        store
+            .inner
+            .put_object(&hash, Bytes::from(data.clone()))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let disk = disk.then(|| DiskTier::open(dir.path(), 64 << 20).unwrap());
+        let tiers = Tiers::new(
+            store.clone(),
+            &TierConfig {
+                memory_bytes: 8 << 20,
+                memory_max_object: 64 * 1024,
+            },
+            disk,
+        );
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let t = tiers.clone();
+                tokio::spawn(async move {
+                    let (blob, _) = t.get(hash, size as u64).await.unwrap();
+                    let n = blob.len();
+                    let s = blob.into_stream(0, n);
+                    let parts: Vec<Bytes> = s.try_collect().await.unwrap();
+                    parts.concat()
+                })
+            })
+            .collect();
+        let mut bodies = Vec::new();
+        for t in tasks {
+            bodies.push(t.await.unwrap());
+        }
+        assert!(bodies.iter().all(|b| *b == data));
+        (store.reads.load(Ordering::SeqCst), bodies)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_small_misses_make_one_origin_fetch() {
+        let (reads, bodies) = concurrent_misses(10_000, false).await;
+        assert_eq!(reads, 1);
+        assert_eq!(bodies.len(), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_large_misses_make_one_origin_fetch_through_disk() {
+        let (reads, bodies) = concurrent_misses(1 << 20, true).await;
+        assert_eq!(reads, 1);
+        assert_eq!(bodies.len(), 100);
+    }
 
     fn chunks(data: &[u8], size: usize) -> ByteStream {
         let v: Vec<io::Result<Bytes>> = data
@@ -541,7 +652,15 @@ mod tests {
         let (out, ok) = run(Verify::new(chunks(&bad, 1000), h, 10_000, 0, 10_000, None)).await;
         assert!(!ok);
         assert!(out.len() < 10_000, "the last chunk is held back");
-        let (_, ok) = run(Verify::new(chunks(&data[..9_000], 1000), h, 10_000, 0, 10_000, None)).await;
+        let (_, ok) = run(Verify::new(
+            chunks(&data[..9_000], 1000),
+            h,
+            10_000,
+            0,
+            10_000,
+            None,
+        ))
+        .await;
         assert!(!ok, "truncated");
         let mut long = data.clone();
         long.push(0);
