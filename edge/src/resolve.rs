@@ -152,13 +152,14 @@ impl Resolver {
     /// neither exists.
     pub async fn site_for_host(&self, host: Option<&str>) -> EdgeResult<Option<Arc<str>>> {
         let found = match host.and_then(host_name) {
-            Some(name) => match self.hosts.get(&name).await {
+            Some(name) => match self.hosts.get(name.as_ref()).await {
                 Some(slot) => slot,
                 None => {
                     let store = self.store.clone();
-                    let key = name.clone();
+                    let key = name.into_owned();
+                    let k2 = key.clone();
                     self.hosts
-                        .try_get_with(name, async move { fetch_host(store.as_ref(), &key).await })
+                        .try_get_with(key, async move { fetch_host(store.as_ref(), &k2).await })
                         .await?
                 }
             },
@@ -344,7 +345,7 @@ fn file_in(dir: &TreeNode, name: &str) -> Target {
 
 /// The host name of a Host header value: port removed, lowercased, validated. IP literals
 /// and invalid names yield `None` (they name no site).
-pub fn host_name(header: &str) -> Option<String> {
+pub fn host_name(header: &str) -> Option<std::borrow::Cow<'_, str>> {
     if header.starts_with('[') {
         return None; // an IPv6 literal names no site
     }
@@ -352,7 +353,19 @@ pub fn host_name(header: &str) -> Option<String> {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => header,
     };
-    normalize_host(name).ok()
+    // The common case, already normal, borrows; anything else is normalised (or refused).
+    let plain = !name.ends_with('.')
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        });
+    if plain {
+        return Some(std::borrow::Cow::Borrowed(name));
+    }
+    normalize_host(name).ok().map(std::borrow::Cow::Owned)
 }
 
 async fn fetch_host(store: &dyn Store, host: &str) -> Result<HostSlot, EdgeError> {
@@ -464,6 +477,7 @@ mod tests {
         );
         assert_eq!(host_name("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
         assert_eq!(host_name("[::1]:80"), None);
+        assert_eq!(host_name("a.example.").as_deref(), Some("a.example"));
         assert_eq!(host_name("bad host"), None);
     }
 }

@@ -16,6 +16,7 @@
 mod hash;
 pub mod publish;
 pub mod records;
+pub mod resilience;
 pub mod store;
 pub mod tree;
 

@@ -66,6 +66,17 @@ fn text(status: StatusCode, reason: &str) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
+/// `"<hex hash>"`, built on the stack: one allocation (the header value's own).
+fn etag_header(hash: &Hash) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [b'"'; 66];
+    for (i, b) in hash.as_bytes().iter().enumerate() {
+        buf[1 + 2 * i] = HEX[(b >> 4) as usize];
+        buf[2 + 2 * i] = HEX[(b & 15) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
 fn cache_status(source: Source) -> HeaderValue {
     HeaderValue::from_static(match source {
         Source::Memory => "edge; hit; detail=memory",
@@ -262,7 +273,8 @@ impl Handler {
             size = s;
         }
 
-        let etag = format!("\"{}\"", hash.to_hex());
+        let etag_value = etag_header(&hash);
+        let etag = etag_value.to_str().unwrap_or_default();
         let mut h = HeaderMap::with_capacity(12);
         let ct = match headers::content_type(name) {
             std::borrow::Cow::Borrowed(s) => HeaderValue::from_static(s),
@@ -270,9 +282,7 @@ impl Handler {
                 .unwrap_or(HeaderValue::from_static("application/octet-stream")),
         };
         h.insert(header::CONTENT_TYPE, ct);
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            h.insert(header::ETAG, v);
-        }
+        h.insert(header::ETAG, etag_value.clone());
         h.insert(
             header::CACHE_CONTROL,
             if headers::is_html(name) {
@@ -291,7 +301,7 @@ impl Handler {
 
         if status == StatusCode::OK
             && let Some(inm) = req.headers.get(header::IF_NONE_MATCH)
-            && inm.to_str().is_ok_and(|v| headers::none_match(v, &etag))
+            && inm.to_str().is_ok_and(|v| headers::none_match(v, etag))
         {
             let mut r = Response::new(Body::Empty);
             *r.status_mut() = StatusCode::NOT_MODIFIED;

@@ -98,6 +98,13 @@ pub enum StoreError {
     SourceChanged { path: PathBuf },
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error("origin {face} circuit is open; retry in {retry_after:?}")]
+    CircuitOpen {
+        face: &'static str,
+        retry_after: std::time::Duration,
+    },
+    #[error("origin {face} queue is full")]
+    Shed { face: &'static str },
 }
 
 impl StoreError {
