@@ -72,6 +72,27 @@ pub struct FileConfig {
     pub cache: CacheSection,
     pub pointers: PointerSection,
     pub http: HttpSection,
+    pub origin: OriginSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginSection {
+    pub connect_timeout: Option<DurationText>,
+    pub first_byte_timeout: Option<DurationText>,
+    pub total_timeout: Option<DurationText>,
+    pub min_rate: Option<SizeText>,
+    pub concurrency: Option<u64>,
+    pub queue: Option<u64>,
+    pub site_concurrency: Option<u64>,
+    pub site_queue: Option<u64>,
+    pub retry_attempts: Option<u64>,
+    pub retry_budget: Option<f64>,
+    pub breaker_failures: Option<u64>,
+    pub breaker_failure_rate: Option<f64>,
+    pub breaker_window: Option<DurationText>,
+    pub breaker_open: Option<DurationText>,
+    pub breaker_probes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -138,7 +159,32 @@ pub struct Config {
     pub negative_ttl: Duration,
     pub cache_control_html: String,
     pub cache_control_other: String,
+    pub origin: Origin,
 }
+
+/// How the node treats its origin (see `[origin]` in config/edge.toml).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    /// Base of the whole-transfer deadline; `size / min_rate` is added per object.
+    pub total_timeout: Duration,
+    /// Bytes per second.
+    pub min_rate: u64,
+    pub concurrency: usize,
+    pub queue: usize,
+    pub site_concurrency: usize,
+    pub site_queue: usize,
+    pub retry_attempts: u32,
+    pub retry_budget: f64,
+    pub breaker_failures: u32,
+    pub breaker_failure_rate: f64,
+    pub breaker_window: Duration,
+    pub breaker_open: Duration,
+    pub breaker_probes: u32,
+}
+
+impl Eq for Origin {}
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_STORE: &str = "store";
@@ -299,7 +345,82 @@ impl Config {
             }
             Ok(v)
         };
+        let o = &f.origin;
+        let count = |key: &str, v: Option<u64>, default: u64, min: u64, max: u64| {
+            let v = v.unwrap_or(default);
+            if v < min || v > max {
+                return Err(invalid(key, format!("{v} is outside {min}..={max}")));
+            }
+            Ok(v)
+        };
+        let fraction = |key: &str, v: Option<f64>, default: f64| {
+            let v = v.unwrap_or(default);
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(key, format!("{v} is outside 0.0..=1.0")));
+            }
+            Ok(v)
+        };
+        let origin = Origin {
+            connect_timeout: duration(
+                "origin.connect_timeout",
+                &o.connect_timeout,
+                Duration::from_secs(3),
+            )?,
+            first_byte_timeout: duration(
+                "origin.first_byte_timeout",
+                &o.first_byte_timeout,
+                Duration::from_secs(5),
+            )?,
+            total_timeout: duration(
+                "origin.total_timeout",
+                &o.total_timeout,
+                Duration::from_secs(10),
+            )?,
+            min_rate: size("origin.min_rate", &o.min_rate, 1 << 20)?.max(1),
+            concurrency: count("origin.concurrency", o.concurrency, 64, 1, 100_000)? as usize,
+            queue: count("origin.queue", o.queue, 1024, 0, 1_000_000)? as usize,
+            site_concurrency: count(
+                "origin.site_concurrency",
+                o.site_concurrency,
+                16,
+                1,
+                100_000,
+            )? as usize,
+            site_queue: count("origin.site_queue", o.site_queue, 256, 0, 1_000_000)? as usize,
+            retry_attempts: count("origin.retry_attempts", o.retry_attempts, 3, 1, 10)? as u32,
+            retry_budget: fraction("origin.retry_budget", o.retry_budget, 0.2)?,
+            breaker_failures: count(
+                "origin.breaker_failures",
+                o.breaker_failures,
+                5,
+                1,
+                1_000_000,
+            )? as u32,
+            breaker_failure_rate: fraction(
+                "origin.breaker_failure_rate",
+                o.breaker_failure_rate,
+                0.5,
+            )?,
+            breaker_window: duration(
+                "origin.breaker_window",
+                &o.breaker_window,
+                Duration::from_secs(10),
+            )?,
+            breaker_open: duration(
+                "origin.breaker_open",
+                &o.breaker_open,
+                Duration::from_secs(5),
+            )?,
+            breaker_probes: count("origin.breaker_probes", o.breaker_probes, 3, 1, 1000)? as u32,
+        };
+        if origin.first_byte_timeout.is_zero() {
+            return Err(invalid(
+                "origin.first_byte_timeout",
+                "must be more than zero".into(),
+            ));
+        }
         Ok(Config {
+            origin,
             listen,
             default_site,
             header_read_timeout,

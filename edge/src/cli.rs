@@ -118,8 +118,10 @@ pub struct ServeArgs {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -164,10 +166,10 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<edge_config::Config> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let cfg = serve_config(&args)?;
-    let handler = crate::node::build(&cfg).await?;
+    let node = crate::node::build(&cfg).await?;
     tracing::info!(store = %cfg.store, "serving");
     serve_handler(
-        handler,
+        node.handler,
         &cfg,
         std::time::Duration::from_secs(10),
         "edge listening on",

@@ -26,6 +26,8 @@ pub enum EdgeError {
     Corrupt { hash: Hash },
     #[error("disk cache i/o")]
     Disk(#[source] std::io::Error),
+    #[error("site {site} has too many origin requests waiting")]
+    SiteShed { site: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,8 +49,23 @@ impl EdgeError {
     pub fn status(&self) -> StatusCode {
         match self {
             EdgeError::Store(StoreError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            EdgeError::Store(StoreError::CircuitOpen { .. } | StoreError::Shed { .. })
+            | EdgeError::SiteShed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Internal(_) | EdgeError::Disk(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// When to try again, for 503s: the breaker's remaining open time, or a second.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            EdgeError::Store(StoreError::CircuitOpen { retry_after, .. }) => {
+                Some((*retry_after).max(std::time::Duration::from_secs(1)))
+            }
+            EdgeError::Store(StoreError::Shed { .. }) | EdgeError::SiteShed { .. } => {
+                Some(std::time::Duration::from_secs(1))
+            }
+            _ => None,
         }
     }
 
@@ -56,6 +73,12 @@ impl EdgeError {
     pub fn reason(&self) -> &'static str {
         match self {
             EdgeError::Store(StoreError::Timeout { .. }) => "origin timed out",
+            EdgeError::Store(StoreError::CircuitOpen { .. }) => {
+                "origin is failing; not asking it for a while"
+            }
+            EdgeError::Store(StoreError::Shed { .. }) | EdgeError::SiteShed { .. } => {
+                "too many requests waiting for the origin"
+            }
             EdgeError::Store(_) => "origin unavailable",
             EdgeError::BadTree { .. } => "origin sent a malformed tree",
             EdgeError::MissingObject { .. } => "origin is missing an object of this deploy",

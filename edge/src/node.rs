@@ -13,12 +13,51 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use origin_client::{Access, Store, open_store};
+use origin_client::resilience::{
+    BreakerConfig, FaceConfig, ResilienceConfig, ResilientStore, RetryConfig,
+};
+use origin_client::store::HttpStoreOptions;
+use origin_client::{Access, Store, open_store_with};
 use tokio::net::TcpListener;
 
 use crate::http::{Handler, HttpConfig};
 use crate::resolve::{Resolver, ResolverConfig};
 use crate::tiers::{DiskTier, TierConfig, Tiers};
+
+/// The parts a running node holds, for the admin side and tests.
+pub struct Node {
+    pub handler: Arc<Handler>,
+    /// The origin with its breakers and limits (None for preview's in-memory store).
+    pub origin: Option<Arc<ResilientStore>>,
+}
+
+/// Maps the validated configuration onto the origin client's resilience settings.
+pub fn resilience_config(o: &edge_config::Origin) -> ResilienceConfig {
+    let face = |concurrency: usize| FaceConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: o.breaker_failures,
+            failure_rate: o.breaker_failure_rate,
+            window: o.breaker_window,
+            min_requests: 20,
+            open_for: o.breaker_open,
+            half_open_probes: o.breaker_probes,
+        },
+        retry: RetryConfig {
+            max_attempts: o.retry_attempts,
+            budget_ratio: o.retry_budget,
+            ..RetryConfig::default()
+        },
+        first_byte_timeout: o.first_byte_timeout,
+        total_base: o.total_timeout,
+        min_rate: o.min_rate,
+        concurrency,
+        queue: o.queue,
+    };
+    ResilienceConfig {
+        meta: face(o.concurrency.clamp(1, 32)),
+        objects: face(o.concurrency),
+    }
+}
 
 /// Builds the handler (resolver, tiers, HTTP policy) for a store and a configuration.
 pub async fn build_handler(
@@ -40,8 +79,12 @@ pub async fn build_handler(
                 capacity = tier.capacity(),
                 "disk tier ready"
             );
-            Some(tier)
+            Some(Arc::new(tier))
         }
+        _ => None,
+    };
+    let state_file = match (&cfg.cache_dir, with_disk) {
+        (Some(dir), true) => Some(dir.join("pointers.json")),
         _ => None,
     };
     let resolver = Resolver::new(
@@ -52,14 +95,31 @@ pub async fn build_handler(
             tree_cache_bytes: cfg.tree_size,
             default_site: cfg.default_site.clone(),
             max_pointers: 100_000,
+            state_file,
+            stale_after: (cfg.refresh_interval * 3).max(Duration::from_secs(10)),
         },
+        disk.clone(),
     );
+    if resolver.load_state().await > 0 {
+        // Confirm the saved pointers before serving when the origin answers quickly; when it
+        // does not, start on them anyway (they are marked stale until confirmed).
+        let confirm = resolver.refresh_all();
+        if tokio::time::timeout(Duration::from_secs(2), confirm)
+            .await
+            .is_err()
+        {
+            tracing::warn!("origin slow at start; serving last-known-good pointers");
+        }
+    }
     resolver.spawn_refresher();
+    resolver.spawn_saver();
     let tiers = Tiers::new(
         store,
         &TierConfig {
             memory_bytes: cfg.memory_size,
             memory_max_object: cfg.memory_max_object,
+            site_concurrency: cfg.origin.site_concurrency,
+            site_queue: cfg.origin.site_queue,
         },
         disk,
     );
@@ -70,11 +130,24 @@ pub async fn build_handler(
     Ok(Arc::new(Handler::new(resolver, tiers, http)))
 }
 
-/// Opens the configured store and builds the handler.
-pub async fn build(cfg: &Config) -> anyhow::Result<Arc<Handler>> {
-    let store = open_store(&cfg.store, Access::Read)
+/// Opens the configured store behind breakers, timeouts, retries and limits, and builds the
+/// handler. A local store that does not exist yet is accepted (reads fail until it appears),
+/// so a node restarted during an outage serves what it has cached.
+pub async fn build(cfg: &Config) -> anyhow::Result<Node> {
+    let http = HttpStoreOptions {
+        connect_timeout: cfg.origin.connect_timeout,
+        header_timeout: cfg.origin.first_byte_timeout,
+        body_timeout: cfg.origin.total_timeout + cfg.origin.first_byte_timeout,
+        ..HttpStoreOptions::default()
+    };
+    let raw = open_store_with(&cfg.store, Access::Serve, http)
         .with_context(|| format!("opening store {}", cfg.store))?;
-    build_handler(cfg, store, true).await
+    let origin = Arc::new(ResilientStore::new(raw, resilience_config(&cfg.origin)));
+    let handler = build_handler(cfg, origin.clone(), true).await?;
+    Ok(Node {
+        handler,
+        origin: Some(origin),
+    })
 }
 
 /// Serves HTTP/1.1 and cleartext HTTP/2 on `listener` until `shutdown` resolves, then stops

@@ -7,17 +7,20 @@
 //! keeps serving. Tree nodes are immutable: fetched once, verified against their hash, decoded
 //! once, cached by hash with a byte bound.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use moka::Expiry;
 use moka::future::Cache;
-use origin_client::records::normalize_host;
-use origin_client::{EntryKind, Hash, Store, TreeNode};
+use origin_client::records::{normalize_host, validate_deploy_id, validate_site};
+use origin_client::{CurrentPointer, EntryKind, Hash, Store, TreeNode};
 
 use crate::error::{EdgeError, EdgeResult};
 use crate::path::RequestPath;
+use crate::tiers::DiskTier;
 
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
@@ -27,23 +30,48 @@ pub struct ResolverConfig {
     pub default_site: Option<String>,
     /// Most hosts and sites remembered (positive and negative).
     pub max_pointers: u64,
+    /// Where last-known-good pointers are persisted (None: not persisted).
+    pub state_file: Option<PathBuf>,
+    /// A pointer not confirmed by the origin for this long is stale (reported, still served).
+    pub stale_after: Duration,
+}
+
+/// Counters for alarms and metrics.
+#[derive(Debug, Default)]
+pub struct ResolverStats {
+    /// New pointers refused because their root could not be fetched or verified (alarm).
+    pub pointers_rejected: AtomicU64,
+    /// Pointer refreshes that failed (the cached pointer was kept).
+    pub refresh_failures: AtomicU64,
+    /// Last-known-good pointers loaded at start.
+    pub pointers_loaded: AtomicU64,
 }
 
 /// A site's active deploy, as this node knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Deploy {
     pub site: String,
     pub id: String,
     pub root: Hash,
     pub seq: u64,
-    /// When this node adopted the pointer.
-    pub adopted: Instant,
     /// `id` as a header value, built once.
     pub id_header: http::HeaderValue,
+    /// Unix milliseconds when the origin last confirmed this pointer.
+    confirmed_ms: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Deploy {
     pub fn new(site: String, id: String, root: Hash, seq: u64) -> Deploy {
+        Deploy::confirmed_at(site, id, root, seq, unix_ms())
+    }
+
+    fn confirmed_at(site: String, id: String, root: Hash, seq: u64, ms: u64) -> Deploy {
         // Deploy ids are validated as `[a-z0-9-]` by the store, so this cannot fail; an
         // invalid one would only lose the header.
         let id_header = http::HeaderValue::from_str(&id)
@@ -53,9 +81,18 @@ impl Deploy {
             id,
             root,
             seq,
-            adopted: Instant::now(),
             id_header,
+            confirmed_ms: AtomicU64::new(ms),
         }
+    }
+
+    /// How long since the origin last confirmed this pointer.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(unix_ms().saturating_sub(self.confirmed_ms.load(Ordering::Relaxed)))
+    }
+
+    fn confirm(&self) {
+        self.confirmed_ms.store(unix_ms(), Ordering::Relaxed);
     }
 }
 
@@ -87,6 +124,29 @@ pub struct Resolver {
     hosts: Cache<String, HostSlot>,
     sites: Cache<String, SiteSlot>,
     trees: Cache<Hash, TreeNode>,
+    /// Tree nodes are kept on disk too, so a restarted node can walk its deploys while the
+    /// origin is down.
+    disk: Option<Arc<DiskTier>>,
+    /// Set when a pointer changes; the saver persists the pointers then.
+    dirty: AtomicBool,
+    wake_saver: tokio::sync::Notify,
+    pub stats: ResolverStats,
+}
+
+/// The persisted last-known-good pointers.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedState {
+    version: u32,
+    hosts: std::collections::BTreeMap<String, String>,
+    sites: std::collections::BTreeMap<String, SavedDeploy>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedDeploy {
+    deploy: String,
+    root: Hash,
+    seq: u64,
+    confirmed_ms: u64,
 }
 
 /// What a path resolves to in a deploy.
@@ -105,7 +165,11 @@ pub enum Target {
 }
 
 impl Resolver {
-    pub fn new(store: Arc<dyn Store>, cfg: ResolverConfig) -> Arc<Resolver> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cfg: ResolverConfig,
+        disk: Option<Arc<DiskTier>>,
+    ) -> Arc<Resolver> {
         let trees = Cache::builder()
             .weigher(|_: &Hash, t: &TreeNode| u32::try_from(t.weight()).unwrap_or(u32::MAX))
             .max_capacity(cfg.tree_cache_bytes)
@@ -124,11 +188,120 @@ impl Resolver {
             hosts,
             sites,
             trees,
+            disk,
+            dirty: AtomicBool::new(false),
+            wake_saver: tokio::sync::Notify::new(),
+            stats: ResolverStats::default(),
         })
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    pub fn config(&self) -> &ResolverConfig {
+        &self.cfg
+    }
+
+    /// Loads persisted last-known-good pointers. They serve at once (as stale, until the
+    /// origin confirms them); a missing file is not an error, a damaged one is logged and
+    /// ignored.
+    pub async fn load_state(&self) -> usize {
+        let Some(path) = self.cfg.state_file.clone() else {
+            return 0;
+        };
+        let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
+        let bytes = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read saved pointers");
+                return 0;
+            }
+            Err(_) => return 0,
+        };
+        let state: SavedState = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "saved pointers are damaged; ignoring them");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for (host, site) in state.hosts {
+            if normalize_host(&host).is_ok_and(|h| h == host) && validate_site(&site).is_ok() {
+                self.hosts.insert(host, Some(Arc::from(site))).await;
+                n += 1;
+            }
+        }
+        for (site, d) in state.sites {
+            if validate_site(&site).is_err() || validate_deploy_id(&d.deploy).is_err() {
+                continue;
+            }
+            let deploy =
+                Deploy::confirmed_at(site.clone(), d.deploy, d.root, d.seq, d.confirmed_ms);
+            self.sites.insert(site, Some(Arc::new(deploy))).await;
+            n += 1;
+        }
+        self.stats
+            .pointers_loaded
+            .store(n as u64, Ordering::Relaxed);
+        tracing::info!(pointers = n, "loaded last-known-good pointers");
+        n
+    }
+
+    fn mark_dirty(&self) {
+        if self.cfg.state_file.is_some() && !self.dirty.swap(true, Ordering::AcqRel) {
+            self.wake_saver.notify_one();
+        }
+    }
+
+    /// Writes the pointers now (atomically: temporary file, fsync, rename).
+    pub async fn save_state(&self) -> std::io::Result<()> {
+        let Some(path) = self.cfg.state_file.clone() else {
+            return Ok(());
+        };
+        self.dirty.store(false, Ordering::Release);
+        let mut state = SavedState {
+            version: 1,
+            ..SavedState::default()
+        };
+        for (host, slot) in self.hosts.iter() {
+            if let Some(site) = slot {
+                state.hosts.insert(host.as_ref().clone(), site.to_string());
+            }
+        }
+        for (site, slot) in self.sites.iter() {
+            if let Some(d) = slot {
+                state.sites.insert(
+                    site.as_ref().clone(),
+                    SavedDeploy {
+                        deploy: d.id.clone(),
+                        root: d.root,
+                        seq: d.seq,
+                        confirmed_ms: d.confirmed_ms.load(Ordering::Relaxed),
+                    },
+                );
+            }
+        }
+        let json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
+        tokio::task::spawn_blocking(move || write_atomic(&path, &json))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Persists pointers whenever they change (batched). The task keeps the resolver alive:
+    /// it is for a node's lifetime.
+    pub fn spawn_saver(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.cfg.state_file.as_ref()?;
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                this.wake_saver.notified().await;
+                if let Err(e) = this.save_state().await {
+                    tracing::warn!(error = %e, "cannot save last-known-good pointers");
+                    this.dirty.store(true, Ordering::Release);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    this.wake_saver.notify_one();
+                }
+            }
+        }))
     }
 
     /// Starts the background refresh of cached pointers. It stops when the resolver is
@@ -158,9 +331,24 @@ impl Resolver {
                     let store = self.store.clone();
                     let key = name.into_owned();
                     let k2 = key.clone();
-                    self.hosts
+                    let fetched = self
+                        .hosts
                         .try_get_with(key, async move { fetch_host(store.as_ref(), &k2).await })
-                        .await?
+                        .await;
+                    let slot = match fetched {
+                        Ok(slot) => slot,
+                        // The origin cannot say which site an unknown host is: with a default
+                        // site, serve that rather than fail (a known host would be cached).
+                        Err(e) if self.cfg.default_site.is_some() => {
+                            tracing::debug!(error = %error_chain(&*e), "host lookup failed; using the default site");
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if slot.is_some() {
+                        self.mark_dirty();
+                    }
+                    slot
                 }
             },
             None => None,
@@ -174,48 +362,80 @@ impl Resolver {
             return Ok(slot);
         }
         let key = site.to_owned();
-        self.sites
+        let slot = self
+            .sites
             .try_get_with(
                 site.to_owned(),
                 async move { self.fetch_deploy(&key).await },
             )
-            .await
+            .await?;
+        if slot.is_some() {
+            self.mark_dirty();
+        }
+        Ok(slot)
     }
 
     async fn fetch_deploy(&self, site: &str) -> Result<SiteSlot, EdgeError> {
-        let Some(p) = self.store.get_current(site).await? else {
-            return Ok(None);
-        };
-        // Adopt only a pointer whose root we can fetch and verify.
-        self.tree(p.root).await.map_err(unwrap_shared)?;
-        Ok(Some(Arc::new(Deploy::new(p.site, p.deploy, p.root, p.seq))))
+        match self.store.get_current(site).await? {
+            None => Ok(None),
+            Some(p) => Ok(Some(self.adopt(p).await?)),
+        }
     }
 
-    /// Re-reads one site's pointer now; keeps the old one on any failure.
+    /// Accepts a pointer only once its root tree node is fetched and verified.
+    async fn adopt(&self, p: CurrentPointer) -> Result<Arc<Deploy>, EdgeError> {
+        if let Err(e) = self.tree(p.root).await {
+            self.stats.pointers_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                site = %p.site,
+                deploy = %p.deploy,
+                root = %p.root,
+                error = %error_chain(&*e),
+                "alarm: new deploy pointer refused, its root tree cannot be fetched or verified"
+            );
+            return Err(unwrap_shared(e));
+        }
+        Ok(Arc::new(Deploy::new(p.site, p.deploy, p.root, p.seq)))
+    }
+
+    /// Re-reads one site's pointer now. Keeps the old one on any failure: an unreachable
+    /// origin, a new pointer whose root cannot be fetched and verified, and an origin that
+    /// no longer has a pointer for a site it served (a wiped or wrongly mounted store is more
+    /// likely than a deliberate removal; removing a site from a node is an explicit purge).
     pub async fn refresh_site(&self, site: &str) -> EdgeResult<Option<Arc<Deploy>>> {
         let old = self.sites.get(site).await.flatten();
-        match self.store.get_current(site).await {
-            Ok(Some(p))
-                if old
-                    .as_ref()
-                    .is_some_and(|d| d.root == p.root && d.id == p.deploy) =>
-            {
-                Ok(old)
+        let fetched = self.store.get_current(site).await;
+        match (fetched, old) {
+            (Ok(Some(p)), Some(old)) if old.root == p.root && old.id == p.deploy => {
+                old.confirm();
+                Ok(Some(old))
             }
-            Ok(_) => match self.fetch_deploy(site).await {
-                Ok(slot) => {
-                    if let (Some(old), Some(new)) = (&old, &slot) {
+            (Ok(Some(p)), old) => match self.adopt(p).await {
+                Ok(new) => {
+                    if let Some(old) = &old {
                         tracing::info!(site, from = %old.id, to = %new.id, "adopted new deploy");
                     }
-                    self.sites.insert(site.to_owned(), slot.clone()).await;
-                    Ok(slot)
+                    self.sites.insert(site.to_owned(), Some(new.clone())).await;
+                    self.mark_dirty();
+                    Ok(Some(new))
                 }
                 Err(e) => {
+                    self.stats.refresh_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(site, error = %error_chain(&e), "pointer not adopted; keeping the previous deploy");
                     Err(Arc::new(e))
                 }
             },
-            Err(e) => {
+            (Ok(None), Some(old)) => {
+                self.stats.pointers_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(site, deploy = %old.id, "alarm: the origin has no pointer for a site this node serves; keeping the last-known-good deploy");
+                Ok(Some(old))
+            }
+            (Ok(None), None) => {
+                self.sites.insert(site.to_owned(), None).await;
+                Ok(None)
+            }
+            (Err(e), _) => {
+                self.stats.refresh_failures.fetch_add(1, Ordering::Relaxed);
                 let e = EdgeError::from(e);
                 tracing::warn!(site, error = %error_chain(&e), "pointer refresh failed; keeping the cached one");
                 Err(Arc::new(e))
@@ -225,7 +445,19 @@ impl Resolver {
 
     async fn refresh_host(&self, host: &str) {
         match fetch_host(self.store.as_ref(), host).await {
-            Ok(slot) => self.hosts.insert(host.to_owned(), slot).await,
+            Ok(None) if self.hosts.get(host).await.flatten().is_some() => {
+                tracing::error!(
+                    host,
+                    "alarm: the origin has no record for a host this node serves; keeping the last-known-good site"
+                );
+            }
+            Ok(slot) => {
+                let changed = self.hosts.get(host).await != Some(slot.clone());
+                self.hosts.insert(host.to_owned(), slot).await;
+                if changed {
+                    self.mark_dirty();
+                }
+            }
             Err(e) => {
                 tracing::warn!(host, error = %error_chain(&e), "host refresh failed; keeping the cached record")
             }
@@ -256,19 +488,45 @@ impl Resolver {
             .await;
     }
 
-    /// A tree node by hash: from the cache, else fetched, verified and decoded once.
+    /// A tree node by hash: from memory, else the disk tier, else the origin; verified and
+    /// decoded once, then cached (and written to the disk tier).
     pub async fn tree(&self, hash: Hash) -> EdgeResult<TreeNode> {
         if let Some(t) = self.trees.get(&hash).await {
             return Ok(t);
         }
         let store = self.store.clone();
+        let disk = self.disk.clone();
         self.trees
             .try_get_with(hash, async move {
+                if let Some(disk) = disk.clone() {
+                    let from_disk = tokio::task::spawn_blocking(move || disk.read_verified(&hash))
+                        .await
+                        .ok()
+                        .flatten();
+                    if let Some(bytes) = from_disk {
+                        match TreeNode::decode(bytes) {
+                            Ok(t) => return Ok(t),
+                            Err(e) => tracing::warn!(%hash, error = %e, "cached tree node does not decode"),
+                        }
+                    }
+                }
                 let bytes = store
                     .get_object(&hash)
                     .await?
                     .ok_or(EdgeError::MissingObject { hash })?;
-                TreeNode::decode(bytes).map_err(|source| EdgeError::BadTree { hash, source })
+                if Hash::of(&bytes) != hash {
+                    return Err(EdgeError::Corrupt { hash });
+                }
+                let node = TreeNode::decode(bytes.clone())
+                    .map_err(|source| EdgeError::BadTree { hash, source })?;
+                if let Some(disk) = disk {
+                    let written =
+                        tokio::task::spawn_blocking(move || disk.write(&hash, &bytes)).await;
+                    if let Ok(Err(e)) = written {
+                        tracing::warn!(%hash, error = %e, "cannot cache tree node on disk");
+                    }
+                }
+                Ok(node)
             })
             .await
     }
@@ -329,6 +587,21 @@ impl Resolver {
             .insert(deploy.site.clone(), Some(Arc::new(deploy)))
             .await;
     }
+}
+
+/// Writes `data` to `path` via a temporary file, fsync and rename.
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn file_in(dir: &TreeNode, name: &str) -> Target {
@@ -401,6 +674,8 @@ mod tests {
             tree_cache_bytes: 1 << 20,
             default_site: None,
             max_pointers: 1000,
+            state_file: None,
+            stale_after: Duration::from_secs(60),
         }
     }
 
@@ -421,7 +696,7 @@ mod tests {
         publish(&store, dir.path(), "s", &PublishOptions::default())
             .await
             .unwrap();
-        let r = Resolver::new(Arc::new(store), cfg());
+        let r = Resolver::new(Arc::new(store), cfg(), None);
         let d = r.deploy("s").await.unwrap().unwrap();
         (r, d, dir)
     }

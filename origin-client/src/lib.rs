@@ -22,5 +22,5 @@ pub mod tree;
 
 pub use hash::{Hash, ParseHashError};
 pub use records::{CurrentPointer, DeployRecord, HostRecord};
-pub use store::{Access, Store, StoreError, open_store};
+pub use store::{Access, Store, StoreError, open_store, open_store_with};
 pub use tree::{Entry, EntryKind, TreeError, TreeNode};

@@ -20,6 +20,9 @@ pub use body::Body;
 
 pub static X_EDGE_DEPLOY: HeaderName = HeaderName::from_static("x-edge-deploy");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// Present when the response was served on a deploy pointer the origin has not confirmed
+/// recently: the pointer's age in seconds.
+pub static X_EDGE_STALE_POINTER: HeaderName = HeaderName::from_static("x-edge-stale-pointer");
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -165,7 +168,14 @@ impl Handler {
         };
         match target {
             Target::AddSlash => {
-                let mut loc = format!("{}/", req.uri.path());
+                // Built from the checked segments, re-encoded, never from the raw path: a
+                // raw `//docs` would become `//docs/`, which browsers read as another host.
+                let mut loc = String::with_capacity(req.uri.path().len() + 2);
+                for seg in &parsed.segments {
+                    loc.push('/');
+                    loc.push_str(&path::encode_segment(seg));
+                }
+                loc.push('/');
                 if let Some(q) = req.uri.query() {
                     loc.push('?');
                     loc.push_str(q);
@@ -227,11 +237,31 @@ impl Handler {
     fn stamp(&self, r: &mut Response<Body>, deploy: &Deploy) {
         r.headers_mut()
             .insert(X_EDGE_DEPLOY.clone(), deploy.id_header.clone());
+        self.stale(r.headers_mut(), deploy);
+    }
+
+    /// Marks a response served on a stale pointer (header and log field).
+    fn stale(&self, h: &mut HeaderMap, deploy: &Deploy) {
+        let age = deploy.age();
+        if age > self.resolver.config().stale_after {
+            h.insert(
+                X_EDGE_STALE_POINTER.clone(),
+                HeaderValue::from(age.as_secs()),
+            );
+            tracing::debug!(site = %deploy.site, deploy = %deploy.id, pointer.age_s = age.as_secs(), "served on a stale pointer");
+        }
     }
 
     fn failure(&self, e: &EdgeError, during: &'static str) -> Response<Body> {
         tracing::warn!(during, error = %error_chain(e), "request failed");
-        text(e.status(), e.reason())
+        let mut r = text(e.status(), e.reason());
+        if let Some(after) = e.retry_after() {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        r
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -298,6 +328,7 @@ impl Handler {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
         }
         h.insert(X_EDGE_DEPLOY.clone(), deploy.id_header.clone());
+        self.stale(&mut h, deploy);
 
         if status == StatusCode::OK
             && let Some(inm) = req.headers.get(header::IF_NONE_MATCH)
@@ -358,7 +389,7 @@ impl Handler {
             );
             Body::Empty
         } else {
-            match self.tiers.get(hash, size).await {
+            match self.tiers.get(hash, size, &deploy.site).await {
                 Ok((blob, source)) => {
                     h.insert(CACHE_STATUS.clone(), cache_status(source));
                     match blob {

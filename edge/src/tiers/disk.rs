@@ -140,8 +140,10 @@ impl DiskTier {
 
     /// Drops a damaged or unwanted file.
     pub fn remove(&self, hash: &Hash) {
-        self.lock().remove(hash);
-        let _ = fs::remove_file(self.path(hash));
+        let mut idx = self.lock();
+        if idx.remove(hash).is_some() {
+            let _ = fs::remove_file(self.path(hash));
+        }
     }
 
     /// A fresh temporary path for a fill.
@@ -157,6 +159,9 @@ impl DiskTier {
     }
 
     /// Moves a verified temporary file into the tier and evicts down to the bound.
+    ///
+    /// Eviction, unlinking the victims, the rename and the index update happen under one
+    /// lock, so concurrent fills can never leave more bytes on disk than the bound.
     pub fn commit(&self, hash: &Hash, tmp: &Path, size: u64) -> io::Result<()> {
         if !self.admits(size) {
             let _ = fs::remove_file(tmp);
@@ -166,14 +171,35 @@ impl DiskTier {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;
         }
-        // Make room first, so the bound holds at every moment.
-        self.evict_to(self.capacity.saturating_sub(size));
+        let mut idx = self.lock();
+        idx.remove(hash);
+        let target = self.capacity.saturating_sub(size);
+        while idx.bytes > target {
+            let Some(victim) = idx.pop_oldest() else {
+                break;
+            };
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            let _ = fs::remove_file(self.path(&victim));
+        }
         if let Err(e) = fs::rename(tmp, &dest) {
+            drop(idx);
             let _ = fs::remove_file(tmp);
             return Err(e);
         }
-        self.lock().insert(*hash, size);
+        idx.insert(*hash, size);
         Ok(())
+    }
+
+    /// Reads a whole object if the tier has it and it verifies; a damaged file is dropped.
+    pub fn read_verified(&self, hash: &Hash) -> Option<bytes::Bytes> {
+        self.lookup(hash)?;
+        match fs::read(self.path(hash)) {
+            Ok(data) if Hash::of(&data) == *hash => Some(bytes::Bytes::from(data)),
+            _ => {
+                self.remove(hash);
+                None
+            }
+        }
     }
 
     /// Writes `data` (already verified) as the object `hash`.
@@ -190,15 +216,9 @@ impl DiskTier {
     }
 
     fn evict_to(&self, target: u64) {
-        loop {
-            let victim = {
-                let mut idx = self.lock();
-                if idx.bytes <= target {
-                    return;
-                }
-                idx.pop_oldest()
-            };
-            let Some(hash) = victim else { return };
+        let mut idx = self.lock();
+        while idx.bytes > target {
+            let Some(hash) = idx.pop_oldest() else { return };
             self.evictions.fetch_add(1, Ordering::Relaxed);
             let _ = fs::remove_file(self.path(&hash));
         }

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, Stream, StreamExt};
+use origin_client::resilience::{Bulkhead, bulkhead};
 use origin_client::store::ByteStream;
 use origin_client::{Hash, Store};
 use tokio::io::AsyncWriteExt;
@@ -222,6 +223,8 @@ impl Stream for Verify {
 
 #[derive(Debug, Default)]
 pub struct TierStats {
+    /// Origin fetches refused because the site's bulkhead was full.
+    pub site_shed: AtomicU64,
     pub memory_hits: AtomicU64,
     pub disk_hits: AtomicU64,
     pub origin_fetches: AtomicU64,
@@ -232,6 +235,9 @@ pub struct TierStats {
 pub struct TierConfig {
     pub memory_bytes: u64,
     pub memory_max_object: u64,
+    /// Origin fills one site may have in flight, and waiting (a bulkhead per site).
+    pub site_concurrency: usize,
+    pub site_queue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -248,11 +254,13 @@ pub struct Tiers {
     memory_max_object: u64,
     disk: Option<Arc<DiskTier>>,
     inflight: Mutex<HashMap<Hash, FillFuture>>,
+    sites: moka::sync::Cache<String, Arc<Bulkhead>>,
+    site_limits: (usize, usize),
     pub stats: TierStats,
 }
 
 impl Tiers {
-    pub fn new(store: Arc<dyn Store>, cfg: &TierConfig, disk: Option<DiskTier>) -> Arc<Tiers> {
+    pub fn new(store: Arc<dyn Store>, cfg: &TierConfig, disk: Option<Arc<DiskTier>>) -> Arc<Tiers> {
         let memory = moka::sync::Cache::builder()
             .weigher(|_: &Hash, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
             .max_capacity(cfg.memory_bytes)
@@ -261,8 +269,10 @@ impl Tiers {
             store,
             memory,
             memory_max_object: cfg.memory_max_object,
-            disk: disk.map(Arc::new),
+            disk,
             inflight: Mutex::new(HashMap::new()),
+            sites: moka::sync::Cache::new(100_000),
+            site_limits: (cfg.site_concurrency, cfg.site_queue),
             stats: TierStats::default(),
         })
     }
@@ -276,9 +286,46 @@ impl Tiers {
         self.memory.weighted_size()
     }
 
+    /// The bulkhead of one site's origin fills.
+    pub fn site_bulkhead(&self, site: &str) -> Arc<Bulkhead> {
+        if let Some(b) = self.sites.get(site) {
+            return b;
+        }
+        let (limit, queue) = self.site_limits;
+        self.sites
+            .get_with(site.to_owned(), || Arc::new(Bulkhead::new(limit, queue)))
+    }
+
+    /// Holds a slot of `site`'s bulkhead for an origin fetch, unless the fetch for `hash`
+    /// is already under way (joining it adds no origin load).
+    async fn site_slot(&self, site: &str, hash: &Hash) -> EdgeResult<Option<bulkhead::Slot>> {
+        let joining = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(hash);
+        if joining {
+            return Ok(None);
+        }
+        match self.site_bulkhead(site).enter().await {
+            Ok(slot) => Ok(Some(slot)),
+            Err(_) => {
+                self.stats.site_shed.fetch_add(1, Ordering::Relaxed);
+                Err(Arc::new(EdgeError::SiteShed {
+                    site: site.to_owned(),
+                }))
+            }
+        }
+    }
+
     /// The blob `hash` of `size` bytes (as its tree entry says), from the first tier that
-    /// has it.
-    pub async fn get(self: &Arc<Self>, hash: Hash, size: u64) -> EdgeResult<(Blob, Source)> {
+    /// has it. Origin fetches count against `site`'s bulkhead.
+    pub async fn get(
+        self: &Arc<Self>,
+        hash: Hash,
+        size: u64,
+        site: &str,
+    ) -> EdgeResult<(Blob, Source)> {
         if let Some(b) = self.memory.get(&hash) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((Blob::Bytes(b), Source::Memory));
@@ -287,6 +334,7 @@ impl Tiers {
             self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((blob, Source::Disk));
         }
+        let _slot = self.site_slot(site, &hash).await?;
         let disk_takes = self.disk.as_ref().is_some_and(|d| d.admits(size));
         if size <= self.memory_max_object || disk_takes {
             match self.fill(hash, size).await? {
@@ -568,12 +616,14 @@ mod tests {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let disk = disk.then(|| DiskTier::open(dir.path(), 64 << 20).unwrap());
+        let disk = disk.then(|| Arc::new(DiskTier::open(dir.path(), 64 << 20).unwrap()));
         let tiers = Tiers::new(
             store.clone(),
             &TierConfig {
                 memory_bytes: 8 << 20,
                 memory_max_object: 64 * 1024,
+                site_concurrency: 4,
+                site_queue: 200,
             },
             disk,
         );
@@ -581,7 +631,7 @@ mod tests {
             .map(|_| {
                 let t = tiers.clone();
                 tokio::spawn(async move {
-                    let (blob, _) = t.get(hash, size as u64).await.unwrap();
+                    let (blob, _) = t.get(hash, size as u64, "s").await.unwrap();
                     let n = blob.len();
                     let s = blob.into_stream(0, n);
                     let parts: Vec<Bytes> = s.try_collect().await.unwrap();

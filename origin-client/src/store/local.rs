@@ -60,6 +60,10 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound && access == Access::Write => {
                 fs::create_dir_all(root).map_err(|e| StoreError::io("create", root, e))?;
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && access == Access::Serve => {
+                tracing::warn!(store = %root.display(), "store folder does not exist (yet); reads fail until it appears");
+                return Ok(LocalStore::open_lenient(root));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::Location {
                     location: root.display().to_string(),
@@ -77,6 +81,18 @@ impl LocalStore {
                 tmp_counter: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Opens for reading without requiring the folder to exist yet: every read is then an
+    /// error (not "not found") until it appears. For a node that must start, and serve what
+    /// it has cached, while its store is unavailable.
+    pub fn open_lenient(root: &Path) -> LocalStore {
+        LocalStore {
+            inner: Arc::new(Inner {
+                root: root.to_owned(),
+                tmp_counter: AtomicU64::new(0),
+            }),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -140,11 +156,25 @@ impl Inner {
         self.commit(f, &tmp, dest)
     }
 
+    /// "Not found" is only an answer while the store itself is there: a store folder that
+    /// vanished (an unmounted disk, a deleted folder) is an error, never an empty store.
+    fn not_found<T>(&self, v: T) -> Result<T, StoreError> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(v),
+            Ok(_) => Err(StoreError::io(
+                "open",
+                &self.root,
+                io::Error::other("store root is no longer a directory"),
+            )),
+            Err(e) => Err(StoreError::io("open store", &self.root, e)),
+        }
+    }
+
     fn read_opt(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(key);
         match fs::read(&path) {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.not_found(None),
             Err(e) => Err(StoreError::io("read", path, e)),
         }
     }
@@ -217,7 +247,7 @@ impl Store for LocalStore {
             let path = inner.path(&key);
             let mut f = match File::open(&path) {
                 Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return inner.not_found(None),
                 Err(e) => return Err(StoreError::io("open", path, e)),
             };
             let size = f
@@ -246,7 +276,10 @@ impl Store for LocalStore {
         let path = self.inner.path(&layout::object(hash));
         let f = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let inner = self.inner.clone();
+                return blocking(move || inner.not_found(None)).await;
+            }
             Err(e) => return Err(StoreError::io("open", path, e)),
         };
         let len = f
@@ -265,7 +298,10 @@ impl Store for LocalStore {
         let path = self.inner.path(&layout::object(hash));
         match tokio::fs::metadata(&path).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let inner = self.inner.clone();
+                blocking(move || inner.not_found(false)).await
+            }
             Err(e) => Err(StoreError::io("stat", path, e)),
         }
     }
@@ -458,7 +494,7 @@ fn list_deploys_blocking(inner: &Inner, site: &str) -> Result<Vec<DeployRecord>,
     let dir = inner.path(&layout::deploys_dir(site));
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return inner.not_found(Vec::new()),
         Err(e) => return Err(StoreError::io("list", dir, e)),
     };
     let mut out = Vec::new();
@@ -504,5 +540,23 @@ mod tests {
         LocalStore::open(dir.path(), Access::Write).unwrap();
         assert!(!old.exists());
         assert!(fresh.exists());
+    }
+
+    #[tokio::test]
+    async fn a_vanished_store_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = LocalStore::open(&root, Access::Write).unwrap();
+        assert!(store.get_current("s").await.unwrap().is_none());
+        assert!(store.get_object(&Hash::of(b"x")).await.unwrap().is_none());
+        fs::rename(&root, dir.path().join("elsewhere")).unwrap();
+        assert!(store.get_current("s").await.is_err());
+        assert!(store.get_host("a.example").await.is_err());
+        assert!(store.get_object(&Hash::of(b"x")).await.is_err());
+        assert!(store.open_object(&Hash::of(b"x")).await.is_err());
+        assert!(store.has_object(&Hash::of(b"x")).await.is_err());
+        assert!(store.list_deploys("s").await.is_err());
+        let lenient = LocalStore::open_lenient(&root);
+        assert!(lenient.get_current("s").await.is_err());
     }
 }

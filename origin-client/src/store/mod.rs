@@ -191,10 +191,22 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub enum Access {
     Read,
     Write,
+    /// Reading for a server that must start while its store is unavailable: a missing local
+    /// folder is accepted, and every read is an error until it appears.
+    Serve,
 }
 
 /// Opens a store from a location: a path, a `file://` URL, or an `http(s)://` URL (read-only).
 pub fn open_store(location: &str, access: Access) -> Result<Arc<dyn Store>, StoreError> {
+    open_store_with(location, access, HttpStoreOptions::default())
+}
+
+/// [`open_store`] with options for HTTP stores.
+pub fn open_store_with(
+    location: &str,
+    access: Access,
+    http: HttpStoreOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
     let loc_err = |why: &str| StoreError::Location {
         location: location.to_owned(),
         why: why.to_owned(),
@@ -227,10 +239,7 @@ pub fn open_store(location: &str, access: Access) -> Result<Arc<dyn Store>, Stor
                         op: "writing",
                     });
                 }
-                Ok(Arc::new(HttpStore::new(
-                    location,
-                    HttpStoreOptions::default(),
-                )?))
+                Ok(Arc::new(HttpStore::new(location, http)?))
             }
             other => Err(loc_err(&format!(
                 "has unknown scheme {other:?} (expected a path, file://, http:// or https://)"
