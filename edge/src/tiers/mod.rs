@@ -326,15 +326,16 @@ impl Tiers {
         size: u64,
         site: &str,
     ) -> EdgeResult<(Blob, Source)> {
-        if let Some(b) = self.memory.get(&hash) {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((Blob::Bytes(b), Source::Memory));
+        if let Some(hit) = self.cached(hash, size).await? {
+            return Ok(hit);
         }
-        if let Some(blob) = self.from_disk(hash, size).await? {
-            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((blob, Source::Disk));
+        let slot = self.site_slot(site, &hash).await?;
+        if slot.is_some()
+            && let Some(hit) = self.cached(hash, size).await?
+        {
+            // Filled by another request while this one waited for its slot.
+            return Ok(hit);
         }
-        let _slot = self.site_slot(site, &hash).await?;
         let disk_takes = self.disk.as_ref().is_some_and(|d| d.admits(size));
         if size <= self.memory_max_object || disk_takes {
             match self.fill(hash, size).await? {
@@ -369,6 +370,19 @@ impl Tiers {
             },
             Source::Origin,
         ))
+    }
+
+    /// A memory or disk hit.
+    async fn cached(self: &Arc<Self>, hash: Hash, size: u64) -> EdgeResult<Option<(Blob, Source)>> {
+        if let Some(b) = self.memory.get(&hash) {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some((Blob::Bytes(b), Source::Memory)));
+        }
+        if let Some(blob) = self.from_disk(hash, size).await? {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some((blob, Source::Disk)));
+        }
+        Ok(None)
     }
 
     /// A disk-tier hit, checked: size always; hash too when read whole into memory.
