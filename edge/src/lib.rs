@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod coalesce;
 pub mod error;
 pub mod http;
 pub mod node;

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use moka::Expiry;
 use moka::future::Cache;
 use origin_client::records::{normalize_host, validate_deploy_id, validate_site};
 use origin_client::{CurrentPointer, EntryKind, Hash, Store, TreeNode};
 
+use crate::coalesce::Coalescer;
 use crate::error::{EdgeError, EdgeResult};
 use crate::path::RequestPath;
 use crate::tiers::DiskTier;
@@ -100,30 +100,88 @@ impl Deploy {
 type HostSlot = Option<Arc<str>>;
 type SiteSlot = Option<Arc<Deploy>>;
 
-/// Negative entries expire after a TTL; positive ones live until evicted or refreshed.
-struct NegativeTtl(Duration);
+/// Weighs tree nodes by the memory they hold.
+#[derive(Debug, Clone, Copy)]
+struct TreeWeight;
 
-impl<K, V> Expiry<K, Option<V>> for NegativeTtl {
-    fn expire_after_create(&self, _: &K, v: &Option<V>, _: Instant) -> Option<Duration> {
-        v.is_none().then_some(self.0)
+impl quick_cache::Weighter<Hash, TreeNode> for TreeWeight {
+    fn weight(&self, _: &Hash, t: &TreeNode) -> u64 {
+        t.weight() as u64
     }
-    fn expire_after_update(
-        &self,
-        _: &K,
-        v: &Option<V>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        v.is_none().then_some(self.0)
+}
+
+/// Cached pointers: `None` values are negative entries (known not to exist) that expire
+/// after a TTL; positive ones live until evicted or replaced by a refresh. Reads are a
+/// sharded-lock hash lookup (quick_cache), with no per-read bookkeeping; misses are
+/// coalesced per key.
+struct PointerCache<T: Clone> {
+    map: quick_cache::sync::Cache<String, (Option<T>, Option<Instant>)>,
+    fetches: Coalescer<String, Option<T>, EdgeError>,
+    negative_ttl: Duration,
+}
+
+impl<T: Clone + Send + Sync> PointerCache<T> {
+    fn new(capacity: u64, negative_ttl: Duration) -> Self {
+        PointerCache {
+            map: quick_cache::sync::Cache::new(capacity.max(16) as usize),
+            fetches: Coalescer::default(),
+            negative_ttl,
+        }
+    }
+
+    /// `None` on a miss (or an expired negative entry); `Some(None)` for a negative entry.
+    fn get(&self, key: &str) -> Option<Option<T>> {
+        let (v, expires) = self.map.get(key)?;
+        if expires.is_some_and(|e| Instant::now() >= e) {
+            self.map.remove(key);
+            return None;
+        }
+        Some(v)
+    }
+
+    fn insert(&self, key: String, v: Option<T>) {
+        let expires = v.is_none().then(|| Instant::now() + self.negative_ttl);
+        self.map.insert(key, (v, expires));
+    }
+
+    fn remove(&self, key: &str) {
+        self.map.remove(key);
+    }
+
+    /// Cached value, else one coalesced `fetch` whose answer is cached (errors are not).
+    async fn get_or_fetch<F>(&self, key: &str, fetch: F) -> EdgeResult<Option<T>>
+    where
+        F: Future<Output = Result<Option<T>, EdgeError>>,
+    {
+        if let Some(v) = self.get(key) {
+            return Ok(v);
+        }
+        self.fetches
+            .run(key.to_owned(), async {
+                let v = fetch.await?;
+                self.insert(key.to_owned(), v.clone());
+                Ok(v)
+            })
+            .await
+    }
+
+    fn positive(&self) -> Vec<(String, T)> {
+        self.map
+            .iter()
+            .filter_map(|(k, (v, _))| v.map(|v| (k, v)))
+            .collect()
     }
 }
 
 pub struct Resolver {
     store: Arc<dyn Store>,
     cfg: ResolverConfig,
-    hosts: Cache<String, HostSlot>,
-    sites: Cache<String, SiteSlot>,
+    hosts: PointerCache<Arc<str>>,
+    sites: PointerCache<Arc<Deploy>>,
     trees: Cache<Hash, TreeNode>,
+    /// The hit path for tree nodes: they are immutable, so this front needs no
+    /// invalidation; it shares the nodes' bytes with `trees` (which coalesces misses).
+    tree_front: quick_cache::sync::Cache<Hash, TreeNode, TreeWeight>,
     /// Tree nodes are kept on disk too, so a restarted node can walk its deploys while the
     /// origin is down.
     disk: Option<Arc<DiskTier>>,
@@ -174,20 +232,18 @@ impl Resolver {
             .weigher(|_: &Hash, t: &TreeNode| u32::try_from(t.weight()).unwrap_or(u32::MAX))
             .max_capacity(cfg.tree_cache_bytes)
             .build();
-        let hosts = Cache::builder()
-            .max_capacity(cfg.max_pointers)
-            .expire_after(NegativeTtl(cfg.negative_ttl))
-            .build();
-        let sites = Cache::builder()
-            .max_capacity(cfg.max_pointers)
-            .expire_after(NegativeTtl(cfg.negative_ttl))
-            .build();
+        let hosts = PointerCache::new(cfg.max_pointers, cfg.negative_ttl);
+        let sites = PointerCache::new(cfg.max_pointers, cfg.negative_ttl);
+        let tree_items = (cfg.tree_cache_bytes / 4096).clamp(256, 1 << 20) as usize;
+        let tree_front =
+            quick_cache::sync::Cache::with_weighter(tree_items, cfg.tree_cache_bytes, TreeWeight);
         Arc::new(Resolver {
             store,
             cfg,
             hosts,
             sites,
             trees,
+            tree_front,
             disk,
             dirty: AtomicBool::new(false),
             wake_saver: tokio::sync::Notify::new(),
@@ -226,7 +282,7 @@ impl Resolver {
         let mut n = 0;
         for (host, site) in state.hosts {
             if normalize_host(&host).is_ok_and(|h| h == host) && validate_site(&site).is_ok() {
-                self.hosts.insert(host, Some(Arc::from(site))).await;
+                self.hosts.insert(host, Some(Arc::from(site)));
                 n += 1;
             }
         }
@@ -236,7 +292,7 @@ impl Resolver {
             }
             let deploy =
                 Deploy::confirmed_at(site.clone(), d.deploy, d.root, d.seq, d.confirmed_ms);
-            self.sites.insert(site, Some(Arc::new(deploy))).await;
+            self.sites.insert(site, Some(Arc::new(deploy)));
             n += 1;
         }
         self.stats
@@ -262,23 +318,19 @@ impl Resolver {
             version: 1,
             ..SavedState::default()
         };
-        for (host, slot) in self.hosts.iter() {
-            if let Some(site) = slot {
-                state.hosts.insert(host.as_ref().clone(), site.to_string());
-            }
+        for (host, site) in self.hosts.positive() {
+            state.hosts.insert(host, site.to_string());
         }
-        for (site, slot) in self.sites.iter() {
-            if let Some(d) = slot {
-                state.sites.insert(
-                    site.as_ref().clone(),
-                    SavedDeploy {
-                        deploy: d.id.clone(),
-                        root: d.root,
-                        seq: d.seq,
-                        confirmed_ms: d.confirmed_ms.load(Ordering::Relaxed),
-                    },
-                );
-            }
+        for (site, d) in self.sites.positive() {
+            state.sites.insert(
+                site,
+                SavedDeploy {
+                    deploy: d.id.clone(),
+                    root: d.root,
+                    seq: d.seq,
+                    confirmed_ms: d.confirmed_ms.load(Ordering::Relaxed),
+                },
+            );
         }
         let json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
         tokio::task::spawn_blocking(move || write_atomic(&path, &json))
@@ -325,18 +377,21 @@ impl Resolver {
     /// neither exists.
     pub async fn site_for_host(&self, host: Option<&str>) -> EdgeResult<Option<Arc<str>>> {
         let found = match host.and_then(host_name) {
-            Some(name) => match self.hosts.get(name.as_ref()).await {
+            Some(name) => match self.hosts.get(&name) {
                 Some(slot) => slot,
                 None => {
-                    let store = self.store.clone();
-                    let key = name.into_owned();
-                    let k2 = key.clone();
+                    let store = self.store.as_ref();
                     let fetched = self
                         .hosts
-                        .try_get_with(key, async move { fetch_host(store.as_ref(), &k2).await })
+                        .get_or_fetch(&name, fetch_host(store, &name))
                         .await;
-                    let slot = match fetched {
-                        Ok(slot) => slot,
+                    match fetched {
+                        Ok(slot) => {
+                            if slot.is_some() {
+                                self.mark_dirty();
+                            }
+                            slot
+                        }
                         // The origin cannot say which site an unknown host is: with a default
                         // site, serve that rather than fail (a known host would be cached).
                         Err(e) if self.cfg.default_site.is_some() => {
@@ -344,11 +399,7 @@ impl Resolver {
                             None
                         }
                         Err(e) => return Err(e),
-                    };
-                    if slot.is_some() {
-                        self.mark_dirty();
                     }
-                    slot
                 }
             },
             None => None,
@@ -358,16 +409,12 @@ impl Resolver {
 
     /// The site's active deploy; `None` if the site has none.
     pub async fn deploy(&self, site: &str) -> EdgeResult<Option<Arc<Deploy>>> {
-        if let Some(slot) = self.sites.get(site).await {
+        if let Some(slot) = self.sites.get(site) {
             return Ok(slot);
         }
-        let key = site.to_owned();
         let slot = self
             .sites
-            .try_get_with(
-                site.to_owned(),
-                async move { self.fetch_deploy(&key).await },
-            )
+            .get_or_fetch(site, self.fetch_deploy(site))
             .await?;
         if slot.is_some() {
             self.mark_dirty();
@@ -403,7 +450,7 @@ impl Resolver {
     /// no longer has a pointer for a site it served (a wiped or wrongly mounted store is more
     /// likely than a deliberate removal; removing a site from a node is an explicit purge).
     pub async fn refresh_site(&self, site: &str) -> EdgeResult<Option<Arc<Deploy>>> {
-        let old = self.sites.get(site).await.flatten();
+        let old = self.sites.get(site).flatten();
         let fetched = self.store.get_current(site).await;
         match (fetched, old) {
             (Ok(Some(p)), Some(old)) if old.root == p.root && old.id == p.deploy => {
@@ -415,7 +462,7 @@ impl Resolver {
                     if let Some(old) = &old {
                         tracing::info!(site, from = %old.id, to = %new.id, "adopted new deploy");
                     }
-                    self.sites.insert(site.to_owned(), Some(new.clone())).await;
+                    self.sites.insert(site.to_owned(), Some(new.clone()));
                     self.mark_dirty();
                     Ok(Some(new))
                 }
@@ -431,7 +478,7 @@ impl Resolver {
                 Ok(Some(old))
             }
             (Ok(None), None) => {
-                self.sites.insert(site.to_owned(), None).await;
+                self.sites.insert(site.to_owned(), None);
                 Ok(None)
             }
             (Err(e), _) => {
@@ -445,15 +492,15 @@ impl Resolver {
 
     async fn refresh_host(&self, host: &str) {
         match fetch_host(self.store.as_ref(), host).await {
-            Ok(None) if self.hosts.get(host).await.flatten().is_some() => {
+            Ok(None) if self.hosts.get(host).flatten().is_some() => {
                 tracing::error!(
                     host,
                     "alarm: the origin has no record for a host this node serves; keeping the last-known-good site"
                 );
             }
             Ok(slot) => {
-                let changed = self.hosts.get(host).await != Some(slot.clone());
-                self.hosts.insert(host.to_owned(), slot).await;
+                let changed = self.hosts.get(host) != Some(slot.clone());
+                self.hosts.insert(host.to_owned(), slot);
                 if changed {
                     self.mark_dirty();
                 }
@@ -466,18 +513,8 @@ impl Resolver {
 
     /// Refreshes every cached positive pointer (negative ones simply expire).
     pub async fn refresh_all(&self) {
-        let sites: Vec<String> = self
-            .sites
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| k.as_ref().clone())
-            .collect();
-        let hosts: Vec<String> = self
-            .hosts
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| k.as_ref().clone())
-            .collect();
+        let sites: Vec<String> = self.sites.positive().into_iter().map(|(k, _)| k).collect();
+        let hosts: Vec<String> = self.hosts.positive().into_iter().map(|(k, _)| k).collect();
         futures_util::stream::iter(sites)
             .for_each_concurrent(16, |s| async move {
                 let _ = self.refresh_site(&s).await;
@@ -491,6 +528,15 @@ impl Resolver {
     /// A tree node by hash: from memory, else the disk tier, else the origin; verified and
     /// decoded once, then cached (and written to the disk tier).
     pub async fn tree(&self, hash: Hash) -> EdgeResult<TreeNode> {
+        if let Some(t) = self.tree_front.get(&hash) {
+            return Ok(t);
+        }
+        let node = self.tree_slow(hash).await?;
+        self.tree_front.insert(hash, node.clone());
+        Ok(node)
+    }
+
+    async fn tree_slow(&self, hash: Hash) -> EdgeResult<TreeNode> {
         if let Some(t) = self.trees.get(&hash).await {
             return Ok(t);
         }
@@ -578,14 +624,13 @@ impl Resolver {
 
     /// Forgets a site's pointer and every cached tree node (admin purge, preview rebuilds).
     pub async fn forget_site(&self, site: &str) {
-        self.sites.invalidate(site).await;
+        self.sites.remove(site);
     }
 
     /// Replaces a site's pointer directly (preview, which owns its store).
     pub async fn set_deploy(&self, deploy: Deploy) {
         self.sites
-            .insert(deploy.site.clone(), Some(Arc::new(deploy)))
-            .await;
+            .insert(deploy.site.clone(), Some(Arc::new(deploy)));
     }
 }
 
