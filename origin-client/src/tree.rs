@@ -292,6 +292,11 @@ impl TreeNode {
 
     /// Finds an entry by exact name: a binary search, O(log n).
     pub fn lookup(&self, name: &str) -> Option<Entry<'_>> {
+        self.position(name).ok().map(|i| self.entry(i))
+    }
+
+    /// Where `name` is (`Ok`), or where it would go (`Err`): a binary search.
+    pub fn position(&self, name: &str) -> Result<usize, usize> {
         let needle = name.as_bytes();
         let (mut lo, mut hi) = (0usize, self.len());
         while lo < hi {
@@ -299,10 +304,22 @@ impl TreeNode {
             match self.name_at(mid).cmp(needle) {
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
-                Ordering::Equal => return Some(self.entry(mid)),
+                Ordering::Equal => return Ok(mid),
             }
         }
-        None
+        Err(lo)
+    }
+
+    /// The entries whose names extend `name` (`name` + more bytes), in order. They sit right
+    /// after `name` in the sorted node, so this is one search and a short scan.
+    pub fn extensions<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Entry<'a>> + 'a {
+        let start = match self.position(name) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        (start..self.len())
+            .take_while(move |&i| self.name_at(i).starts_with(name.as_bytes()))
+            .map(move |i| self.entry(i))
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'_>> + '_ {
@@ -350,6 +367,26 @@ mod tests {
         assert!(node.lookup("c.txt").is_none());
         assert!(node.lookup("").is_none());
         assert_eq!(node.hash(), Hash::of(&bytes));
+    }
+
+    #[test]
+    fn extensions_are_the_names_that_extend_a_name() {
+        let node = TreeNode::decode(
+            encode(vec![
+                file("app.js", b"1"),
+                file("app.js.br", b"2"),
+                file("app.js.gz", b"3"),
+                file("app.jsx", b"4"),
+                file("app.j", b"5"),
+                file("b", b"6"),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let names: Vec<_> = node.extensions("app.js").map(|e| e.name).collect();
+        assert_eq!(names, ["app.js.br", "app.js.gz", "app.jsx"]);
+        let names: Vec<_> = node.extensions("zzz").map(|e| e.name).collect();
+        assert!(names.is_empty());
     }
 
     #[test]

@@ -283,19 +283,19 @@ impl Handler {
             .headers
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok());
-        let mut best_q = 0.0f32;
-        let mut sibling = String::with_capacity(name.len() + 4);
-        for (coding, suffix) in headers::CODINGS {
-            sibling.clear();
-            sibling.push_str(name);
-            sibling.push_str(suffix);
-            if let Some(e) = dir.lookup(&sibling).filter(|e| e.kind == EntryKind::File) {
-                has_siblings = true;
-                let q = accept.map_or(0.0, |a| headers::accept_q(a, coding));
-                if q > best_q {
-                    best_q = q;
-                    encoding = Some((*coding, e.hash, e.size));
-                }
+        let mut best = (0.0f32, usize::MAX); // (q, preference rank)
+        // Siblings sort right after `name`: one search and a short scan, no allocation.
+        for e in dir.extensions(name).filter(|e| e.kind == EntryKind::File) {
+            let suffix = &e.name[name.len()..];
+            let Some(rank) = headers::CODINGS.iter().position(|(_, s)| *s == suffix) else {
+                continue;
+            };
+            has_siblings = true;
+            let coding = headers::CODINGS[rank].0;
+            let q = accept.map_or(0.0, |a| headers::accept_q(a, coding));
+            if q > 0.0 && (q > best.0 || (q == best.0 && rank < best.1)) {
+                best = (q, rank);
+                encoding = Some((coding, e.hash, e.size));
             }
         }
         if let Some((_, h, s)) = encoding {
