@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod tls;
 mod units;
+pub use tls::{Hsts, Http3, Http3Section, Tls, TlsSection};
 pub use units::{parse_duration, parse_size};
 
 /// A configuration that cannot be used.
@@ -73,6 +75,26 @@ pub struct FileConfig {
     pub pointers: PointerSection,
     pub http: HttpSection,
     pub origin: OriginSection,
+    pub admin: AdminSection,
+    pub tls: TlsSection,
+    pub http3: Http3Section,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: Option<String>,
+    pub level: Option<String>,
+    pub access_log: Option<String>,
+    pub access_log_queue: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -160,7 +182,34 @@ pub struct Config {
     pub cache_control_html: String,
     pub cache_control_other: String,
     pub origin: Origin,
+    /// HTTPS on `tls.listen`; `None` when TLS is off.
+    pub tls: Option<Tls>,
+    pub http3: Http3,
+    /// The admin listener; `None` turns it off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for mutating admin endpoints (`EDGE_ADMIN_TOKEN` overrides).
+    pub admin_token: Option<String>,
+    pub log_format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `edge=debug,info`.
+    pub log_level: String,
+    pub access_log: AccessLog,
+    pub access_log_queue: usize,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 /// How the node treats its origin (see `[origin]` in config/edge.toml).
 #[derive(Debug, Clone, PartialEq)]
@@ -419,7 +468,58 @@ impl Config {
                 "must be more than zero".into(),
             ));
         }
+        let admin_listen = match f.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "admin.listen",
+                    format!("{a:?} is not an address like 127.0.0.1:9901"),
+                )
+            })?),
+        };
+        let admin_token = f.admin.token.clone().filter(|t| !t.is_empty());
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "admin.token",
+                "must be at least 16 characters".into(),
+            ));
+        }
+        let log_format = match f.log.format.as_deref().unwrap_or("pretty") {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is not one of \"pretty\", \"json\""),
+                ));
+            }
+        };
+        let log_level = f.log.level.clone().unwrap_or_else(|| "info".to_owned());
+        if log_level.is_empty() {
+            return Err(invalid("log.level", "must not be empty".into()));
+        }
+        let access_log = match f.log.access_log.as_deref().unwrap_or("off") {
+            "off" | "" => AccessLog::Off,
+            "stdout" | "-" => AccessLog::Stdout,
+            path => AccessLog::File(PathBuf::from(path)),
+        };
+        let access_log_queue = count(
+            "log.access_log_queue",
+            f.log.access_log_queue,
+            65_536,
+            1,
+            10_000_000,
+        )? as usize;
+        let (tls, http3) = tls::from_file(&f.tls, &f.http3, &invalid)?;
         Ok(Config {
+            tls,
+            http3,
+            admin_listen,
+            admin_token,
+            log_format,
+            log_level,
+            access_log,
+            access_log_queue,
             origin,
             listen,
             default_site,

@@ -112,18 +112,67 @@ pub struct ServeArgs {
     /// The site for requests whose Host names no site.
     #[arg(long)]
     pub default_site: Option<String>,
+    /// The admin listener's address [default: 127.0.0.1:9901]; "" turns it off.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
 }
+
+/// Changes the log filter of a running node (SIGHUP reload).
+pub type LogReload = Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
 
 /// Starts logging to standard error; `RUST_LOG` overrides the default level (info).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = init_logging_with(edge_config::LogFormat::Pretty, "info");
+}
+
+/// Starts logging in `format` at `level` (`RUST_LOG` overrides it). Returns a handle that
+/// changes the level later.
+pub fn init_logging_with(format: edge_config::LogFormat, level: &str) -> Option<LogReload> {
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        edge_config::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        edge_config::LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    installed.ok()?;
+    Some(Box::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("log.level {level:?}: {e}"))?;
+        handle.reload(f).map_err(|e| anyhow::anyhow!("{e}"))
+    }))
+}
+
+/// `edge check-config FILE`: validates a config file; the error names the key and line.
+pub fn check_config(path: &Path) -> anyhow::Result<()> {
+    let cfg = edge_config::Config::load(path)?;
+    if let Some(addr) = cfg.admin_listen
+        && !addr.ip().is_loopback()
+        && cfg.admin_token.is_none()
+        && std::env::var("EDGE_ADMIN_TOKEN").map_or(true, |t| t.is_empty())
+    {
+        anyhow::bail!(
+            "{}: `admin.listen`: {addr} is not a loopback address, so `admin.token` (or EDGE_ADMIN_TOKEN) is required",
+            path.display()
+        );
+    }
+    println!("{}: ok", path.display());
+    Ok(())
 }
 
 /// The configuration `edge serve` runs with: the file (if any), then the flags.
@@ -156,6 +205,9 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<edge_config::Config> {
     if let Some(v) = &args.default_site {
         file.server.default_site = Some(v.clone());
     }
+    if let Some(v) = &args.admin_listen {
+        file.admin.listen = Some(v.clone());
+    }
     Ok(edge_config::Config::from_file(
         &file,
         text.as_deref(),
@@ -164,17 +216,114 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<edge_config::Config> {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
     let cfg = serve_config(&args)?;
-    let node = crate::node::build(&cfg).await?;
+    let reload_log = init_logging_with(cfg.log_format, &cfg.log_level);
+    let admin_token = std::env::var("EDGE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cfg.admin_token.clone());
+    if let Some(addr) = cfg.admin_listen
+        && !addr.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        anyhow::bail!(
+            "`admin.listen`: refusing to serve the admin endpoints on {addr}, not a loopback address, without a token (set admin.token or EDGE_ADMIN_TOKEN)"
+        );
+    }
+    let mut node = crate::node::build(&cfg).await?;
+    if cfg.access_log != edge_config::AccessLog::Off {
+        let target = match &cfg.access_log {
+            edge_config::AccessLog::File(p) => crate::accesslog::Target::File(p.clone()),
+            _ => crate::accesslog::Target::Stdout,
+        };
+        let handler = std::sync::Arc::get_mut(&mut node.handler)
+            .ok_or_else(|| anyhow::anyhow!("handler already shared"))?;
+        let log = crate::accesslog::AccessLog::start(
+            target,
+            cfg.access_log_queue,
+            handler.metrics().clone(),
+        )
+        .context("opening the access log")?;
+        handler.set_access_log(log);
+    }
+    let admin = crate::admin::Admin::new(
+        node.handler.clone(),
+        node.origin.clone(),
+        admin_token.as_deref(),
+    );
+    let mut admin_banner = None;
+    if let Some(addr) = cfg.admin_listen {
+        let listener = crate::node::bind(addr)
+            .await
+            .context("`admin.listen` (--admin-listen; \"\" turns the admin listener off)")?;
+        admin_banner = Some(format!("edge admin on http://{}/", listener.local_addr()?));
+        let admin = admin.clone();
+        tokio::spawn(crate::admin::run(admin, listener, std::future::pending()));
+    }
+    tokio::spawn(reload_on_sighup(args, cfg.clone(), reload_log));
     tracing::info!(store = %cfg.store, "serving");
     serve_handler(
         node.handler,
         &cfg,
         std::time::Duration::from_secs(10),
         "edge listening on",
+        Some((admin, admin_banner)),
     )
     .await
+}
+
+/// SIGHUP: re-reads the configuration. A file that fails validation is refused with the
+/// error logged, and the running configuration is kept. The log level takes effect at once;
+/// settings that need new listeners or caches are reported as needing a restart.
+async fn reload_on_sighup(
+    args: ServeArgs,
+    mut current: edge_config::Config,
+    reload_log: Option<LogReload>,
+) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let next = match serve_config(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "config reload refused; keeping the running configuration");
+                    continue;
+                }
+            };
+            if next.log_level != current.log_level
+                && let Some(reload) = &reload_log
+            {
+                match reload(&next.log_level) {
+                    Ok(()) => tracing::debug!(level = %next.log_level, "log level changed"),
+                    Err(e) => tracing::error!(error = %e, "log level not changed"),
+                }
+            }
+            let mut restart = Vec::new();
+            if next.listen != current.listen {
+                restart.push("server.listen");
+            }
+            if next.store != current.store {
+                restart.push("store.location");
+            }
+            if next.cache_dir != current.cache_dir || next.disk_size != current.disk_size {
+                restart.push("cache.dir/disk_size");
+            }
+            if next.origin != current.origin {
+                restart.push("origin.*");
+            }
+            if next.admin_listen != current.admin_listen {
+                restart.push("admin.listen");
+            }
+            tracing::info!(needs_restart = ?restart, "configuration reloaded");
+            current = next;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (args, current, reload_log);
 }
 
 /// Binds the configured address, prints the URL, serves until SIGINT/SIGTERM, then drains.
@@ -183,10 +332,18 @@ async fn serve_handler(
     cfg: &edge_config::Config,
     drain: std::time::Duration,
     banner: &str,
+    admin: Option<(std::sync::Arc<crate::admin::Admin>, Option<String>)>,
 ) -> anyhow::Result<()> {
     let listeners = crate::node::bind_reuseport(cfg.listen, crate::node::worker_count())?;
     let addr = listeners[0].local_addr()?;
+    // Scripts and tests read this first line for the address.
     println!("{banner} http://{addr}/");
+    if let Some((admin, admin_banner)) = &admin {
+        if let Some(b) = admin_banner {
+            println!("{b}");
+        }
+        admin.set_ready(true);
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         crate::node::shutdown_signal().await;
@@ -212,5 +369,12 @@ pub async fn preview(dir: &Path, listen: &str) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", dir.display()))?;
     let _watcher = crate::preview::spawn_watcher(store, handler.clone(), dir.to_owned())?;
     let banner = format!("previewing {} at", dir.display());
-    serve_handler(handler, &cfg, std::time::Duration::from_secs(2), &banner).await
+    serve_handler(
+        handler,
+        &cfg,
+        std::time::Duration::from_secs(2),
+        &banner,
+        None,
+    )
+    .await
 }

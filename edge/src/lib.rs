@@ -2,10 +2,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
+pub mod admin;
 pub mod cli;
 pub mod coalesce;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod path;
 pub mod preview;

@@ -57,6 +57,11 @@ enum Command {
     },
     /// Serve sites from a store.
     Serve(Box<edge::cli::ServeArgs>),
+    /// Validate a config file and name the key (and line) of any error.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
     /// Serve a local folder for development, rebuilding it when files change.
     Preview {
         /// The folder to serve.
@@ -114,5 +119,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => edge::cli::hosts_add(&host, &site, &store).await,
         Command::Serve(args) => edge::cli::serve(*args).await,
         Command::Preview { dir, listen } => edge::cli::preview(&dir, &listen).await,
+        Command::CheckConfig { file } => edge::cli::check_config(&file),
     }
 }

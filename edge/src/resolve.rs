@@ -627,6 +627,52 @@ impl Resolver {
         self.sites.remove(site);
     }
 
+    /// Drops a site's pointer and the tree nodes of its deploy (those still cached), so the
+    /// next request re-reads both from the origin. Blobs need no purge: they are addressed
+    /// by their hash, so a cached blob can only ever be the right bytes for that hash.
+    /// Returns how many tree nodes were dropped, or `None` if the site was not cached.
+    pub async fn purge_site(&self, site: &str) -> Option<usize> {
+        let deploy = self.sites.get(site).flatten();
+        self.sites.remove(site);
+        self.mark_dirty();
+        let deploy = deploy?;
+        let mut stack = vec![deploy.root];
+        let mut dropped = 0;
+        while let Some(h) = stack.pop() {
+            let node = match self.tree_front.get(&h) {
+                Some(n) => Some(n),
+                None => self.trees.get(&h).await,
+            };
+            let Some(node) = node else { continue };
+            for e in node.iter().filter(|e| e.kind == EntryKind::Dir) {
+                stack.push(e.hash);
+            }
+            self.tree_front.remove(&h);
+            self.trees.invalidate(&h).await;
+            dropped += 1;
+        }
+        Some(dropped)
+    }
+
+    /// Every site's cached deploy, by site name.
+    pub fn deploys(&self) -> Vec<Arc<Deploy>> {
+        let mut v: Vec<_> = self.sites.positive().into_iter().map(|(_, d)| d).collect();
+        v.sort_by(|a, b| a.site.cmp(&b.site));
+        v
+    }
+
+    /// Host names cached with a site.
+    pub fn hosts(&self) -> Vec<(String, Arc<str>)> {
+        let mut v = self.hosts.positive();
+        v.sort();
+        v
+    }
+
+    /// Bytes of decoded tree nodes held in memory.
+    pub fn tree_bytes(&self) -> u64 {
+        self.tree_front.weight()
+    }
+
     /// Replaces a site's pointer directly (preview, which owns its store).
     pub async fn set_deploy(&self, deploy: Deploy) {
         self.sites

@@ -8,7 +8,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use origin_client::{EntryKind, Hash, TreeNode};
 
+use crate::accesslog::AccessLog;
 use crate::error::EdgeError;
+use crate::metrics::Metrics;
 use crate::path::{self, PathError};
 use crate::resolve::{Deploy, Resolver, Target, error_chain};
 use crate::tiers::{Source, Tiers};
@@ -34,6 +36,8 @@ pub struct Handler {
     resolver: Arc<Resolver>,
     tiers: Arc<Tiers>,
     cfg: HttpConfig,
+    metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
 }
 
 /// The parts of a request the handler looks at.
@@ -94,7 +98,18 @@ impl Handler {
             resolver,
             tiers,
             cfg,
+            metrics: Arc::default(),
+            access_log: None,
         }
+    }
+
+    /// Sends one JSON line per request to `log`.
+    pub fn set_access_log(&mut self, log: AccessLog) {
+        self.access_log = Some(log);
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn resolver(&self) -> &Arc<Resolver> {
@@ -109,7 +124,66 @@ impl Handler {
         self.serve(RequestHead::of(&req)).await
     }
 
+    /// Answers one request, whatever protocol carried it, and accounts for it (metrics,
+    /// access log, and a debug-level span with site, deploy, path, cache status, status).
     pub async fn serve(&self, req: RequestHead<'_>) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!(
+            "request",
+            http.method = %req.method,
+            url.path = req.uri.path(),
+            deploy = tracing::field::Empty,
+            cache.status = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let method = req.method.clone();
+        let version = req.version;
+        let resp = {
+            use tracing::Instrument;
+            self.decide(&req).instrument(span.clone()).await
+        };
+        let elapsed = started.elapsed();
+        let status = resp.status().as_u16();
+        self.metrics.record(version, status, elapsed);
+        let h = resp.headers();
+        let deploy = h.get(&X_EDGE_DEPLOY).and_then(|v| v.to_str().ok());
+        let cache = h.get(&CACHE_STATUS).and_then(|v| v.to_str().ok());
+        if !span.is_disabled() {
+            span.record("http.response.status_code", status);
+            if let Some(d) = deploy {
+                span.record("deploy", d);
+            }
+            if let Some(c) = cache {
+                span.record("cache.status", c);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            let host = req
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| req.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+                .unwrap_or("");
+            log.log(&crate::accesslog::Line {
+                method: method.as_str(),
+                host,
+                path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+                proto: crate::metrics::PROTOCOLS[crate::metrics::protocol_index(version)],
+                status,
+                bytes: http_body::Body::size_hint(resp.body()).exact(),
+                micros: elapsed.as_micros() as u64,
+                deploy,
+                cache,
+                stale_s: h
+                    .get(&X_EDGE_STALE_POINTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+            });
+        }
+        resp
+    }
+
+    async fn decide(&self, req: &RequestHead<'_>) -> Response<Body> {
         let head_only = match *req.method {
             Method::GET => false,
             Method::HEAD => true,
@@ -194,7 +268,7 @@ impl Handler {
                 size,
             } => {
                 self.file(
-                    &req,
+                    req,
                     &deploy,
                     &dir,
                     &name,
@@ -213,7 +287,7 @@ impl Handler {
                     size,
                 }) => {
                     self.file(
-                        &req,
+                        req,
                         &deploy,
                         &dir,
                         &name,
@@ -244,6 +318,9 @@ impl Handler {
     fn stale(&self, h: &mut HeaderMap, deploy: &Deploy) {
         let age = deploy.age();
         if age > self.resolver.config().stale_after {
+            self.metrics
+                .stale_serves
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             h.insert(
                 X_EDGE_STALE_POINTER.clone(),
                 HeaderValue::from(age.as_secs()),

@@ -241,10 +241,24 @@ impl Serve {
         self
     }
 
+    /// Serves from `location` (e.g. an origin's `http://ADDR/`) instead of the local store.
+    pub fn store_location(mut self, location: &str) -> Serve {
+        self.store = PathBuf::from(location);
+        self
+    }
+
+    /// Sends the node's standard error to `path` (appended).
+    pub fn log_to(mut self, path: PathBuf) -> Serve {
+        self.log = path;
+        self
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
         cmd.arg("serve").arg("--store").arg(&self.store).args([
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--cache-dir",
         ]);
@@ -347,6 +361,14 @@ impl Node {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many lines of the node's log contain every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
     }
 
     /// Kills the process now (SIGKILL) and waits for it.
