@@ -195,11 +195,16 @@ pub async fn run(
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer.addr = %peer, error = %e, "connection ended with an error");
-            }
-        });
+        // A debug-level span per connection: free unless debug logging is on.
+        let span = tracing::debug_span!("conn", peer.addr = %peer, proto = "tcp");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            },
+            span,
+        ));
     }
     drop(listener);
     tokio::select! {
