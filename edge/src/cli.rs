@@ -260,7 +260,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let admin = admin.clone();
         tokio::spawn(crate::admin::run(admin, listener, std::future::pending()));
     }
-    tokio::spawn(reload_on_sighup(args, cfg.clone(), reload_log));
+    tokio::spawn(reload_on_sighup(
+        args,
+        cfg.clone(),
+        reload_log,
+        node.handler.clone(),
+    ));
     tracing::info!(store = %cfg.store, "serving");
     serve_handler(
         node.handler,
@@ -279,6 +284,7 @@ async fn reload_on_sighup(
     args: ServeArgs,
     mut current: edge_config::Config,
     reload_log: Option<LogReload>,
+    handler: std::sync::Arc<crate::http::Handler>,
 ) {
     #[cfg(unix)]
     {
@@ -302,6 +308,18 @@ async fn reload_on_sighup(
                     Err(e) => tracing::error!(error = %e, "log level not changed"),
                 }
             }
+            match crate::node::http_config(&next) {
+                Ok(h) => handler.set_http_config(h),
+                Err(e) => tracing::error!(error = %e, "cache-control not changed"),
+            }
+            handler.resolver().tune(
+                next.refresh_interval,
+                next.negative_ttl,
+                crate::node::stale_after(&next),
+            );
+            handler
+                .tiers()
+                .set_site_limits(next.origin.site_concurrency, next.origin.site_queue);
             let mut restart = Vec::new();
             if next.listen != current.listen {
                 restart.push("server.listen");
@@ -312,8 +330,20 @@ async fn reload_on_sighup(
             if next.cache_dir != current.cache_dir || next.disk_size != current.disk_size {
                 restart.push("cache.dir/disk_size");
             }
-            if next.origin != current.origin {
-                restart.push("origin.*");
+            let mut origin_now = next.origin.clone();
+            origin_now.site_concurrency = current.origin.site_concurrency;
+            origin_now.site_queue = current.origin.site_queue;
+            if origin_now != current.origin {
+                restart.push("origin (except site_concurrency, site_queue)");
+            }
+            if next.memory_size != current.memory_size
+                || next.memory_max_object != current.memory_max_object
+                || next.tree_size != current.tree_size
+            {
+                restart.push("cache.memory_size/memory_max_object/tree_size");
+            }
+            if next.default_site != current.default_site {
+                restart.push("server.default_site");
             }
             if next.admin_listen != current.admin_listen {
                 restart.push("admin.listen");
@@ -323,7 +353,7 @@ async fn reload_on_sighup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (args, current, reload_log);
+    let _ = (args, current, reload_log, handler);
 }
 
 /// Binds the configured address, prints the URL, serves until SIGINT/SIGTERM, then drains.

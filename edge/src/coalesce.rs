@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
+/// One run's shared outcome.
+type Cell<V, E> = Arc<OnceCell<Result<V, Arc<E>>>>;
+
 pub struct Coalescer<K, V, E> {
-    inflight: Mutex<HashMap<K, Arc<OnceCell<Result<V, Arc<E>>>>>>,
+    inflight: Mutex<HashMap<K, Cell<V, E>>>,
 }
 
 impl<K, V, E> Default for Coalescer<K, V, E> {

@@ -96,7 +96,7 @@ pub async fn build_handler(
             default_site: cfg.default_site.clone(),
             max_pointers: 100_000,
             state_file,
-            stale_after: (cfg.refresh_interval * 3).max(Duration::from_secs(10)),
+            stale_after: stale_after(cfg),
         },
         disk.clone(),
     );
@@ -123,11 +123,20 @@ pub async fn build_handler(
         },
         disk,
     );
-    let http = HttpConfig {
+    Ok(Arc::new(Handler::new(resolver, tiers, http_config(cfg)?)))
+}
+
+/// The HTTP policy of a configuration.
+pub fn http_config(cfg: &Config) -> anyhow::Result<HttpConfig> {
+    Ok(HttpConfig {
         cache_control_html: HeaderValue::from_str(&cfg.cache_control_html)?,
         cache_control_other: HeaderValue::from_str(&cfg.cache_control_other)?,
-    };
-    Ok(Arc::new(Handler::new(resolver, tiers, http)))
+    })
+}
+
+/// When a pointer counts as stale: three refresh intervals, at least 10 s.
+pub fn stale_after(cfg: &Config) -> Duration {
+    (cfg.refresh_interval * 3).max(Duration::from_secs(10))
 }
 
 /// Opens the configured store behind breakers, timeouts, retries and limits, and builds the

@@ -117,15 +117,16 @@ impl quick_cache::Weighter<Hash, TreeNode> for TreeWeight {
 struct PointerCache<T: Clone> {
     map: quick_cache::sync::Cache<String, (Option<T>, Option<Instant>)>,
     fetches: Coalescer<String, Option<T>, EdgeError>,
-    negative_ttl: Duration,
+    /// Milliseconds; changed by a config reload.
+    negative_ttl_ms: Arc<AtomicU64>,
 }
 
 impl<T: Clone + Send + Sync> PointerCache<T> {
-    fn new(capacity: u64, negative_ttl: Duration) -> Self {
+    fn new(capacity: u64, negative_ttl_ms: Arc<AtomicU64>) -> Self {
         PointerCache {
             map: quick_cache::sync::Cache::new(capacity.max(16) as usize),
             fetches: Coalescer::default(),
-            negative_ttl,
+            negative_ttl_ms,
         }
     }
 
@@ -140,7 +141,8 @@ impl<T: Clone + Send + Sync> PointerCache<T> {
     }
 
     fn insert(&self, key: String, v: Option<T>) {
-        let expires = v.is_none().then(|| Instant::now() + self.negative_ttl);
+        let ttl = Duration::from_millis(self.negative_ttl_ms.load(Ordering::Relaxed));
+        let expires = v.is_none().then(|| Instant::now() + ttl);
         self.map.insert(key, (v, expires));
     }
 
@@ -185,6 +187,10 @@ pub struct Resolver {
     /// Tree nodes are kept on disk too, so a restarted node can walk its deploys while the
     /// origin is down.
     disk: Option<Arc<DiskTier>>,
+    /// Tunables a config reload may change (milliseconds).
+    negative_ttl_ms: Arc<AtomicU64>,
+    refresh_ms: AtomicU64,
+    stale_after_ms: AtomicU64,
     /// Set when a pointer changes; the saver persists the pointers then.
     dirty: AtomicBool,
     wake_saver: tokio::sync::Notify,
@@ -232,8 +238,11 @@ impl Resolver {
             .weigher(|_: &Hash, t: &TreeNode| u32::try_from(t.weight()).unwrap_or(u32::MAX))
             .max_capacity(cfg.tree_cache_bytes)
             .build();
-        let hosts = PointerCache::new(cfg.max_pointers, cfg.negative_ttl);
-        let sites = PointerCache::new(cfg.max_pointers, cfg.negative_ttl);
+        let negative_ttl_ms = Arc::new(AtomicU64::new(cfg.negative_ttl.as_millis() as u64));
+        let refresh_ms = cfg.refresh_interval.as_millis() as u64;
+        let stale_after_ms = cfg.stale_after.as_millis() as u64;
+        let hosts = PointerCache::new(cfg.max_pointers, negative_ttl_ms.clone());
+        let sites = PointerCache::new(cfg.max_pointers, negative_ttl_ms.clone());
         let tree_items = (cfg.tree_cache_bytes / 4096).clamp(256, 1 << 20) as usize;
         let tree_front =
             quick_cache::sync::Cache::with_weighter(tree_items, cfg.tree_cache_bytes, TreeWeight);
@@ -245,6 +254,9 @@ impl Resolver {
             trees,
             tree_front,
             disk,
+            negative_ttl_ms,
+            refresh_ms: AtomicU64::new(refresh_ms),
+            stale_after_ms: AtomicU64::new(stale_after_ms),
             dirty: AtomicBool::new(false),
             wake_saver: tokio::sync::Notify::new(),
             stats: ResolverStats::default(),
@@ -253,6 +265,22 @@ impl Resolver {
 
     pub fn config(&self) -> &ResolverConfig {
         &self.cfg
+    }
+
+    /// A pointer older than this is reported stale.
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_millis(self.stale_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// Applies reloaded timings: the refresh interval (from the next round), the negative
+    /// TTL (for entries made from now on), and the staleness threshold.
+    pub fn tune(&self, refresh_interval: Duration, negative_ttl: Duration, stale_after: Duration) {
+        self.refresh_ms
+            .store(refresh_interval.as_millis() as u64, Ordering::Relaxed);
+        self.negative_ttl_ms
+            .store(negative_ttl.as_millis() as u64, Ordering::Relaxed);
+        self.stale_after_ms
+            .store(stale_after.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Loads persisted last-known-good pointers. They serve at once (as stale, until the
@@ -360,13 +388,13 @@ impl Resolver {
     /// dropped.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
-        let every = self.cfg.refresh_interval;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
-                tick.tick().await;
+                let every = match weak.upgrade() {
+                    Some(this) => Duration::from_millis(this.refresh_ms.load(Ordering::Relaxed)),
+                    None => return,
+                };
+                tokio::time::sleep(every).await;
                 let Some(this) = weak.upgrade() else { return };
                 this.refresh_all().await;
             }
@@ -455,6 +483,9 @@ impl Resolver {
         match (fetched, old) {
             (Ok(Some(p)), Some(old)) if old.root == p.root && old.id == p.deploy => {
                 old.confirm();
+                // Persist the confirmation too, so a node restarted during an outage knows
+                // how old its pointers really are (one small write per refresh round).
+                self.mark_dirty();
                 Ok(Some(old))
             }
             (Ok(Some(p)), old) => match self.adopt(p).await {

@@ -35,7 +35,7 @@ pub struct HttpConfig {
 pub struct Handler {
     resolver: Arc<Resolver>,
     tiers: Arc<Tiers>,
-    cfg: HttpConfig,
+    cfg: arc_swap::ArcSwap<HttpConfig>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
 }
@@ -97,10 +97,15 @@ impl Handler {
         Handler {
             resolver,
             tiers,
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             metrics: Arc::default(),
             access_log: None,
         }
+    }
+
+    /// Replaces the HTTP policy (a config reload).
+    pub fn set_http_config(&self, cfg: HttpConfig) {
+        self.cfg.store(Arc::new(cfg));
     }
 
     /// Sends one JSON line per request to `log`.
@@ -317,7 +322,7 @@ impl Handler {
     /// Marks a response served on a stale pointer (header and log field).
     fn stale(&self, h: &mut HeaderMap, deploy: &Deploy) {
         let age = deploy.age();
-        if age > self.resolver.config().stale_after {
+        if age > self.resolver.stale_after() {
             self.metrics
                 .stale_serves
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -390,14 +395,14 @@ impl Handler {
         };
         h.insert(header::CONTENT_TYPE, ct);
         h.insert(header::ETAG, etag_value.clone());
-        h.insert(
-            header::CACHE_CONTROL,
+        h.insert(header::CACHE_CONTROL, {
+            let cfg = self.cfg.load();
             if headers::is_html(name) {
-                self.cfg.cache_control_html.clone()
+                cfg.cache_control_html.clone()
             } else {
-                self.cfg.cache_control_other.clone()
-            },
-        );
+                cfg.cache_control_other.clone()
+            }
+        });
         if has_siblings {
             h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }

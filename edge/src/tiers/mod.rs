@@ -265,7 +265,11 @@ pub struct Tiers {
     disk: Option<Arc<DiskTier>>,
     inflight: Mutex<HashMap<Hash, FillFuture>>,
     sites: moka::sync::Cache<String, Arc<Bulkhead>>,
-    site_limits: (usize, usize),
+    /// Per-site bulkhead size (limit, queue); a config reload may change them.
+    site_limits: (
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    ),
     pub stats: TierStats,
 }
 
@@ -282,7 +286,7 @@ impl Tiers {
             disk,
             inflight: Mutex::new(HashMap::new()),
             sites: moka::sync::Cache::new(100_000),
-            site_limits: (cfg.site_concurrency, cfg.site_queue),
+            site_limits: (cfg.site_concurrency.into(), cfg.site_queue.into()),
             stats: TierStats::default(),
         })
     }
@@ -300,9 +304,18 @@ impl Tiers {
         if let Some(b) = self.sites.get(site) {
             return b;
         }
-        let (limit, queue) = self.site_limits;
+        let limit = self.site_limits.0.load(Ordering::Relaxed);
+        let queue = self.site_limits.1.load(Ordering::Relaxed);
         self.sites
             .get_with(site.to_owned(), || Arc::new(Bulkhead::new(limit, queue)))
+    }
+
+    /// Applies reloaded per-site limits: new bulkheads get them at once (fetches in flight
+    /// keep the slots they hold).
+    pub fn set_site_limits(&self, limit: usize, queue: usize) {
+        self.site_limits.0.store(limit, Ordering::Relaxed);
+        self.site_limits.1.store(queue, Ordering::Relaxed);
+        self.sites.invalidate_all();
     }
 
     /// Holds a slot of `site`'s bulkhead for an origin fetch, unless the fetch for `hash`

@@ -6,7 +6,9 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -16,6 +18,7 @@ use hyper::body::Frame;
 use origin_client::store::ByteStream;
 
 use super::conn::ConnState;
+use super::counts::InFlight;
 use super::rules::BodyFault;
 
 /// Not `Sync`: store streams are `Send` only, and hyper's server needs no more.
@@ -42,6 +45,40 @@ pub(crate) fn streamed(inner: ByteStream, fault: BodyFault, conn: Arc<ConnState>
     BodyExt::boxed_unsync(StreamBody::new(
         faulty(inner, fault, conn).map_ok(Frame::data),
     ))
+}
+
+/// `inner`, holding `guard` until the body is over: hyper drops a body once its last frame
+/// is written, or when the connection ends first.
+pub(crate) fn tracked(inner: Body, guard: InFlight) -> Body {
+    BodyExt::boxed_unsync(Tracked {
+        inner,
+        _guard: guard,
+    })
+}
+
+struct Tracked {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 struct State {
@@ -138,6 +175,22 @@ mod tests {
         let (out, failed) = collect(faulty(chunks(&[b"abc", b"defg"]), fault, conn)).await;
         assert!(!failed);
         assert_eq!(out, [b'a', b'b', b'c', b'd', b'e' ^ 0xff, b'f', b'g']);
+    }
+
+    #[tokio::test]
+    async fn a_tracked_body_is_in_flight_until_it_is_over() {
+        let counter = crate::chaos::counts::Counter::new(10);
+        let body = tracked(full("hello"), counter.enter("objects/ab/ab00"));
+        assert_eq!(counter.snapshot().objects_in_flight, 1);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        let s = counter.snapshot();
+        assert_eq!((s.in_flight, s.peak_in_flight), (0, 1));
+        // Dropped before it is read (the connection went away): over too.
+        let body = tracked(full("x"), counter.enter("sites/docs/current"));
+        assert_eq!(counter.snapshot().in_flight, 1);
+        drop(body);
+        assert_eq!(counter.snapshot().in_flight, 0);
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ pub(crate) async fn handle(
     }
     let key = path.strip_prefix('/').unwrap_or(path).to_owned();
     shared.counter.count(&key);
+    // In flight until the answer's body is over (or the answer is dropped: resets, hangs).
+    let in_flight = shared.counter.enter(&key);
     let method = req.method().clone();
     let span = tracing::debug_span!(
         "request",
@@ -64,7 +66,7 @@ pub(crate) async fn handle(
         }
         Err(e) => span.in_scope(|| tracing::debug!(fault = %e, "no response")),
     }
-    res
+    res.map(|resp| resp.map(|b| body::tracked(b, in_flight)))
 }
 
 async fn origin(

@@ -147,11 +147,15 @@ fn retryable(e: &StoreError) -> bool {
     }
 }
 
-/// Whether an outcome counts against the origin's health. Not-found and caller errors do
-/// not; a corrupt object does (the origin sent wrong bytes).
+/// Whether an outcome counts against the origin's availability. Not-found and caller errors
+/// do not, and neither do bytes that fail their hash: the origin answered, so not asking it
+/// for a while would not help, and one bad object asked for again and again (a deploy
+/// pointer to a corrupt root, re-checked on every refresh) must not shut off every site's
+/// misses. Corrupt bytes are refused where they are read, and counted there.
 fn origin_failed<T>(r: &Result<T, StoreError>) -> bool {
     match r {
         Ok(_) => false,
+        Err(StoreError::Corrupt { .. }) => false,
         Err(e) => e.blame() == Blame::Upstream,
     }
 }
