@@ -409,10 +409,8 @@ impl Resolver {
                 Some(slot) => slot,
                 None => {
                     let store = self.store.as_ref();
-                    let fetched = self
-                        .hosts
-                        .get_or_fetch(&name, fetch_host(store, &name))
-                        .await;
+                    let fetched =
+                        Box::pin(self.hosts.get_or_fetch(&name, fetch_host(store, &name))).await;
                     match fetched {
                         Ok(slot) => {
                             if slot.is_some() {
@@ -440,10 +438,7 @@ impl Resolver {
         if let Some(slot) = self.sites.get(site) {
             return Ok(slot);
         }
-        let slot = self
-            .sites
-            .get_or_fetch(site, self.fetch_deploy(site))
-            .await?;
+        let slot = Box::pin(self.sites.get_or_fetch(site, self.fetch_deploy(site))).await?;
         if slot.is_some() {
             self.mark_dirty();
         }
@@ -562,7 +557,9 @@ impl Resolver {
         if let Some(t) = self.tree_front.get(&hash) {
             return Ok(t);
         }
-        let node = self.tree_slow(hash).await?;
+        // Miss paths are boxed so that the hit path's futures stay small: a large future is
+        // copied whenever it is built or moved (see `Handler::serve`).
+        let node = Box::pin(self.tree_slow(hash)).await?;
         self.tree_front.insert(hash, node.clone());
         Ok(node)
     }
