@@ -115,6 +115,17 @@ pub struct ServeArgs {
     /// The admin listener's address [default: 127.0.0.1:9901]; "" turns it off.
     #[arg(long)]
     pub admin_listen: Option<String>,
+    /// Log format on standard error: pretty or json [default: pretty].
+    #[arg(long, value_parser = ["pretty", "json"])]
+    pub log_format: Option<String>,
+    /// Address for HTTPS (HTTP/2 and HTTP/1.1 over TLS), and HTTP/3 on the same port over
+    /// UDP; "" turns TLS off [default: off].
+    #[arg(long)]
+    pub tls_listen: Option<String>,
+    /// The certificate folder: HOST.crt + HOST.key per host name (SNI), default.crt +
+    /// default.key for any other name (PEM).
+    #[arg(long)]
+    pub cert_dir: Option<String>,
 }
 
 /// Changes the log filter of a running node (SIGHUP reload).
@@ -207,6 +218,15 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<edge_config::Config> {
     }
     if let Some(v) = &args.admin_listen {
         file.admin.listen = Some(v.clone());
+    }
+    if let Some(v) = &args.log_format {
+        file.log.format = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_listen {
+        file.tls.listen = Some(v.clone());
+    }
+    if let Some(v) = &args.cert_dir {
+        file.tls.cert_dir = Some(v.clone());
     }
     Ok(edge_config::Config::from_file(
         &file,
@@ -348,6 +368,10 @@ async fn reload_on_sighup(
             if next.admin_listen != current.admin_listen {
                 restart.push("admin.listen");
             }
+            // Certificates reload by themselves on SIGHUP; the listeners and folder do not.
+            if next.tls != current.tls || next.http3 != current.http3 {
+                restart.push("tls.*/http3.*");
+            }
             tracing::info!(needs_restart = ?restart, "configuration reloaded");
             current = next;
         }
@@ -368,6 +392,11 @@ async fn serve_handler(
     let addr = listeners[0].local_addr()?;
     // Scripts and tests read this first line for the address.
     println!("{banner} http://{addr}/");
+    let secure = crate::listen::Secure::bind(cfg, listeners.len()).await?;
+    if let Some(s) = &secure {
+        let h3 = if s.http3() { ", HTTP/3 on UDP" } else { "" };
+        println!("{banner} https://{}/ (TLS{h3})", s.addr);
+    }
     if let Some((admin, admin_banner)) = &admin {
         if let Some(b) = admin_banner {
             println!("{b}");
@@ -379,12 +408,32 @@ async fn serve_handler(
         crate::node::shutdown_signal().await;
         let _ = tx.send(true);
     });
-    crate::node::run_workers(handler, listeners, cfg.header_read_timeout, rx, drain).await
+    crate::listen::run(handler, cfg, listeners, secure, rx, drain).await
 }
 
-pub async fn preview(dir: &Path, listen: &str) -> anyhow::Result<()> {
+/// `edge preview DIR`; with `tls_listen`, HTTPS and HTTP/3 there too, with a certificate
+/// generated for localhost (written to a temporary folder, removed on exit).
+pub async fn preview(dir: &Path, listen: &str, tls_listen: Option<&str>) -> anyhow::Result<()> {
     init_logging();
     let mut file = edge_config::FileConfig::default();
+    let cert_dir = match tls_listen {
+        Some(addr) => {
+            let certs = std::env::temp_dir().join(format!("edge-preview-{}", std::process::id()));
+            let cert = crate::listen::tls::write_local_cert(&certs)
+                .with_context(|| format!("writing a local certificate to {}", certs.display()))?;
+            // On stderr: scripts read the first line of stdout for the address.
+            eprintln!(
+                "certificate for localhost: {} (e.g. curl --cacert {} https://localhost:PORT/)",
+                cert.display(),
+                cert.display()
+            );
+            file.tls.listen = Some(addr.to_owned());
+            file.tls.cert_dir = Some(certs.display().to_string());
+            file.tls.watch = Some(false);
+            Some(RemoveOnDrop(certs))
+        }
+        None => None,
+    };
     file.server.listen = Some(listen.to_owned());
     file.server.default_site = Some(crate::preview::SITE.to_owned());
     file.cache.dir = Some(String::new());
@@ -399,12 +448,23 @@ pub async fn preview(dir: &Path, listen: &str) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", dir.display()))?;
     let _watcher = crate::preview::spawn_watcher(store, handler.clone(), dir.to_owned())?;
     let banner = format!("previewing {} at", dir.display());
-    serve_handler(
+    let served = serve_handler(
         handler,
         &cfg,
         std::time::Duration::from_secs(2),
         &banner,
         None,
     )
-    .await
+    .await;
+    drop(cert_dir);
+    served
+}
+
+/// Removes a folder (best effort) when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod error;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod path;

@@ -69,6 +69,13 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also serve HTTPS and HTTP/3 (on --tls-listen) with a certificate generated for
+        /// localhost, 127.0.0.1 and ::1; prints the https URL and the certificate's path.
+        #[arg(long)]
+        tls: bool,
+        /// Address for HTTPS (TCP) and HTTP/3 (UDP) with --tls.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        tls_listen: String,
     },
 }
 
@@ -118,7 +125,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: HostsCommand::Add { host, site, store },
         } => edge::cli::hosts_add(&host, &site, &store).await,
         Command::Serve(args) => edge::cli::serve(*args).await,
-        Command::Preview { dir, listen } => edge::cli::preview(&dir, &listen).await,
+        Command::Preview {
+            dir,
+            listen,
+            tls,
+            tls_listen,
+        } => edge::cli::preview(&dir, &listen, tls.then_some(tls_listen.as_str())).await,
         Command::CheckConfig { file } => edge::cli::check_config(&file),
     }
 }

@@ -21,6 +21,8 @@ use origin_client::{Access, Store, open_store_with};
 use tokio::net::TcpListener;
 
 use crate::http::{Handler, HttpConfig};
+use crate::listen::Front;
+use crate::listen::tls::TlsServing;
 use crate::resolve::{Resolver, ResolverConfig};
 use crate::tiers::{DiskTier, TierConfig, Tiers};
 
@@ -168,6 +170,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    let front = Arc::new(Front::default());
+    serve_tcp(
+        handler,
+        listener,
+        front,
+        None,
+        header_read_timeout,
+        shutdown,
+        drain,
+    )
+    .await
+}
+
+/// Like [`run`], with `front` around the handler (redirect, HSTS, Alt-Svc) and, with `tls`,
+/// a TLS handshake (ALPN h2 or http/1.1) before HTTP on each connection.
+pub async fn serve_tcp(
+    handler: Arc<Handler>,
+    listener: TcpListener,
+    front: Arc<Front>,
+    tls: Option<TlsServing>,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -196,10 +222,44 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let front = front.clone();
         let svc = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+            let front = front.clone();
+            async move { Ok::<_, Infallible>(front.respond(&handler, req).await) }
         });
+        if let Some(tls) = &tls {
+            let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+            let span = tracing::debug_span!("conn", peer.addr = %peer, proto = "tls");
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let stream = match tokio::time::timeout(
+                        tls.handshake_timeout,
+                        tls.acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                },
+                span,
+            ));
+            continue;
+        }
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
@@ -264,10 +324,47 @@ pub async fn run_workers(
     shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) -> anyhow::Result<()> {
+    let service = TcpService {
+        listeners,
+        front: Front::default(),
+        tls: None,
+    };
+    run_workers_with(handler, vec![service], header_read_timeout, shutdown, drain).await
+}
+
+/// One kind of TCP listener: a socket per worker (the same count for every service), what
+/// it adds around the handler, and its TLS settings if it speaks TLS.
+pub struct TcpService {
+    pub listeners: Vec<std::net::TcpListener>,
+    pub front: Front,
+    pub tls: Option<TlsServing>,
+}
+
+/// [`run_workers`] for several services (cleartext and HTTPS): worker `i` serves the `i`th
+/// socket of each.
+pub async fn run_workers_with(
+    handler: Arc<Handler>,
+    services: Vec<TcpService>,
+    header_read_timeout: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let workers = services
+        .iter()
+        .map(|s| s.listeners.len())
+        .max()
+        .unwrap_or(0);
+    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    for s in services {
+        let front = Arc::new(s.front);
+        for (i, l) in s.listeners.into_iter().enumerate() {
+            per_worker[i].push((l, front.clone(), s.tls.clone()));
+        }
+    }
     let mut threads = Vec::new();
-    for (i, l) in listeners.into_iter().enumerate() {
+    for (i, mine) in per_worker.into_iter().enumerate() {
         let handler = handler.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         let t = std::thread::Builder::new()
             .name(format!("edge-worker-{i}"))
             .spawn(move || -> anyhow::Result<()> {
@@ -275,11 +372,24 @@ pub async fn run_workers(
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
-                    let listener = TcpListener::from_std(l)?;
-                    let stop = async move {
-                        let _ = shutdown.wait_for(|s| *s).await;
-                    };
-                    run(handler, listener, header_read_timeout, stop, drain).await;
+                    let mut serving = Vec::new();
+                    for (l, front, tls) in mine {
+                        let listener = TcpListener::from_std(l)?;
+                        let mut shutdown = shutdown.clone();
+                        let stop = async move {
+                            let _ = shutdown.wait_for(|s| *s).await;
+                        };
+                        serving.push(serve_tcp(
+                            handler.clone(),
+                            listener,
+                            front,
+                            tls,
+                            header_read_timeout,
+                            stop,
+                            drain,
+                        ));
+                    }
+                    futures_util::future::join_all(serving).await;
                     Ok(())
                 })
             })?;

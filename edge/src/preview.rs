@@ -59,7 +59,9 @@ pub fn spawn_watcher(
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Reads (our own rebuild opens every file) are not changes: reacting to them would
+        // rebuild forever.
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             // A full channel already holds a pending rebuild: dropping this signal is fine.
             let _ = tx.try_send(());
         }

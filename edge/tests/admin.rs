@@ -606,3 +606,33 @@ fn status_page_renders_in_chromium() {
     assert!(requests >= 3, "{dom}");
     eprintln!("status page screenshot: {}", shot.display());
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let site = Site::new();
+    let log = site.dir.path().join("json.log");
+    let mut child = edge()
+        .arg("serve")
+        .arg("--store")
+        .arg(site.store())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", ""])
+        .args(["--log-format", "json", "--cache-dir"])
+        .arg(site.dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.trim().is_empty(), "the node logged nothing");
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

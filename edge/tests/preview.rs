@@ -53,12 +53,14 @@ fn preview_serves_a_folder_and_follows_edits() {
     std::fs::write(dir.path().join("index.html"), "v1").unwrap();
     std::fs::create_dir(dir.path().join("docs")).unwrap();
     std::fs::write(dir.path().join("docs/index.html"), "docs").unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("preview.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
         .arg("preview")
         .arg(dir.path())
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -87,4 +89,16 @@ fn preview_serves_a_folder_and_follows_edits() {
         (404, b"404 Not Found: no such file in this deploy\n"),
     );
     eprintln!("preview picked up: change {changed:?}, addition {added:?}, deletion {removed:?}");
+
+    // Idle, it does not rebuild (its own reads of the folder are not changes).
+    let rebuilds = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("preview rebuilt")
+            .count()
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    let before = rebuilds();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rebuilds(), before, "rebuilding while nothing changes");
 }

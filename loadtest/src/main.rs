@@ -17,6 +17,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Generate HTTP load (closed or open loop) and report latency percentiles and rates.
+    Run(Box<loadtest::loadgen::cli::RunArgs>),
+    /// Write a synthetic site folder matching `run --files N --sizes MIX`.
+    GenSite(loadtest::loadgen::cli::GenSiteArgs),
+    /// Benchmark the edge against nginx and Varnish on this machine, side by side.
+    Compare(loadtest::compare::cli::CompareArgs),
     /// Serve a store's layout over HTTP/1.1, injecting faults by rule (control: /_chaos/).
     ChaosOrigin(loadtest::chaos::cli::ChaosOriginArgs),
 }
@@ -24,6 +30,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process, installed before any TLS config is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -31,6 +39,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Run(args) => {
+            loadtest::loadgen::cli::run(*args).await?;
+        }
+        Command::GenSite(args) => loadtest::loadgen::cli::gen_site(args).await?,
+        Command::Compare(args) => loadtest::compare::cli::run(args).await?,
         Command::ChaosOrigin(args) => loadtest::chaos::cli::run(args).await?,
     }
     Ok(())

@@ -1,0 +1,267 @@
+//! HTTP/3: a quinn endpoint on the HTTPS port number over UDP, h3 on each connection, and
+//! every request answered by the same `Handler::serve` as HTTP/1.1 and HTTP/2.
+//!
+//! Invariants: connections are bounded (`http3.max_connections`; beyond it new ones are
+//! refused) and so are concurrent requests per connection (`http3.max_streams`, enforced by
+//! QUIC flow control: a client waits for a slot); a packet or request a peer controls never
+//! panics, it ends that connection or stream; a response whose body fails mid-way is reset,
+//! never finished, so a client cannot take a cut body for a whole one.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use edge_config::Http3;
+use http::header::{self, HeaderValue};
+use http_body_util::BodyExt;
+
+use super::Front;
+use super::tls::{self, CertStore};
+use crate::http::Handler;
+
+/// Unidirectional streams a peer may open: HTTP/3's control and QPACK streams, and grease.
+const MAX_UNI_STREAMS: u32 = 16;
+/// Socket buffers asked for (the kernel caps them at `net.core.rmem_max`/`wmem_max`): the
+/// default ~200 KiB overflows under bursts from many streams, and every datagram dropped there
+/// costs a QUIC loss recovery.
+const UDP_BUFFER: usize = 4 << 20;
+/// The largest request head accepted (HTTP/3 `SETTINGS_MAX_FIELD_SECTION_SIZE`).
+const MAX_FIELD_SECTION: u64 = 64 << 10;
+
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Builds the endpoint on a bound UDP socket. Must run inside a tokio runtime, which then
+/// drives the endpoint.
+pub fn endpoint(
+    udp: std::net::UdpSocket,
+    certs: Arc<CertStore>,
+    cfg: &Http3,
+) -> anyhow::Result<quinn::Endpoint> {
+    let sock = socket2::SockRef::from(&udp);
+    for (what, r) in [
+        ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
+        ("send", sock.set_send_buffer_size(UDP_BUFFER)),
+    ] {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not enlarge the UDP {what} buffer");
+        }
+    }
+    let tls = tls::quic_config(certs, cfg.early_data)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(cfg.max_streams.into())
+        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+        .max_idle_timeout(Some(cfg.idle_timeout.try_into()?));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport));
+    // Handshakes waiting to be accepted: no more than the connections we would take.
+    server.max_incoming(cfg.max_connections as usize);
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok(ep)
+}
+
+/// Accepts connections until `shutdown` turns true; then asks each connection to finish
+/// (HTTP/3 GOAWAY), waits up to `drain` for them, and closes the endpoint.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    handler: Arc<Handler>,
+    front: Arc<Front>,
+    cfg: Http3,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let max = cfg.max_connections as usize;
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        if endpoint.open_connections() >= max {
+            tracing::debug!(peer.addr = %incoming.remote_address(), "HTTP/3 connection refused: at http3.max_connections");
+            incoming.refuse();
+            continue;
+        }
+        let span =
+            tracing::debug_span!("conn", peer.addr = %incoming.remote_address(), proto = "h3");
+        tokio::spawn(tracing::Instrument::instrument(
+            connection(
+                incoming,
+                handler.clone(),
+                front.clone(),
+                cfg.early_data,
+                shutdown.clone(),
+            ),
+            span,
+        ));
+    }
+    // Stop taking new connections; open ones got their GOAWAY from the same signal.
+    endpoint.set_server_config(None);
+    if tokio::time::timeout(drain, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP/3 drain deadline passed with connections still open");
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    handler: Arc<Handler>,
+    front: Arc<Front>,
+    early_data: bool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "QUIC connection not accepted");
+            return;
+        }
+    };
+    let conn = if early_data {
+        // Serve requests that arrive in 0-RTT, before the handshake completes.
+        match connecting.into_0rtt() {
+            Ok((c, _)) => c,
+            Err(connecting) => match connecting.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "QUIC handshake failed");
+                    return;
+                }
+            },
+        }
+    } else {
+        match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "QUIC handshake failed");
+                return;
+            }
+        }
+    };
+    let built = h3::server::builder()
+        .max_field_section_size(MAX_FIELD_SECTION)
+        .build(h3_quinn::Connection::new(conn))
+        .await;
+    let mut h3: H3Conn = match built {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+    };
+    let mut closing = *shutdown.borrow();
+    if closing {
+        let _ = h3.shutdown(0).await;
+    }
+    loop {
+        let next = tokio::select! {
+            r = h3.accept() => Some(r),
+            _ = shutdown.wait_for(|s| *s), if !closing => None,
+        };
+        match next {
+            None => {
+                closing = true;
+                // GOAWAY: requests already accepted finish; accept() then returns None.
+                let _ = h3.shutdown(0).await;
+            }
+            Some(Ok(Some(resolver))) => {
+                let handler = handler.clone();
+                let front = front.clone();
+                tokio::spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => request(&handler, &front, req, stream).await,
+                        Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
+                    }
+                });
+            }
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
+                if !e.is_h3_no_error() {
+                    tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Answers one request on its stream. A request body, which GET and HEAD do not have, is
+/// not read.
+async fn request(handler: &Handler, front: &Front, req: http::Request<()>, mut stream: H3Stream) {
+    let head_only = req.method() == http::Method::HEAD;
+    let resp = front.respond(handler, req).await;
+    let (mut parts, mut body) = resp.into_parts();
+    // hyper adds Date for HTTP/1.1 and HTTP/2; h3 does not.
+    super::insert_default(&mut parts.headers, header::DATE, || {
+        HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+    });
+    // hyper derives Content-Length from an exact body size for HTTP/1.1 and HTTP/2; do the
+    // same here so every protocol carries the same header.
+    let status = parts.status;
+    if !head_only
+        && status != http::StatusCode::NOT_MODIFIED
+        && status != http::StatusCode::NO_CONTENT
+        && let Some(len) = http_body::Body::size_hint(&body).exact()
+    {
+        super::insert_default(&mut parts.headers, header::CONTENT_LENGTH, || {
+            HeaderValue::from(len)
+        });
+    }
+    // Connection-specific fields are forbidden in HTTP/3 (RFC 9114, 4.2).
+    for h in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+    ] {
+        parts.headers.remove(h);
+    }
+    if let Err(e) = stream
+        .send_response(http::Response::from_parts(parts, ()))
+        .await
+    {
+        tracing::debug!(error = %e, "HTTP/3 response head not sent");
+        return;
+    }
+    if !head_only {
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    // The bytes behind this response failed (verification, origin cut): reset
+                    // the stream so the client sees an error, not a short body.
+                    tracing::debug!(error = %e, "HTTP/3 response body failed; resetting the stream");
+                    stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                    return;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if let Err(e) = stream.send_data(data).await {
+                tracing::debug!(error = %e, "HTTP/3 response body not sent");
+                return;
+            }
+        }
+    }
+    if let Err(e) = stream.finish().await {
+        tracing::debug!(error = %e, "HTTP/3 response not finished");
+    }
+}
