@@ -462,7 +462,8 @@ fn build(method: &str, uri: &str, host: &str, headers: &[(&str, &str)]) -> Reque
     b.body(Empty::new()).expect("a valid request")
 }
 
-async fn read_all(resp: hyper::Response<hyper::body::Incoming>) -> Reply {
+/// Reads a whole response; `complete` is false when the body ended in an error.
+pub async fn read_all(resp: hyper::Response<hyper::body::Incoming>) -> Reply {
     let (parts, mut body) = resp.into_parts();
     let mut out = Vec::new();
     let mut complete = true;

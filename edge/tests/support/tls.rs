@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -337,28 +337,7 @@ pub async fn tls_connect(
 }
 
 async fn read_reply(resp: hyper::Response<hyper::body::Incoming>) -> Reply {
-    let (parts, mut body) = resp.into_parts();
-    let mut out = Vec::new();
-    let mut complete = true;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Some(d) = f.data_ref() {
-                    out.extend_from_slice(d);
-                }
-            }
-            Err(_) => {
-                complete = false;
-                break;
-            }
-        }
-    }
-    Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: out,
-        complete,
-    }
+    crate::support::read_all(resp).await
 }
 
 /// An HTTP/2 client over TLS on one connection (clone to share it).
