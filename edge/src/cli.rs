@@ -280,11 +280,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let admin = admin.clone();
         tokio::spawn(crate::admin::run(admin, listener, std::future::pending()));
     }
+    // Installed now, before the banner is printed: a SIGHUP that came before its handler
+    // would kill the process.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup = None::<()>;
     tokio::spawn(reload_on_sighup(
         args,
         cfg.clone(),
         reload_log,
         node.handler.clone(),
+        hup,
     ));
     tracing::info!(store = %cfg.store, "serving");
     serve_handler(
@@ -305,11 +312,12 @@ async fn reload_on_sighup(
     mut current: edge_config::Config,
     reload_log: Option<LogReload>,
     handler: std::sync::Arc<crate::http::Handler>,
+    #[cfg(unix)] hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] hup: Option<()>,
 ) {
     #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Some(mut hup) = hup else {
             return;
         };
         while hup.recv().await.is_some() {
@@ -377,7 +385,7 @@ async fn reload_on_sighup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (args, current, reload_log, handler);
+    let _ = (args, current, reload_log, handler, hup);
 }
 
 /// Binds the configured address, prints the URL, serves until SIGINT/SIGTERM, then drains.
@@ -388,6 +396,8 @@ async fn serve_handler(
     banner: &str,
     admin: Option<(std::sync::Arc<crate::admin::Admin>, Option<String>)>,
 ) -> anyhow::Result<()> {
+    // Signal handlers before the banner: whoever reads it may signal at once.
+    let stop = crate::node::shutdown_signal_installed();
     let listeners = crate::node::bind_reuseport(cfg.listen, crate::node::worker_count())?;
     let addr = listeners[0].local_addr()?;
     // Scripts and tests read this first line for the address.
@@ -405,7 +415,7 @@ async fn serve_handler(
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        crate::node::shutdown_signal().await;
+        stop.await;
         let _ = tx.send(true);
     });
     crate::listen::run(handler, cfg, listeners, secure, rx, drain).await
