@@ -588,69 +588,32 @@ async fn stream_to_file(
 mod tests {
     use super::*;
     use futures_util::TryStreamExt;
-    use origin_client::store::{MemoryStore, ObjectBody};
-    use origin_client::{CurrentPointer, DeployRecord, HostRecord, StoreError};
+    use origin_client::store::MemoryStore;
 
-    /// A store that counts object reads and answers them slowly, so misses overlap.
-    #[derive(Debug, Default)]
-    struct SlowCounting {
-        inner: MemoryStore,
-        reads: AtomicU64,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for SlowCounting {
-        fn location(&self) -> String {
-            "counting:".into()
-        }
-        async fn get_object(&self, h: &Hash) -> Result<Option<Bytes>, StoreError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            self.inner.get_object(h).await
-        }
-        async fn open_object(&self, h: &Hash) -> Result<Option<ObjectBody>, StoreError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            self.inner.open_object(h).await
-        }
-        async fn has_object(&self, h: &Hash) -> Result<bool, StoreError> {
-            self.inner.has_object(h).await
-        }
-        async fn put_object(&self, h: &Hash, d: Bytes) -> Result<bool, StoreError> {
-            self.inner.put_object(h, d).await
-        }
-        async fn get_host(&self, h: &str) -> Result<Option<HostRecord>, StoreError> {
-            self.inner.get_host(h).await
-        }
-        async fn put_host(&self, r: &HostRecord) -> Result<(), StoreError> {
-            self.inner.put_host(r).await
-        }
-        async fn get_current(&self, s: &str) -> Result<Option<CurrentPointer>, StoreError> {
-            self.inner.get_current(s).await
-        }
-        async fn swap_current(&self, e: Option<u64>, n: &CurrentPointer) -> Result<(), StoreError> {
-            self.inner.swap_current(e, n).await
-        }
-        async fn put_deploy(&self, r: &DeployRecord) -> Result<(), StoreError> {
-            self.inner.put_deploy(r).await
-        }
-        async fn get_deploy(&self, s: &str, i: &str) -> Result<Option<DeployRecord>, StoreError> {
-            self.inner.get_deploy(s, i).await
-        }
-        async fn list_deploys(&self, s: &str) -> Result<Vec<DeployRecord>, StoreError> {
-            self.inner.list_deploys(s).await
-        }
+    /// A memory store that counts object reads and answers them slowly, so misses overlap.
+    fn slow_counting() -> (MemoryStore, MemoryStore, Arc<AtomicU64>) {
+        let reads = Arc::new(AtomicU64::new(0));
+        let r = reads.clone();
+        let plain = MemoryStore::new();
+        let slow = plain.with_read_hook(Arc::new(move |_| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Ok(())
+            })
+        }));
+        (plain, slow, reads)
     }
 
     async fn concurrent_misses(size: usize, disk: bool) -> (u64, Vec<Vec<u8>>) {
-        let store = Arc::new(SlowCounting::default());
+        let (plain, slow, reads) = slow_counting();
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 256) as u8).collect();
         let hash = Hash::of(&data);
-        store
-            .inner
+        plain
             .put_object(&hash, Bytes::from(data.clone()))
             .await
             .unwrap();
+        let store = Arc::new(slow);
         let dir = tempfile::tempdir().unwrap();
         let disk = disk.then(|| Arc::new(DiskTier::open(dir.path(), 64 << 20).unwrap()));
         let tiers = Tiers::new(
@@ -680,7 +643,7 @@ mod tests {
             bodies.push(t.await.unwrap());
         }
         assert!(bodies.iter().all(|b| *b == data));
-        (store.reads.load(Ordering::SeqCst), bodies)
+        (reads.load(Ordering::SeqCst), bodies)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -414,64 +414,34 @@ mod tests {
     use crate::store::MemoryStore;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// Fails the first `fail` object reads with a 503, then answers from memory.
-    #[derive(Debug, Default)]
+    /// A memory store whose first `fail` whole-object reads answer 503, after `delay`.
     struct Flaky {
-        inner: MemoryStore,
-        fail: AtomicU32,
-        calls: AtomicU32,
-        delay: Duration,
+        store: MemoryStore,
+        calls: Arc<AtomicU32>,
     }
 
-    #[async_trait]
-    impl Store for Flaky {
-        fn location(&self) -> String {
-            "flaky:".into()
-        }
-        async fn get_object(&self, h: &Hash) -> Result<Option<Bytes>, StoreError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
-            if self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                return Err(StoreError::Status {
-                    url: "x".into(),
-                    status: 503,
-                });
-            }
-            self.inner.get_object(h).await
-        }
-        async fn open_object(&self, h: &Hash) -> Result<Option<ObjectBody>, StoreError> {
-            self.inner.open_object(h).await
-        }
-        async fn has_object(&self, h: &Hash) -> Result<bool, StoreError> {
-            self.inner.has_object(h).await
-        }
-        async fn put_object(&self, h: &Hash, d: Bytes) -> Result<bool, StoreError> {
-            self.inner.put_object(h, d).await
-        }
-        async fn get_host(&self, h: &str) -> Result<Option<HostRecord>, StoreError> {
-            self.inner.get_host(h).await
-        }
-        async fn put_host(&self, r: &HostRecord) -> Result<(), StoreError> {
-            self.inner.put_host(r).await
-        }
-        async fn get_current(&self, s: &str) -> Result<Option<CurrentPointer>, StoreError> {
-            self.inner.get_current(s).await
-        }
-        async fn swap_current(&self, e: Option<u64>, n: &CurrentPointer) -> Result<(), StoreError> {
-            self.inner.swap_current(e, n).await
-        }
-        async fn put_deploy(&self, r: &DeployRecord) -> Result<(), StoreError> {
-            self.inner.put_deploy(r).await
-        }
-        async fn get_deploy(&self, s: &str, i: &str) -> Result<Option<DeployRecord>, StoreError> {
-            self.inner.get_deploy(s, i).await
-        }
-        async fn list_deploys(&self, s: &str) -> Result<Vec<DeployRecord>, StoreError> {
-            self.inner.list_deploys(s).await
+    impl Flaky {
+        fn new(fail: u32, delay: Duration) -> Flaky {
+            let calls = Arc::new(AtomicU32::new(0));
+            let fail = Arc::new(AtomicU32::new(fail));
+            let c = calls.clone();
+            let store = MemoryStore::new().with_read_hook(Arc::new(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                let fail = fail.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    match fail
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    {
+                        Ok(_) => Err(StoreError::Status {
+                            url: "x".into(),
+                            status: 503,
+                        }),
+                        Err(_) => Ok(()),
+                    }
+                })
+            }));
+            Flaky { store, calls }
         }
     }
 
@@ -483,18 +453,15 @@ mod tests {
         cfg.breaker.half_open_probes = 1;
     }
 
-    async fn setup(fail: u32, cfg: ResilienceConfig) -> (Arc<Flaky>, ResilientStore, Hash) {
-        let flaky = Arc::new(Flaky {
-            fail: AtomicU32::new(fail),
-            ..Flaky::default()
-        });
+    async fn setup(fail: u32, cfg: ResilienceConfig) -> (Flaky, ResilientStore, Hash) {
+        let flaky = Flaky::new(fail, Duration::ZERO);
         let h = Hash::of(b"x");
         flaky
-            .inner
+            .store
             .put_object(&h, Bytes::from_static(b"x"))
             .await
             .unwrap();
-        let store = ResilientStore::new(flaky.clone(), cfg);
+        let store = ResilientStore::new(Arc::new(flaky.store.clone()), cfg);
         (flaky, store, h)
     }
 
@@ -568,17 +535,14 @@ mod tests {
         let mut cfg = ResilienceConfig::default();
         cfg.objects.concurrency = 2;
         cfg.objects.queue = 2;
-        let flaky = Arc::new(Flaky {
-            delay: Duration::from_millis(200),
-            ..Flaky::default()
-        });
+        let flaky = Flaky::new(0, Duration::from_millis(200));
         let h = Hash::of(b"x");
         flaky
-            .inner
+            .store
             .put_object(&h, Bytes::from_static(b"x"))
             .await
             .unwrap();
-        let store = Arc::new(ResilientStore::new(flaky.clone(), cfg));
+        let store = Arc::new(ResilientStore::new(Arc::new(flaky.store.clone()), cfg));
         let tasks: Vec<_> = (0..10)
             .map(|_| {
                 let s = store.clone();
@@ -605,11 +569,8 @@ mod tests {
         cfg.objects.retry.max_attempts = 1;
         cfg.objects.first_byte_timeout = Duration::from_millis(20);
         cfg.objects.total_base = Duration::from_millis(20);
-        let flaky = Arc::new(Flaky {
-            delay: Duration::from_secs(5),
-            ..Flaky::default()
-        });
-        let store = ResilientStore::new(flaky, cfg);
+        let flaky = Flaky::new(0, Duration::from_secs(5));
+        let store = ResilientStore::new(Arc::new(flaky.store), cfg);
         let started = Instant::now();
         assert!(matches!(
             store.get_object(&Hash::of(b"x")).await,

@@ -12,9 +12,25 @@ use super::{ObjectBody, Store, StoreError, sort_deploys};
 use crate::Hash;
 use crate::records::{CurrentPointer, DeployRecord, HostRecord, normalize_host};
 
-#[derive(Debug, Default, Clone)]
+/// Runs before every object read (`get_object`, `open_object`): tests use it to count, delay
+/// or fail reads.
+pub type ReadHook = Arc<
+    dyn Fn(Hash) -> futures_util::future::BoxFuture<'static, Result<(), StoreError>> + Send + Sync,
+>;
+
+#[derive(Default, Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<State>>,
+    read_hook: Option<ReadHook>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("objects", &self.object_count())
+            .field("read_hook", &self.read_hook.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +44,22 @@ struct State {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store (sharing its contents) with `hook` run before each object read; an
+    /// error from the hook is the read's answer.
+    pub fn with_read_hook(&self, hook: ReadHook) -> Self {
+        MemoryStore {
+            inner: self.inner.clone(),
+            read_hook: Some(hook),
+        }
+    }
+
+    async fn before_read(&self, hash: &Hash) -> Result<(), StoreError> {
+        match &self.read_hook {
+            Some(hook) => hook(*hash).await,
+            None => Ok(()),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -54,10 +86,12 @@ impl Store for MemoryStore {
     }
 
     async fn get_object(&self, hash: &Hash) -> Result<Option<Bytes>, StoreError> {
+        self.before_read(hash).await?;
         Ok(self.state().objects.get(hash).cloned())
     }
 
     async fn open_object(&self, hash: &Hash) -> Result<Option<ObjectBody>, StoreError> {
+        self.before_read(hash).await?;
         Ok(self.state().objects.get(hash).cloned().map(|b| ObjectBody {
             len: Some(b.len() as u64),
             stream: futures_util::stream::once(async move { Ok(b) }).boxed(),
