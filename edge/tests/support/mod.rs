@@ -449,7 +449,21 @@ pub struct Streamed {
 }
 
 type Sender1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-type Sender2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+pub type Sender2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// Sends one request on an HTTP/2 connection and reads the whole reply; `what` names it in
+/// failures.
+pub async fn send_h2(sender: &Sender2, req: hyper::Request<Empty<Bytes>>, what: &str) -> Reply {
+    let mut sender = sender.clone();
+    within(what, sender.ready())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let resp = within(what, sender.send_request(req))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(resp.version(), http::Version::HTTP_2, "{what}");
+    within(what, read_all(resp)).await
+}
 
 fn build(method: &str, uri: &str, host: &str, headers: &[(&str, &str)]) -> Request<Empty<Bytes>> {
     let mut b = Request::builder().method(method).uri(uri);
@@ -520,7 +534,8 @@ async fn read_streamed(
     }
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+/// Awaits `f`, failing the test after `REQUEST_TIMEOUT`.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(REQUEST_TIMEOUT, f)
         .await
         .unwrap_or_else(|_| panic!("{what} took longer than {REQUEST_TIMEOUT:?}"))
@@ -646,16 +661,7 @@ impl H2 {
         let mut req = build(method, &uri, &auth, headers);
         // HTTP/2 carries the authority in `:authority`; drop the Host header we added.
         req.headers_mut().remove("host");
-        let what = format!("HTTP/2 {method} {uri}");
-        let mut sender = self.sender.clone();
-        within(&what, sender.ready())
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let resp = within(&what, sender.send_request(req))
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(resp.version(), http::Version::HTTP_2, "{what}");
-        within(&what, read_all(resp)).await
+        send_h2(&self.sender, req, &format!("HTTP/2 {method} {uri}")).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

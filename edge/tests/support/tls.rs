@@ -17,7 +17,7 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::support::{REQUEST_TIMEOUT, Reply, START_TIMEOUT};
+use crate::support::{Reply, START_TIMEOUT};
 
 /// One crypto provider for every client here (the process default may be unset).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -289,11 +289,7 @@ fn addr_after(line: &str, scheme: &str) -> Option<SocketAddr> {
 
 // ---- HTTP/2 and HTTP/1.1 over TLS ----------------------------------------------------------
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(REQUEST_TIMEOUT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {REQUEST_TIMEOUT:?}"))
-}
+use crate::support::within;
 
 /// What a TLS handshake settled on.
 #[derive(Debug, Clone)]
@@ -343,7 +339,7 @@ async fn read_reply(resp: hyper::Response<hyper::body::Incoming>) -> Reply {
 /// An HTTP/2 client over TLS on one connection (clone to share it).
 #[derive(Clone)]
 pub struct H2Tls {
-    sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    sender: crate::support::Sender2,
     pub handshake: Handshake,
     authority: String,
 }
@@ -376,16 +372,7 @@ impl H2Tls {
             b = b.header(*k, *v);
         }
         let req = b.body(Empty::new()).expect("a valid request");
-        let what = format!("h2+TLS {method} {uri}");
-        let mut sender = self.sender.clone();
-        within(&what, sender.ready())
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let resp = within(&what, sender.send_request(req))
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(resp.version(), http::Version::HTTP_2, "{what}");
-        within(&what, read_reply(resp)).await
+        crate::support::send_h2(&self.sender, req, &format!("h2+TLS {method} {uri}")).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {
