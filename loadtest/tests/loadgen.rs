@@ -7,7 +7,7 @@ mod test_server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loadtest::loadgen::{GenError, Mode, Proto, RunOptions, TlsOptions, Workload, run};
+use loadtest::loadgen::{ErrorKind, GenError, Mode, Proto, RunOptions, TlsOptions, Workload, run};
 use test_server::{BODY, Behaviour};
 
 fn opts(target: http::Uri) -> RunOptions {
@@ -171,13 +171,87 @@ async fn h2_over_tls_with_alpn() {
     assert_eq!(server.h2_count(), before);
 }
 
-#[tokio::test]
-async fn h3_is_refused_with_a_clear_error() {
-    let mut o = opts("https://127.0.0.1:1/".parse().unwrap());
+/// HTTP/3: the fixed delay shows at p50, streams share the QUIC connections asked for, the
+/// server's count is the generator's; an untrusted certificate, an http:// target and a port
+/// where nothing answers QUIC are each refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_fixed_delay_streams_and_counts() {
+    let (server, pem) = test_server::start_h3(Behaviour::Delay(Duration::from_millis(20))).await;
+    let mut o = opts(server.url("https"));
     o.proto = Proto::H3;
+    o.connections = 2;
+    o.streams = 8;
+    o.duration = Duration::from_secs(1);
+    o.warmup = Duration::from_millis(200);
+
     let err = run(&o, root(&o.target)).await.unwrap_err();
-    assert!(matches!(err, GenError::H3Unsupported));
-    assert!(err.to_string().contains("h3 is not supported yet"));
+    assert!(
+        matches!(
+            err,
+            GenError::Connect {
+                kind: ErrorKind::Tls,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
+    assert_eq!(server.count(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    o.tls = TlsOptions {
+        insecure: false,
+        ca_file: Some(ca),
+    };
+    let conns_before = server.connections();
+    let r = run(&o, root(&o.target)).await.unwrap();
+    eprintln!("{r}");
+    assert!(
+        (20.0..26.0).contains(&r.latency_ms.p50),
+        "{:?}",
+        r.latency_ms
+    );
+    // 16 streams in parallel: about 800 requests a second.
+    assert!(r.requests > 500, "{} requests", r.requests);
+    assert!(r.warmup_requests > 0);
+    assert_eq!(r.error_total, 0, "{:?}", r.errors);
+    assert_eq!(r.statuses.get("200"), Some(&r.requests));
+    assert_eq!(r.bytes, r.requests * BODY.len() as u64);
+    assert_eq!(r.requests + r.warmup_requests, server.count());
+    assert_eq!(server.connections() - conns_before, 2);
+
+    let mut plain = o.clone();
+    plain.target = server.url("http");
+    let err = run(&plain, root(&plain.target)).await.unwrap_err();
+    assert!(matches!(err, GenError::H3NeedsHttps), "{err}");
+    assert!(err.to_string().contains("https://"), "{err}");
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = udp.local_addr().unwrap();
+    drop(udp);
+    o.target = format!("https://{dead}/").parse().unwrap();
+    let started = std::time::Instant::now();
+    let err = run(&o, root(&o.target)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GenError::Connect {
+                kind: ErrorKind::Connect,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("is HTTP/3 listening on UDP"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
 }
 
 #[tokio::test]
@@ -235,5 +309,9 @@ async fn cli_writes_json() {
         .await
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("h3 is not supported yet"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--proto h3 needs an https:// target"),
+        "{stderr}"
+    );
 }

@@ -39,14 +39,14 @@ pub struct RunArgs {
     /// --files, its path is the one URL requested.
     #[arg(value_name = "URL")]
     pub target: http::Uri,
-    /// HTTP version: h1, h2 (h2c prior knowledge over http://, ALPN over https://), h3 (not
-    /// supported yet).
+    /// HTTP version: h1, h2 (h2c prior knowledge over http://, ALPN over https://), h3 (QUIC,
+    /// https:// only; the port is the server's UDP port).
     #[arg(long, value_enum, default_value = "h1")]
     pub proto: Proto,
     /// Connections to open (before the clock starts).
     #[arg(short = 'c', long, default_value_t = 16)]
     pub connections: usize,
-    /// Concurrent streams per connection (HTTP/2 only).
+    /// Concurrent streams per connection (HTTP/2 and HTTP/3).
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
     /// Open loop: send at this constant rate (requests per second), measuring each request's

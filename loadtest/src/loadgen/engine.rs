@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use hyper::client::conn::http2;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
@@ -36,10 +35,11 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report, G
     // Connections first, so the clock measures requests rather than handshakes.
     let mut senders = Vec::with_capacity(opts.connections);
     for index in 0..opts.connections {
-        let s = endpoint.connect().await.map_err(|kind| GenError::Connect {
+        let s = endpoint.connect().await.map_err(|e| GenError::Connect {
             index,
             addr: endpoint.addr,
-            kind,
+            kind: e.kind,
+            reason: e.reason,
         })?;
         senders.push(s);
     }
@@ -110,14 +110,16 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report, G
                 .run(),
             );
         };
-        match sender {
-            Sender::H2(s) => {
-                let slot: SharedConn = Arc::new(Mutex::new(Some((0, s.clone()))));
+        match sender.share() {
+            Some(shared) => {
+                let slot: SharedConn = Arc::new(Mutex::new(Some((0, shared))));
                 for stream in 0..opts.streams {
-                    spawn(stream, ConnRef::Shared(slot.clone()), Sender::H2(s.clone()));
+                    if let Some(s) = sender.share() {
+                        spawn(stream, ConnRef::Shared(slot.clone()), s);
+                    }
                 }
             }
-            h1 => spawn(0, ConnRef::Own, h1),
+            None => spawn(0, ConnRef::Own, sender),
         }
     }
 
@@ -263,8 +265,9 @@ enum ConnRef {
     Shared(SharedConn),
 }
 
-type SharedConn =
-    Arc<Mutex<Option<(u64, http2::SendRequest<http_body_util::Empty<bytes::Bytes>>)>>>;
+/// A multiplexed connection (HTTP/2, HTTP/3) shared by its streams' workers, with a
+/// generation number so a broken one is replaced once, not once per stream.
+type SharedConn = Arc<Mutex<Option<(u64, Sender)>>>;
 
 /// Per-worker counts, merged at the end (no shared lock on the request path).
 struct Stats {
@@ -455,18 +458,20 @@ impl Worker {
                 if let Some((g, s)) = &*cur
                     && Some(*g) != old
                     && !s.is_closed()
+                    && let Some(s) = s.share()
                 {
-                    self.sender = Some((*g, Sender::H2(s.clone())));
+                    self.sender = Some((*g, s));
                     return Ok(());
                 }
                 let generation = cur.as_ref().map_or(0, |(g, _)| g + 1);
-                match self.shared.endpoint.connect().await? {
-                    Sender::H2(s) => {
-                        self.stats.reconnects += 1;
-                        self.sender = Some((generation, Sender::H2(s.clone())));
+                let s = self.shared.endpoint.connect().await?;
+                self.stats.reconnects += 1;
+                match s.share() {
+                    Some(mine) => {
+                        self.sender = Some((generation, mine));
                         *cur = Some((generation, s));
                     }
-                    other => self.sender = Some((generation, other)),
+                    None => self.sender = Some((generation, s)),
                 }
             }
         }

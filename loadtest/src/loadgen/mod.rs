@@ -16,7 +16,7 @@
 //!
 //! Code map:
 //! - `zipf`, `site`, `workload`: what to request (pure, no I/O).
-//! - `conn`: TCP, TLS, HTTP/1.1 and HTTP/2 client connections; failure kinds.
+//! - `conn`: TCP, TLS, QUIC; HTTP/1.1, HTTP/2 and HTTP/3 client connections; failure kinds.
 //! - `engine`: workers, pacing, phases (the only module that keeps time).
 //! - `report`: histograms to percentiles, JSON and text.
 //! - `cli`: the `loadtest run` and `loadtest gen-site` subcommands.
@@ -32,7 +32,7 @@ pub mod site;
 pub mod workload;
 pub mod zipf;
 
-pub use self::conn::{ErrorKind, TlsOptions};
+pub use self::conn::{ConnectError, ErrorKind, TlsOptions};
 pub use self::engine::run;
 pub use self::report::{CurvePoint, Latency, Report};
 pub use self::workload::{Synthetic, Target, Workload};
@@ -49,7 +49,7 @@ pub enum Proto {
     H1,
     /// HTTP/2: prior knowledge (h2c) for http://, ALPN h2 for https://.
     H2,
-    /// HTTP/3: not supported yet.
+    /// HTTP/3 over QUIC (https:// only).
     H3,
 }
 
@@ -80,7 +80,7 @@ pub struct RunOptions {
     pub proto: Proto,
     pub mode: Mode,
     pub connections: usize,
-    /// Concurrent streams per connection (HTTP/2 only; 1 for HTTP/1.1).
+    /// Concurrent streams per connection (HTTP/2 and HTTP/3; 1 for HTTP/1.1).
     pub streams: usize,
     pub warmup: Duration,
     /// The measured phase's length.
@@ -117,18 +117,15 @@ impl RunOptions {
 
     /// Checks the settings that do not need the network.
     pub fn validate(&self) -> Result<(), GenError> {
-        if self.proto == Proto::H3 {
-            return Err(GenError::H3Unsupported);
-        }
         let workers = self.connections.saturating_mul(self.streams);
         if self.connections == 0 || self.streams == 0 || workers > MAX_WORKERS {
             return Err(GenError::Options(
                 "connections and streams must be at least 1, and their product at most 100000",
             ));
         }
-        if self.streams > 1 && self.proto != Proto::H2 {
+        if self.streams > 1 && self.proto == Proto::H1 {
             return Err(GenError::Options(
-                "--streams above 1 needs --proto h2 (HTTP/1.1 has no multiplexing)",
+                "--streams above 1 needs --proto h2 or h3 (HTTP/1.1 has no multiplexing)",
             ));
         }
         if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
@@ -161,10 +158,10 @@ impl RunOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GenError {
-    #[error(
-        "h3 is not supported yet: HTTP/3 load generation comes with the HTTP/3 issue; use --proto h1 or h2"
-    )]
-    H3Unsupported,
+    #[error("--proto h3 needs an https:// target (HTTP/3 runs over QUIC, which is always TLS)")]
+    H3NeedsHttps,
+    #[error("cannot set up QUIC: {0}")]
+    QuicConfig(String),
     #[error("invalid target {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     Target(String),
     #[error("cannot resolve {host}")]
@@ -179,11 +176,12 @@ pub enum GenError {
     TlsConfig(#[source] rustls::Error),
     #[error("cannot use the CA file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
-    #[error("cannot open connection {index} to {addr}: {kind}")]
+    #[error("cannot open connection {index} to {addr}: {kind}: {reason}")]
     Connect {
         index: usize,
         addr: std::net::SocketAddr,
         kind: ErrorKind,
+        reason: String,
     },
     #[error("invalid workload")]
     Workload(#[from] workload::WorkloadError),

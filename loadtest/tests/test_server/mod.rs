@@ -1,6 +1,7 @@
 //! An in-test HTTP/1.1 + HTTP/2 server (cleartext, or TLS with ALPN) whose behaviour is known:
 //! a fixed delay per response, or a stall window during which every response is held. It
-//! counts the requests it answered, to compare with what the generator reports.
+//! counts the requests it answered, to compare with what the generator reports. Also an
+//! HTTP/3 server (quinn + h3) with the same behaviour and counts.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -35,6 +36,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     count: Arc<AtomicU64>,
     h2_count: Arc<AtomicU64>,
+    /// HTTP/3 servers: QUIC connections accepted.
+    connections: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -49,6 +52,11 @@ impl TestServer {
         self.h2_count.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted (HTTP/3 servers only).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     pub fn url(&self, scheme: &str) -> http::Uri {
         format!("{scheme}://{}/", self.addr).parse().unwrap()
     }
@@ -60,6 +68,95 @@ impl Drop for TestServer {
     }
 }
 
+/// How long a response waits under `b`; `first` is when the first request arrived.
+fn wait_for(b: Behaviour, first: &OnceLock<Instant>) -> Duration {
+    let now = Instant::now();
+    match b {
+        Behaviour::Delay(d) => d,
+        Behaviour::Stall { after, len } => {
+            let start = *first.get_or_init(|| now) + after;
+            if now >= start && now < start + len {
+                start + len - now
+            } else {
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+fn self_signed() -> (
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+    String,
+) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    (cert.cert.der().clone(), key, pem)
+}
+
+/// Starts an HTTP/3 server on a UDP port of 127.0.0.1 with a fresh self-signed certificate
+/// (ALPN h3). Returns the certificate's PEM too.
+pub async fn start_h3(b: Behaviour) -> (TestServer, String) {
+    let (cert, key, pem) = self_signed();
+    let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
+    let first: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let (c, conns) = (count.clone(), connections.clone());
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let (c, conns, first) = (c.clone(), conns.clone(), first.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let Ok(mut h3) =
+                    h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await
+                else {
+                    return;
+                };
+                while let Ok(Some(resolver)) = h3.accept().await {
+                    let (c, first) = (c.clone(), first.clone());
+                    tokio::spawn(async move {
+                        let Ok((_req, mut stream)) = resolver.resolve_request().await else {
+                            return;
+                        };
+                        let wait = wait_for(b, &first);
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let resp = Response::builder().status(200).body(()).unwrap();
+                        if stream.send_response(resp).await.is_ok()
+                            && stream.send_data(Bytes::from_static(BODY)).await.is_ok()
+                        {
+                            let _ = stream.finish().await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let server = TestServer {
+        addr,
+        count,
+        h2_count: Arc::new(AtomicU64::new(0)),
+        connections,
+        task,
+    };
+    (server, pem)
+}
+
 /// Starts a cleartext server (HTTP/1.1 and prior-knowledge HTTP/2 on one socket).
 pub async fn start(b: Behaviour) -> TestServer {
     start_inner(b, None).await
@@ -68,14 +165,10 @@ pub async fn start(b: Behaviour) -> TestServer {
 /// Starts a TLS server with a fresh self-signed certificate for `localhost`/127.0.0.1,
 /// offering ALPN h2 and http/1.1. Returns the certificate's PEM too.
 pub async fn start_tls(b: Behaviour) -> (TestServer, String) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let pem = cert.cert.pem();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let (cert, key, pem) = self_signed();
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .with_single_cert(vec![cert], key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -100,18 +193,7 @@ async fn start_inner(b: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Te
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (c, c2, first) = (c.clone(), c2.clone(), first.clone());
                     async move {
-                        let now = Instant::now();
-                        let wait = match b {
-                            Behaviour::Delay(d) => d,
-                            Behaviour::Stall { after, len } => {
-                                let start = *first.get_or_init(|| now) + after;
-                                if now >= start && now < start + len {
-                                    start + len - now
-                                } else {
-                                    Duration::ZERO
-                                }
-                            }
-                        };
+                        let wait = wait_for(b, &first);
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
                         }
@@ -140,6 +222,7 @@ async fn start_inner(b: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Te
         addr,
         count,
         h2_count,
+        connections: Arc::new(AtomicU64::new(0)),
         task,
     }
 }
