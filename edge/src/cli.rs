@@ -408,10 +408,11 @@ async fn serve_handler(
         println!("{banner} https://{}/ (TLS{h3})", s.addr);
     }
     if let Some((admin, admin_banner)) = &admin {
+        // Ready before the banner: whoever reads it may ask /readyz at once.
+        admin.set_ready(true);
         if let Some(b) = admin_banner {
             println!("{b}");
         }
-        admin.set_ready(true);
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

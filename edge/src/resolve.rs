@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use http::HeaderValue;
 use moka::future::Cache;
 use origin_client::records::{normalize_host, validate_deploy_id, validate_site};
 use origin_client::{CurrentPointer, EntryKind, Hash, Store, TreeNode};
@@ -184,6 +185,9 @@ pub struct Resolver {
     /// The hit path for tree nodes: they are immutable, so this front needs no
     /// invalidation; it shares the nodes' bytes with `trees` (which coalesces misses).
     tree_front: quick_cache::sync::Cache<Hash, TreeNode, TreeWeight>,
+    /// Resolved files by (deploy root, raw request path): derived from immutable trees, so
+    /// never stale; bounded by a quarter of the tree cache's bytes.
+    routes: quick_cache::sync::Cache<RouteKey, Arc<FileRoute>, RouteWeight>,
     /// Tree nodes are kept on disk too, so a restarted node can walk its deploys while the
     /// origin is down.
     disk: Option<Arc<DiskTier>>,
@@ -216,16 +220,125 @@ struct SavedDeploy {
 /// What a path resolves to in a deploy.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A file: its entry data, and the folder holding it (to find precompressed siblings).
-    File {
-        dir: TreeNode,
-        name: String,
-        hash: Hash,
-        size: u64,
-    },
+    /// A file, with what its responses need from the tree.
+    File(Arc<FileRoute>),
     /// A folder requested without its trailing slash.
     AddSlash,
     NotFound,
+}
+
+/// A file a path resolved to, with everything its responses take from the (immutable) deploy
+/// tree worked out once: the entry, its precompressed siblings, content type and entity tags.
+/// Cached per (deploy root, request path), so a repeated hit walks no tree and formats no
+/// header value.
+#[derive(Debug)]
+pub struct FileRoute {
+    pub name: Box<str>,
+    pub identity: Variant,
+    /// Precompressed siblings (`name.br`, `name.zst`, `name.gz`): index into
+    /// [`headers::CODINGS`](crate::http::headers::CODINGS) and the variant.
+    pub siblings: Vec<(usize, Variant)>,
+    pub content_type: HeaderValue,
+    pub html: bool,
+}
+
+/// One stored representation of a file: its blob and strong entity tag.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub hash: Hash,
+    pub size: u64,
+    pub etag: HeaderValue,
+}
+
+impl Variant {
+    fn new(hash: Hash, size: u64) -> Variant {
+        Variant {
+            hash,
+            size,
+            etag: crate::http::headers::etag(&hash),
+        }
+    }
+}
+
+impl FileRoute {
+    /// The file `name`, a file entry of `dir`.
+    fn new(dir: &TreeNode, name: &str, hash: Hash, size: u64) -> FileRoute {
+        use crate::http::headers;
+        // Siblings sort right after `name`: one search and a short scan.
+        let mut siblings: Vec<(usize, Variant)> = dir
+            .extensions(name)
+            .filter(|e| e.kind == EntryKind::File)
+            .filter_map(|e| {
+                let suffix = &e.name[name.len()..];
+                let rank = headers::CODINGS.iter().position(|(_, s)| *s == suffix)?;
+                Some((rank, Variant::new(e.hash, e.size)))
+            })
+            .collect();
+        siblings.sort_by_key(|(rank, _)| *rank);
+        let content_type = match headers::content_type(name) {
+            std::borrow::Cow::Borrowed(s) => HeaderValue::from_static(s),
+            std::borrow::Cow::Owned(s) => HeaderValue::from_str(&s)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        };
+        FileRoute {
+            name: name.into(),
+            identity: Variant::new(hash, size),
+            siblings,
+            content_type,
+            html: headers::is_html(name),
+        }
+    }
+
+    /// Roughly the memory an entry of the route cache holds.
+    fn weight(&self, path: &str) -> u64 {
+        (256 + path.len() + self.name.len() + 96 * self.siblings.len()) as u64
+    }
+}
+
+/// A route cache key: a deploy root and a raw request path.
+#[derive(Debug, PartialEq, Eq)]
+struct RouteKey {
+    root: Hash,
+    path: Box<str>,
+}
+
+/// The borrowed form of [`RouteKey`], so a lookup allocates nothing.
+#[derive(Debug)]
+struct RouteRef<'a> {
+    root: &'a Hash,
+    path: &'a str,
+}
+
+impl std::hash::Hash for RouteKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        RouteRef {
+            root: &self.root,
+            path: &self.path,
+        }
+        .hash(state);
+    }
+}
+
+impl std::hash::Hash for RouteRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.root.as_bytes());
+        state.write(self.path.as_bytes());
+    }
+}
+
+impl quick_cache::Equivalent<RouteKey> for RouteRef<'_> {
+    fn equivalent(&self, key: &RouteKey) -> bool {
+        *self.root == key.root && self.path == &*key.path
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RouteWeight;
+
+impl quick_cache::Weighter<RouteKey, Arc<FileRoute>> for RouteWeight {
+    fn weight(&self, k: &RouteKey, v: &Arc<FileRoute>) -> u64 {
+        v.weight(&k.path)
+    }
 }
 
 impl Resolver {
@@ -246,6 +359,12 @@ impl Resolver {
         let tree_items = (cfg.tree_cache_bytes / 4096).clamp(256, 1 << 20) as usize;
         let tree_front =
             quick_cache::sync::Cache::with_weighter(tree_items, cfg.tree_cache_bytes, TreeWeight);
+        let route_bytes = (cfg.tree_cache_bytes / 4).max(64 * 1024);
+        let routes = quick_cache::sync::Cache::with_weighter(
+            (route_bytes / 384).clamp(256, 1 << 20) as usize,
+            route_bytes,
+            RouteWeight,
+        );
         Arc::new(Resolver {
             store,
             cfg,
@@ -253,6 +372,7 @@ impl Resolver {
             sites,
             trees,
             tree_front,
+            routes,
             disk,
             negative_ttl_ms,
             refresh_ms: AtomicU64::new(refresh_ms),
@@ -628,12 +748,9 @@ impl Resolver {
                 (EntryKind::File, false) => return Ok(Target::NotFound),
                 (EntryKind::File, true) if path.trailing_slash => return Ok(Target::NotFound),
                 (EntryKind::File, true) => {
-                    return Ok(Target::File {
-                        name: e.name.to_owned(),
-                        hash: e.hash,
-                        size: e.size,
-                        dir: dir.clone(),
-                    });
+                    return Ok(Target::File(Arc::new(FileRoute::new(
+                        &dir, e.name, e.hash, e.size,
+                    ))));
                 }
                 (EntryKind::Dir, true) if !path.trailing_slash => return Ok(Target::AddSlash),
                 (EntryKind::Dir, true) => {
@@ -643,6 +760,37 @@ impl Resolver {
             }
         }
         Ok(file_in(&dir, "index.html"))
+    }
+
+    /// The file `raw_path` resolved to in the deploy with this root, if that was worked out
+    /// before (by [`Resolver::lookup_route`]). The path is the request's raw path: one that
+    /// is cached has parsed before, so its hit needs no parsing either.
+    pub fn cached_route(&self, root: &Hash, raw_path: &str) -> Option<Arc<FileRoute>> {
+        self.routes.get(&RouteRef {
+            root,
+            path: raw_path,
+        })
+    }
+
+    /// [`Resolver::lookup`], remembering a file it finds under `raw_path` (the path `path`
+    /// was parsed from) for [`Resolver::cached_route`].
+    pub async fn lookup_route(
+        &self,
+        root: Hash,
+        raw_path: &str,
+        path: &RequestPath<'_>,
+    ) -> EdgeResult<Target> {
+        let target = self.lookup(root, path).await?;
+        if let Target::File(route) = &target {
+            self.routes.insert(
+                RouteKey {
+                    root,
+                    path: raw_path.into(),
+                },
+                route.clone(),
+            );
+        }
+        Ok(target)
     }
 
     /// The deploy's `404.html`, if it has one.
@@ -725,12 +873,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 fn file_in(dir: &TreeNode, name: &str) -> Target {
     match dir.lookup(name) {
-        Some(e) if e.kind == EntryKind::File => Target::File {
-            name: name.to_owned(),
-            hash: e.hash,
-            size: e.size,
-            dir: dir.clone(),
-        },
+        Some(e) if e.kind == EntryKind::File => {
+            Target::File(Arc::new(FileRoute::new(dir, name, e.hash, e.size)))
+        }
         _ => Target::NotFound,
     }
 }
@@ -746,14 +891,22 @@ pub fn host_name(header: &str) -> Option<std::borrow::Cow<'_, str>> {
         _ => header,
     };
     // The common case, already normal, borrows; anything else is normalised (or refused).
-    let plain = !name.ends_with('.')
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
-        });
+    // One pass over the bytes: labels of 1-63 lowercase letters, digits, `-` or `_`.
+    let plain = name.len() <= 253 && {
+        let mut label = 0usize;
+        let mut ok = true;
+        for &c in name.as_bytes() {
+            if c == b'.' {
+                ok &= label > 0;
+                label = 0;
+            } else {
+                ok &= c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_';
+                label += 1;
+                ok &= label <= 63;
+            }
+        }
+        ok && label > 0
+    };
     if plain {
         return Some(std::borrow::Cow::Borrowed(name));
     }
@@ -826,7 +979,7 @@ mod tests {
             .await
             .unwrap()
         {
-            Target::File { name, .. } => name,
+            Target::File(route) => route.name.to_string(),
             Target::AddSlash => "301".into(),
             Target::NotFound => "404".into(),
         }
@@ -847,8 +1000,61 @@ mod tests {
         assert_eq!(walk(&r, d.root, "/nope/").await, "404");
         assert!(matches!(
             r.not_found_page(d.root).await.unwrap(),
-            Target::File { .. }
+            Target::File(_)
         ));
+    }
+
+    /// Files found by `lookup_route` are remembered per (root, raw path), with their
+    /// precompressed siblings in preference order; folders, misses and other roots are not.
+    #[tokio::test]
+    async fn routes_are_cached_per_root_and_raw_path() {
+        let (r, d, dir) = site().await;
+        for p in ["docs/a.txt.gz", "docs/a.txt.br", "docs/a.txt.bak"] {
+            std::fs::write(dir.path().join(p), p).unwrap();
+        }
+        let store = r.store.clone();
+        publish(&*store, dir.path(), "s", &PublishOptions::default())
+            .await
+            .unwrap();
+        r.refresh_site("s").await.unwrap();
+        let d2 = r.deploy("s").await.unwrap().unwrap();
+        assert_ne!(d.root, d2.root);
+
+        let raw = "/docs/a.txt";
+        assert!(r.cached_route(&d2.root, raw).is_none());
+        let parsed = crate::path::parse(raw).unwrap();
+        let Target::File(found) = r.lookup_route(d2.root, raw, &parsed).await.unwrap() else {
+            panic!("a file")
+        };
+        let cached = r.cached_route(&d2.root, raw).expect("cached after lookup");
+        assert!(Arc::ptr_eq(&found, &cached));
+        assert_eq!(&*cached.name, "a.txt");
+        assert_eq!(cached.content_type, "text/plain; charset=utf-8");
+        assert_eq!(
+            cached.identity.etag,
+            crate::http::headers::etag(&cached.identity.hash)
+        );
+        // `.br` before `.gz` (CODINGS order), `.bak` is no coding.
+        let codings: Vec<_> = cached
+            .siblings
+            .iter()
+            .map(|(rank, _)| crate::http::headers::CODINGS[*rank].0)
+            .collect();
+        assert_eq!(codings, ["br", "gzip"]);
+        // Same path, older root: its own entry, without the siblings.
+        assert!(r.cached_route(&d.root, raw).is_none());
+        let Target::File(old) = r.lookup_route(d.root, raw, &parsed).await.unwrap() else {
+            panic!("a file")
+        };
+        assert!(old.siblings.is_empty());
+        assert!(r.cached_route(&d2.root, raw).unwrap().siblings.len() == 2);
+        // Other spellings of the path are their own keys; folders and misses are not cached.
+        assert!(r.cached_route(&d2.root, "/docs/a%2Etxt").is_none());
+        for p in ["/docs", "/nope"] {
+            let parsed = crate::path::parse(p).unwrap();
+            r.lookup_route(d2.root, p, &parsed).await.unwrap();
+            assert!(r.cached_route(&d2.root, p).is_none(), "{p}");
+        }
     }
 
     #[tokio::test]
@@ -873,5 +1079,24 @@ mod tests {
         assert_eq!(host_name("[::1]:80"), None);
         assert_eq!(host_name("a.example.").as_deref(), Some("a.example"));
         assert_eq!(host_name("bad host"), None);
+        assert_eq!(host_name("a..b"), None);
+        assert_eq!(host_name(".a"), None);
+        assert_eq!(
+            host_name("site0.loadtest.test:8080").as_deref(),
+            Some("site0.loadtest.test")
+        );
+        assert!(matches!(
+            host_name("a-b_c.d9"),
+            Some(std::borrow::Cow::Borrowed("a-b_c.d9"))
+        ));
+        let long = "a".repeat(64);
+        assert!(!matches!(
+            host_name(&long),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            host_name(&long[..63]),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
     }
 }

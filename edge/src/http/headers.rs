@@ -36,6 +36,17 @@ pub fn content_type(name: &str) -> std::borrow::Cow<'static, str> {
 }
 
 /// Is this a content type that gets the HTML cache policy?
+/// `"<hex hash>"`, built on the stack: one allocation (the header value's own).
+pub fn etag(hash: &origin_client::Hash) -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [b'"'; 66];
+    for (i, b) in hash.as_bytes().iter().enumerate() {
+        buf[1 + 2 * i] = HEX[(b >> 4) as usize];
+        buf[2 + 2 * i] = HEX[(b & 15) as usize];
+    }
+    http::HeaderValue::from_bytes(&buf).unwrap_or(http::HeaderValue::from_static("\"\""))
+}
+
 pub fn is_html(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower.ends_with(".html") || lower.ends_with(".htm")

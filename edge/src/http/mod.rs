@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
-use origin_client::{EntryKind, Hash, TreeNode};
 
 use crate::accesslog::AccessLog;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::path::{self, PathError};
-use crate::resolve::{Deploy, Resolver, Target, error_chain};
+use crate::resolve::{Deploy, FileRoute, Resolver, Target, error_chain};
 use crate::tiers::{Source, Tiers};
 
 pub mod body;
@@ -73,15 +72,17 @@ fn text(status: StatusCode, reason: &str) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
-/// `"<hex hash>"`, built on the stack: one allocation (the header value's own).
-fn etag_header(hash: &Hash) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [b'"'; 66];
-    for (i, b) in hash.as_bytes().iter().enumerate() {
-        buf[1 + 2 * i] = HEX[(b >> 4) as usize];
-        buf[2 + 2 * i] = HEX[(b & 15) as usize];
+/// The response for a path that does not parse.
+fn refuse_path(e: PathError) -> Response<Body> {
+    match e {
+        PathError::TooLong => text(StatusCode::URI_TOO_LONG, "request target too long"),
+        e => text(StatusCode::BAD_REQUEST, &e.to_string()),
     }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// The refusal for `raw` if it does not parse; `None` if it does.
+fn path_refusal(raw: &str) -> Option<Response<Body>> {
+    path::parse(raw).err().map(refuse_path)
 }
 
 fn cache_status(source: Source) -> HeaderValue {
@@ -153,6 +154,9 @@ impl Handler {
         let elapsed = started.elapsed();
         let status = resp.status().as_u16();
         self.metrics.record(version, status, elapsed);
+        if span.is_disabled() && self.access_log.is_none() {
+            return resp;
+        }
         let h = resp.headers();
         let deploy = h.get(&X_EDGE_DEPLOY).and_then(|v| v.to_str().ok());
         let cache = h.get(&CACHE_STATUS).and_then(|v| v.to_str().ok());
@@ -222,29 +226,49 @@ impl Handler {
                 None => None,
             },
         };
-        let parsed = match path::parse(req.uri.path()) {
-            Ok(p) => p,
-            Err(PathError::TooLong) => {
-                return text(StatusCode::URI_TOO_LONG, "request target too long");
-            }
-            Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
+        // A path that is in the route cache parsed before; any other is parsed (and a bad one
+        // refused) before a failed host or pointer lookup is reported, as if parsed first.
+        let raw_path = req.uri.path();
         let site = match self.resolver.site_for_host(host).await {
             Ok(Some(s)) => s,
             Ok(None) => {
-                return text(
-                    StatusCode::NOT_FOUND,
-                    "no site is configured for this host name",
-                );
+                return path_refusal(raw_path).unwrap_or_else(|| {
+                    text(
+                        StatusCode::NOT_FOUND,
+                        "no site is configured for this host name",
+                    )
+                });
             }
-            Err(e) => return self.failure(&e, "host lookup"),
+            Err(e) => {
+                return path_refusal(raw_path).unwrap_or_else(|| self.failure(&e, "host lookup"));
+            }
         };
         let deploy = match self.resolver.deploy(&site).await {
             Ok(Some(d)) => d,
-            Ok(None) => return text(StatusCode::NOT_FOUND, "the site has no active deploy"),
-            Err(e) => return self.failure(&e, "pointer lookup"),
+            Ok(None) => {
+                return path_refusal(raw_path).unwrap_or_else(|| {
+                    text(StatusCode::NOT_FOUND, "the site has no active deploy")
+                });
+            }
+            Err(e) => {
+                return path_refusal(raw_path)
+                    .unwrap_or_else(|| self.failure(&e, "pointer lookup"));
+            }
         };
-        let target = match self.resolver.lookup(deploy.root, &parsed).await {
+        if let Some(route) = self.resolver.cached_route(&deploy.root, raw_path) {
+            return self
+                .file(req, &deploy, &route, StatusCode::OK, head_only)
+                .await;
+        }
+        let parsed = match path::parse(raw_path) {
+            Ok(p) => p,
+            Err(e) => return refuse_path(e),
+        };
+        let target = match self
+            .resolver
+            .lookup_route(deploy.root, raw_path, &parsed)
+            .await
+        {
             Ok(t) => t,
             Err(e) => return self.failure(&e, "tree walk"),
         };
@@ -269,42 +293,14 @@ impl Handler {
                 self.stamp(&mut r, &deploy);
                 r
             }
-            Target::File {
-                dir,
-                name,
-                hash,
-                size,
-            } => {
-                self.file(
-                    req,
-                    &deploy,
-                    &dir,
-                    &name,
-                    hash,
-                    size,
-                    StatusCode::OK,
-                    head_only,
-                )
-                .await
+            Target::File(route) => {
+                self.file(req, &deploy, &route, StatusCode::OK, head_only)
+                    .await
             }
             Target::NotFound => match self.resolver.not_found_page(deploy.root).await {
-                Ok(Target::File {
-                    dir,
-                    name,
-                    hash,
-                    size,
-                }) => {
-                    self.file(
-                        req,
-                        &deploy,
-                        &dir,
-                        &name,
-                        hash,
-                        size,
-                        StatusCode::NOT_FOUND,
-                        head_only,
-                    )
-                    .await
+                Ok(Target::File(route)) => {
+                    self.file(req, &deploy, &route, StatusCode::NOT_FOUND, head_only)
+                        .await
                 }
                 Ok(_) => {
                     let mut r = text(StatusCode::NOT_FOUND, "no such file in this deploy");
@@ -349,67 +345,49 @@ impl Handler {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn file(
         &self,
         req: &RequestHead<'_>,
         deploy: &Deploy,
-        dir: &TreeNode,
-        name: &str,
-        mut hash: Hash,
-        mut size: u64,
+        route: &FileRoute,
         status: StatusCode,
         head_only: bool,
     ) -> Response<Body> {
-        // Precompressed siblings: `name.br`, `name.zst`, `name.gz` in the same folder.
+        // Precompressed siblings (`name.br`, `name.zst`, `name.gz`): the best acceptable.
         let mut encoding = None;
-        let mut has_siblings = false;
-        let accept = req
-            .headers
-            .get(header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok());
-        let mut best = (0.0f32, usize::MAX); // (q, preference rank)
-        // Siblings sort right after `name`: one search and a short scan, no allocation.
-        for e in dir.extensions(name).filter(|e| e.kind == EntryKind::File) {
-            let suffix = &e.name[name.len()..];
-            let Some(rank) = headers::CODINGS.iter().position(|(_, s)| *s == suffix) else {
-                continue;
-            };
-            has_siblings = true;
-            let coding = headers::CODINGS[rank].0;
-            let q = accept.map_or(0.0, |a| headers::accept_q(a, coding));
-            if q > 0.0 && (q > best.0 || (q == best.0 && rank < best.1)) {
-                best = (q, rank);
-                encoding = Some((coding, e.hash, e.size));
+        if !route.siblings.is_empty() {
+            let accept = req
+                .headers
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok());
+            let mut best = (0.0f32, usize::MAX); // (q, preference rank)
+            for (rank, variant) in &route.siblings {
+                let coding = headers::CODINGS[*rank].0;
+                let q = accept.map_or(0.0, |a| headers::accept_q(a, coding));
+                if q > 0.0 && (q > best.0 || (q == best.0 && *rank < best.1)) {
+                    best = (q, *rank);
+                    encoding = Some((coding, variant));
+                }
             }
         }
-        if let Some((_, h, s)) = encoding {
-            hash = h;
-            size = s;
-        }
-
-        let etag_value = etag_header(&hash);
-        let etag = etag_value.to_str().unwrap_or_default();
+        let variant = encoding.map_or(&route.identity, |(_, v)| v);
+        let (hash, size) = (variant.hash, variant.size);
+        let etag = variant.etag.to_str().unwrap_or_default();
         let mut h = HeaderMap::with_capacity(12);
-        let ct = match headers::content_type(name) {
-            std::borrow::Cow::Borrowed(s) => HeaderValue::from_static(s),
-            std::borrow::Cow::Owned(s) => HeaderValue::from_str(&s)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-        };
-        h.insert(header::CONTENT_TYPE, ct);
-        h.insert(header::ETAG, etag_value.clone());
+        h.insert(header::CONTENT_TYPE, route.content_type.clone());
+        h.insert(header::ETAG, variant.etag.clone());
         h.insert(header::CACHE_CONTROL, {
             let cfg = self.cfg.load();
-            if headers::is_html(name) {
+            if route.html {
                 cfg.cache_control_html.clone()
             } else {
                 cfg.cache_control_other.clone()
             }
         });
-        if has_siblings {
+        if !route.siblings.is_empty() {
             h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
-        if let Some((coding, _, _)) = encoding {
+        if let Some((coding, _)) = encoding {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
         }
         h.insert(X_EDGE_DEPLOY.clone(), deploy.id_header.clone());
