@@ -6,12 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: a cache hit makes about twenty small allocations
-/// (hyper's head buffers, header maps, futures), and glibc's free path costs several times
-/// mimalloc's per call (measured with callgrind; see README, Benchmarks).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "edge",
