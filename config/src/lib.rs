@@ -123,6 +123,7 @@ pub struct ServerSection {
     pub listen: Option<String>,
     pub default_site: Option<String>,
     pub header_read_timeout: Option<DurationText>,
+    pub yield_after: Option<DurationText>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -163,6 +164,9 @@ pub struct Config {
     pub default_site: Option<String>,
     /// How long a client may take to send a request head (HTTP/1.1).
     pub header_read_timeout: Duration,
+    /// A serving thread busy this long without going idle yields its CPU between two
+    /// requests; zero: never.
+    pub yield_after: Duration,
     /// Where deploys come from: a path, `file://` or `http(s)://` URL.
     pub store: String,
     /// The disk tier's folder; `None` turns the disk tier off.
@@ -387,6 +391,17 @@ impl Config {
                 "must be more than zero".into(),
             ));
         }
+        let yield_after = duration(
+            "server.yield_after",
+            &f.server.yield_after,
+            Duration::from_millis(1),
+        )?;
+        if yield_after > Duration::from_secs(1) {
+            return Err(invalid(
+                "server.yield_after",
+                "must be at most 1s (\"0ms\" turns yielding off)".into(),
+            ));
+        }
         let header_value = |key: &str, v: &Option<String>, default: &str| {
             let v = v.clone().unwrap_or_else(|| default.to_owned());
             if v.is_empty() || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
@@ -524,6 +539,7 @@ impl Config {
             listen,
             default_site,
             header_read_timeout,
+            yield_after,
             store,
             cache_dir,
             memory_size,
@@ -601,6 +617,9 @@ mod tests {
         assert_eq!(c.memory_size, 64 << 20);
         assert_eq!(c.memory_max_object, 1024);
         assert_eq!(c.refresh_interval, Duration::from_millis(250));
+        assert_eq!(c.yield_after, Duration::from_millis(1));
+        let off = Config::parse("[server]\nyield_after = \"0ms\"\n", None).unwrap();
+        assert_eq!(off.yield_after, Duration::ZERO);
     }
 
     #[test]
@@ -629,6 +648,12 @@ mod tests {
 
         let e = Config::parse("[server]\ndefault_site = \"Bad Site\"\n", None).unwrap_err();
         assert_eq!(e.key(), Some("server.default_site"));
+
+        for bad in ["2s", "0", "1us"] {
+            let text = format!("[server]\nyield_after = \"{bad}\"\n");
+            let e = Config::parse(&text, None).unwrap_err();
+            assert_eq!(e.key(), Some("server.yield_after"), "{bad}");
+        }
     }
 }
 

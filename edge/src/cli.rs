@@ -340,6 +340,7 @@ async fn reload_on_sighup(
                 Ok(h) => handler.set_http_config(h),
                 Err(e) => tracing::error!(error = %e, "cache-control not changed"),
             }
+            crate::sched::set_yield_after(next.yield_after);
             handler.resolver().tune(
                 next.refresh_interval,
                 next.negative_ttl,

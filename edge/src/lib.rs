@@ -14,4 +14,5 @@ pub mod node;
 pub mod path;
 pub mod preview;
 pub mod resolve;
+pub mod sched;
 pub mod tiers;

@@ -133,6 +133,12 @@ impl Metrics {
             "Access-log lines dropped because the writer fell behind.",
             self.access_log_dropped.load(Relaxed),
         );
+        counter(
+            out,
+            "edge_worker_yields_total",
+            "Times a serving thread busy for server.yield_after gave its CPU up between requests.",
+            crate::sched::yields(),
+        );
     }
 }
 

@@ -67,6 +67,7 @@ pub async fn build_handler(
     store: Arc<dyn Store>,
     with_disk: bool,
 ) -> anyhow::Result<Arc<Handler>> {
+    crate::sched::set_yield_after(cfg.yield_after);
     let disk = match (&cfg.cache_dir, with_disk) {
         (Some(dir), true) => {
             let (dir, size) = (dir.clone(), cfg.disk_size);
@@ -368,6 +369,7 @@ pub async fn run_workers_with(
         let t = std::thread::Builder::new()
             .name(format!("edge-worker-{i}"))
             .spawn(move || -> anyhow::Result<()> {
+                crate::sched::serving_thread();
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;

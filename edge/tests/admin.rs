@@ -280,6 +280,7 @@ fn health_readiness_metrics_and_status() {
         ) >= 1.0
     );
     assert!(sample(&after, "edge_tier_bytes{tier=\"memory\"}") > 0.0);
+    assert!(after.iter().any(|(s, _)| s == "edge_worker_yields_total"));
     assert!(after.iter().any(|(s, _)| s == "edge_stale_serves_total"));
     assert!(after.iter().any(|(s, _)| s == "edge_site_shed_total"));
 

@@ -151,9 +151,11 @@ impl Handler {
             // memmove was 14% of the node's CPU on small-file hits).
             Box::pin(self.decide(&req)).instrument(span.clone()).await
         };
-        let elapsed = started.elapsed();
+        let now = std::time::Instant::now();
+        let elapsed = now.saturating_duration_since(started);
         let status = resp.status().as_u16();
         self.metrics.record(version, status, elapsed);
+        crate::sched::after_request(now);
         if span.is_disabled() && self.access_log.is_none() {
             return resp;
         }
