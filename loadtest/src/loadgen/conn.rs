@@ -484,9 +484,16 @@ fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, GenError> {
 }
 
 /// `--insecure`: any certificate chain is accepted; the handshake signature is still verified
-/// against the presented key, so the session is at least with the holder of that key.
+/// against the presented key, so the session is at least with the holder of that key. Public
+/// for tests that inspect what a server presents.
 #[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyCert {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> AnyCert {
+        AnyCert(provider)
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn verify_server_cert(
