@@ -18,6 +18,15 @@ fn opts(target: http::Uri) -> RunOptions {
     o
 }
 
+/// `err` is a failure to open a connection, of `kind`, whose message says `reason`.
+fn assert_connect_error(err: &GenError, kind: ErrorKind, reason: &str) {
+    assert!(
+        matches!(err, GenError::Connect { kind: k, .. } if *k == kind),
+        "{err}"
+    );
+    assert!(err.to_string().contains(reason), "{err}");
+}
+
 fn root(target: &http::Uri) -> Arc<Workload> {
     Arc::new(Workload::from_list("/", target.authority().unwrap()).unwrap())
 }
@@ -185,20 +194,7 @@ async fn h3_fixed_delay_streams_and_counts() {
     o.warmup = Duration::from_millis(200);
 
     let err = run(&o, root(&o.target)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            GenError::Connect {
-                kind: ErrorKind::Tls,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("invalid peer certificate"),
-        "{err}"
-    );
+    assert_connect_error(&err, ErrorKind::Tls, "invalid peer certificate");
     assert_eq!(server.count(), 0);
 
     let dir = tempfile::tempdir().unwrap();
@@ -237,20 +233,7 @@ async fn h3_fixed_delay_streams_and_counts() {
     o.target = format!("https://{dead}/").parse().unwrap();
     let started = std::time::Instant::now();
     let err = run(&o, root(&o.target)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            GenError::Connect {
-                kind: ErrorKind::Connect,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("is HTTP/3 listening on UDP"),
-        "{err}"
-    );
+    assert_connect_error(&err, ErrorKind::Connect, "is HTTP/3 listening on UDP");
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
