@@ -8,8 +8,8 @@ use crate::loadgen::cli::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
-    /// About 3 minutes: 3 rounds of 3 s (1 s warm-up) per scenario and server. Without it
-    /// about 12 minutes: 5 rounds of 8 s (2 s warm-up).
+    /// About 4 minutes: 3 rounds of 3 s (1 s warm-up) per scenario and server. Without it
+    /// about 10 minutes: 5 rounds of 8 s (2 s warm-up).
     #[arg(long)]
     pub quick: bool,
     /// Rounds (each runs every scenario against every server) [default: 5, quick: 3].
