@@ -4,8 +4,8 @@
 //! the kernel takes its CPU away only when its time slice ends, and gives it back a slice
 //! later: on a core shared with other runnable threads (a load generator, a log shipper, the
 //! kernel's own network work) every connection of that thread then waits several
-//! milliseconds. Measured on the 2-core development machine with wrk on the same cores: p99
-//! 7.2 ms against 2.5-3.7 ms when the thread yields every millisecond, at the same req/s.
+//! milliseconds. Measured on the 2-core development machine with wrk on the same cores (64
+//! connections): p99 7.6 ms without yielding, 2.4-3.1 ms with, at the same req/s.
 //!
 //! So a serving thread gives its CPU up (`sched_yield`) between two requests at most once
 //! per [`set_yield_after`] (`server.yield_after`, 1 ms by default) of wall time: a thread
