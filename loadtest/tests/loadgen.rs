@@ -27,6 +27,43 @@ fn assert_connect_error(err: &GenError, kind: ErrorKind, reason: &str) {
     assert!(err.to_string().contains(reason), "{err}");
 }
 
+/// 2 connections x 8 streams for 1 s after a 200 ms warm-up, against a 20 ms server.
+fn multiplexed(target: http::Uri, proto: Proto) -> RunOptions {
+    let mut o = opts(target);
+    o.proto = proto;
+    o.connections = 2;
+    o.streams = 8;
+    o.duration = Duration::from_secs(1);
+    o.warmup = Duration::from_millis(200);
+    o
+}
+
+/// What a [`multiplexed`] run against a 20 ms server that answered `served` requests reports.
+fn assert_multiplexed_report(r: &loadtest::loadgen::Report, served: u64) {
+    assert!(
+        (20.0..26.0).contains(&r.latency_ms.p50),
+        "{:?}",
+        r.latency_ms
+    );
+    // 16 streams in parallel: about 800 requests a second.
+    assert!(r.requests > 500, "{} requests", r.requests);
+    assert!(r.warmup_requests > 0);
+    assert_eq!(r.error_total, 0, "{:?}", r.errors);
+    assert_eq!(r.requests + r.warmup_requests, served);
+}
+
+/// Trusts `pem` (and only it); the folder holds the file and must outlive the run.
+fn trusting(pem: &str) -> (tempfile::TempDir, TlsOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let tls = TlsOptions {
+        insecure: false,
+        ca_file: Some(ca),
+    };
+    (dir, tls)
+}
+
 fn root(target: &http::Uri) -> Arc<Workload> {
     Arc::new(Workload::from_list("/", target.authority().unwrap()).unwrap())
 }
@@ -54,23 +91,9 @@ async fn fixed_delay_shows_at_p50_and_counts_match() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_streams_share_connections_and_count() {
     let server = test_server::start(Behaviour::Delay(Duration::from_millis(20))).await;
-    let mut o = opts(server.url("http"));
-    o.proto = Proto::H2;
-    o.connections = 2;
-    o.streams = 8;
-    o.duration = Duration::from_secs(1);
-    o.warmup = Duration::from_millis(200);
+    let o = multiplexed(server.url("http"), Proto::H2);
     let r = run(&o, root(&o.target)).await.unwrap();
-    assert!(
-        (20.0..26.0).contains(&r.latency_ms.p50),
-        "{:?}",
-        r.latency_ms
-    );
-    // 16 streams in parallel: about 800 requests a second.
-    assert!(r.requests > 500, "{} requests", r.requests);
-    assert!(r.warmup_requests > 0);
-    assert_eq!(r.error_total, 0, "{:?}", r.errors);
-    assert_eq!(r.requests + r.warmup_requests, server.count());
+    assert_multiplexed_report(&r, server.count());
     assert_eq!(server.h2_count(), server.count());
 }
 
@@ -163,13 +186,8 @@ async fn h2_over_tls_with_alpn() {
     assert_eq!(server.h2_count(), server.count());
 
     // Trusting the certificate explicitly works too, here over HTTP/1.1 (ALPN http/1.1).
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, pem).unwrap();
-    o.tls = TlsOptions {
-        insecure: false,
-        ca_file: Some(ca),
-    };
+    let (_ca_dir, trusted) = trusting(&pem);
+    o.tls = trusted;
     o.proto = Proto::H1;
     o.streams = 1;
     let before = server.count();
@@ -186,39 +204,20 @@ async fn h2_over_tls_with_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_fixed_delay_streams_and_counts() {
     let (server, pem) = test_server::start_h3(Behaviour::Delay(Duration::from_millis(20))).await;
-    let mut o = opts(server.url("https"));
-    o.proto = Proto::H3;
-    o.connections = 2;
-    o.streams = 8;
-    o.duration = Duration::from_secs(1);
-    o.warmup = Duration::from_millis(200);
+    let mut o = multiplexed(server.url("https"), Proto::H3);
 
     let err = run(&o, root(&o.target)).await.unwrap_err();
     assert_connect_error(&err, ErrorKind::Tls, "invalid peer certificate");
     assert_eq!(server.count(), 0);
 
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, pem).unwrap();
-    o.tls = TlsOptions {
-        insecure: false,
-        ca_file: Some(ca),
-    };
+    let (_ca_dir, trusted) = trusting(&pem);
+    o.tls = trusted;
     let conns_before = server.connections();
     let r = run(&o, root(&o.target)).await.unwrap();
     eprintln!("{r}");
-    assert!(
-        (20.0..26.0).contains(&r.latency_ms.p50),
-        "{:?}",
-        r.latency_ms
-    );
-    // 16 streams in parallel: about 800 requests a second.
-    assert!(r.requests > 500, "{} requests", r.requests);
-    assert!(r.warmup_requests > 0);
-    assert_eq!(r.error_total, 0, "{:?}", r.errors);
+    assert_multiplexed_report(&r, server.count());
     assert_eq!(r.statuses.get("200"), Some(&r.requests));
     assert_eq!(r.bytes, r.requests * BODY.len() as u64);
-    assert_eq!(r.requests + r.warmup_requests, server.count());
     assert_eq!(server.connections() - conns_before, 2);
 
     let mut plain = o.clone();
