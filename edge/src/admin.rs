@@ -164,9 +164,9 @@ impl Admin {
     }
 
     async fn site_action(&self, site: &str, action: &str) -> Resp {
-        let resolver = self.handler.resolver();
+        let resolver = self.handler.pointers();
         if action == "purge" {
-            let dropped = resolver.purge_site(site).await;
+            let dropped = resolver.purge_site(site);
             tracing::info!(site, ?dropped, "purged site");
             return json_reply(
                 StatusCode::OK,
@@ -176,7 +176,7 @@ impl Admin {
         match resolver.refresh_site(site).await {
             Ok(Some(d)) => json_reply(
                 StatusCode::OK,
-                json!({ "site": site, "deploy": d.id, "seq": d.seq, "root": d.root.to_hex() }),
+                json!({ "site": site, "deploy": &*d.id, "seq": d.seq, "root": d.root.to_hex() }),
             ),
             Ok(None) => json_reply(
                 StatusCode::NOT_FOUND,
@@ -184,7 +184,7 @@ impl Admin {
             ),
             Err(e) => json_reply(
                 e.status(),
-                json!({ "site": site, "error": crate::resolve::error_chain(&*e) }),
+                json!({ "site": site, "error": crate::error::chain(&e) }),
             ),
         }
     }
@@ -234,7 +234,7 @@ impl Admin {
         let _ = writeln!(
             out,
             "edge_tier_bytes{{tier=\"tree\"}} {}",
-            h.resolver().tree_bytes()
+            h.trees().bytes()
         );
         if let Some(d) = t.disk() {
             let _ = writeln!(out, "edge_tier_bytes{{tier=\"disk\"}} {}", d.bytes());
@@ -251,7 +251,7 @@ impl Admin {
                 d.evictions(),
             );
         }
-        let rs = &h.resolver().stats;
+        let rs = &h.pointers().stats;
         counter(
             &mut out,
             "edge_pointer_rejected_total",
@@ -268,7 +268,7 @@ impl Admin {
             &mut out,
             "edge_sites",
             "Sites with a cached deploy.",
-            h.resolver().deploys().len() as f64,
+            h.pointers().deploys().len() as f64,
         );
         if let Some(o) = &self.origin {
             out.push_str("# HELP edge_origin_requests_total Origin requests by face and outcome.\n# TYPE edge_origin_requests_total counter\n");
@@ -308,16 +308,16 @@ impl Admin {
 
     pub fn status(&self) -> serde_json::Value {
         let h = &self.handler;
-        let r = h.resolver();
+        let r = h.pointers();
         let stale_after = r.config().stale_after;
         let sites: Vec<_> = r
             .deploys()
             .iter()
             .map(|d| {
-                let age = d.age();
+                let age = r.age(d);
                 json!({
-                    "site": d.site,
-                    "deploy": d.id,
+                    "site": &*d.site,
+                    "deploy": &*d.id,
                     "seq": d.seq,
                     "root": d.root.to_hex(),
                     "pointer_age_s": age.as_secs(),
@@ -356,7 +356,7 @@ impl Admin {
                     "evictions": d.evictions(), "hits": disk, "hit_ratio": disk as f64 / lookups,
                 })),
                 "origin": { "fetches": origin, "ratio": origin as f64 / lookups },
-                "tree_bytes": r.tree_bytes(),
+                "tree_bytes": h.trees().bytes(),
             },
             "breakers": breakers,
         })

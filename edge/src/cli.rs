@@ -341,7 +341,7 @@ async fn reload_on_sighup(
                 Err(e) => tracing::error!(error = %e, "cache-control not changed"),
             }
             crate::sched::set_yield_after(next.yield_after);
-            handler.resolver().tune(
+            handler.pointers().tune(
                 next.refresh_interval,
                 next.negative_ttl,
                 crate::node::stale_after(&next),
@@ -455,7 +455,7 @@ pub async fn preview(dir: &Path, listen: &str, tls_listen: Option<&str>) -> anyh
     let store = origin_client::store::MemoryStore::new();
     let handler =
         crate::node::build_handler(&cfg, std::sync::Arc::new(store.clone()), false).await?;
-    crate::preview::rebuild(&store, handler.resolver(), dir)
+    crate::preview::rebuild(&store, handler.pointers(), dir)
         .await
         .with_context(|| format!("reading {}", dir.display()))?;
     let _watcher = crate::preview::spawn_watcher(store, handler.clone(), dir.to_owned())?;

@@ -1,17 +1,19 @@
 //! Errors of the serving path, and the one place that maps them to HTTP statuses.
+//!
+//! `EdgeError` is cheap to clone (sources sit behind `Arc`), so a coalesced fetch hands the
+//! same error, with its kind, to every waiter: a timeout seen by fifty waiters is fifty 504s.
 
 use std::sync::Arc;
 
 use http::StatusCode;
 use origin_client::{Hash, StoreError, TreeError};
 
-/// Why a request could not be answered from a deploy. Shared (`Arc`) because coalesced
-/// fetches hand one error to every waiter.
-#[derive(Debug, thiserror::Error)]
+/// Why a request could not be answered from a deploy.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum EdgeError {
     #[error("origin store failed")]
-    Store(#[source] StoreError),
+    Store(#[source] Arc<StoreError>),
     #[error("origin sent tree node {hash} that does not decode")]
     BadTree {
         hash: Hash,
@@ -25,44 +27,68 @@ pub enum EdgeError {
     #[error("object {hash} failed verification")]
     Corrupt { hash: Hash },
     #[error("disk cache i/o")]
-    Disk(#[source] std::io::Error),
+    Disk(#[source] Arc<std::io::Error>),
     #[error("site {site} has too many origin requests waiting")]
-    SiteShed { site: String },
+    SiteShed { site: Arc<str> },
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(Arc<str>),
 }
 
-pub type EdgeResult<T> = Result<T, Arc<EdgeError>>;
+pub type EdgeResult<T> = Result<T, EdgeError>;
 
 impl From<StoreError> for EdgeError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt { hash } => EdgeError::Corrupt { hash },
-            e => EdgeError::Store(e),
+            e => EdgeError::Store(Arc::new(e)),
         }
     }
 }
 
 impl EdgeError {
+    pub fn internal(why: impl Into<Arc<str>>) -> EdgeError {
+        EdgeError::Internal(why.into())
+    }
+
+    pub fn disk(e: std::io::Error) -> EdgeError {
+        EdgeError::Disk(Arc::new(e))
+    }
+
+    fn store(&self) -> Option<&StoreError> {
+        match self {
+            EdgeError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// The status a client gets: the origin timed out -> 504; the origin failed or sent
-    /// something wrong -> 502; our own failure -> 500.
+    /// something wrong -> 502; the origin (or this site's share of it) is not being asked
+    /// right now -> 503; our own failure -> 500. Exhaustive, so a new kind must be placed.
     pub fn status(&self) -> StatusCode {
         match self {
-            EdgeError::Store(StoreError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            EdgeError::Store(StoreError::CircuitOpen { .. } | StoreError::Shed { .. })
-            | EdgeError::SiteShed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::Store(e) => match &**e {
+                StoreError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                StoreError::CircuitOpen { .. } | StoreError::Shed { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            EdgeError::SiteShed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::BadTree { .. }
+            | EdgeError::MissingObject { .. }
+            | EdgeError::SizeMismatch { .. }
+            | EdgeError::Corrupt { .. } => StatusCode::BAD_GATEWAY,
             EdgeError::Internal(_) | EdgeError::Disk(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_GATEWAY,
         }
     }
 
     /// When to try again, for 503s: the breaker's remaining open time, or a second.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
-        match self {
-            EdgeError::Store(StoreError::CircuitOpen { retry_after, .. }) => {
+        match (self, self.store()) {
+            (_, Some(StoreError::CircuitOpen { retry_after, .. })) => {
                 Some((*retry_after).max(std::time::Duration::from_secs(1)))
             }
-            EdgeError::Store(StoreError::Shed { .. }) | EdgeError::SiteShed { .. } => {
+            (_, Some(StoreError::Shed { .. })) | (EdgeError::SiteShed { .. }, _) => {
                 Some(std::time::Duration::from_secs(1))
             }
             _ => None,
@@ -72,14 +98,13 @@ impl EdgeError {
     /// A short, safe reason for the response body (no paths of this machine).
     pub fn reason(&self) -> &'static str {
         match self {
-            EdgeError::Store(StoreError::Timeout { .. }) => "origin timed out",
-            EdgeError::Store(StoreError::CircuitOpen { .. }) => {
-                "origin is failing; not asking it for a while"
-            }
-            EdgeError::Store(StoreError::Shed { .. }) | EdgeError::SiteShed { .. } => {
-                "too many requests waiting for the origin"
-            }
-            EdgeError::Store(_) => "origin unavailable",
+            EdgeError::Store(e) => match &**e {
+                StoreError::Timeout { .. } => "origin timed out",
+                StoreError::CircuitOpen { .. } => "origin is failing; not asking it for a while",
+                StoreError::Shed { .. } => "too many requests waiting for the origin",
+                _ => "origin unavailable",
+            },
+            EdgeError::SiteShed { .. } => "too many requests waiting for the origin",
             EdgeError::BadTree { .. } => "origin sent a malformed tree",
             EdgeError::MissingObject { .. } => "origin is missing an object of this deploy",
             EdgeError::SizeMismatch { .. } | EdgeError::Corrupt { .. } => {
@@ -87,5 +112,50 @@ impl EdgeError {
             }
             EdgeError::Disk(_) | EdgeError::Internal(_) => "internal error",
         }
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Clones keep the kind (and so the status): the reason a shared timeout is a 504.
+    #[test]
+    fn clones_keep_status_and_cause() {
+        let e = EdgeError::from(StoreError::Timeout {
+            url: "x".into(),
+            after: Duration::from_secs(1),
+        });
+        let clones: Vec<EdgeError> = (0..50).map(|_| e.clone()).collect();
+        assert!(
+            clones
+                .iter()
+                .all(|c| c.status() == StatusCode::GATEWAY_TIMEOUT)
+        );
+        assert!(
+            chain(&clones[7]).contains("timed out"),
+            "{}",
+            chain(&clones[7])
+        );
+        let shed = EdgeError::SiteShed { site: "s".into() };
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shed.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            EdgeError::internal("x").status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

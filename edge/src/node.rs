@@ -20,11 +20,13 @@ use origin_client::store::HttpStoreOptions;
 use origin_client::{Access, Store, open_store_with};
 use tokio::net::TcpListener;
 
+use crate::http::Routes;
 use crate::http::{Handler, HttpConfig};
 use crate::listen::Front;
 use crate::listen::tls::TlsServing;
-use crate::resolve::{Resolver, ResolverConfig};
+use crate::pointers::{Pointers, PointersConfig};
 use crate::tiers::{DiskTier, TierConfig, Tiers};
+use crate::trees::Trees;
 
 /// The parts a running node holds, for the admin side and tests.
 pub struct Node {
@@ -61,7 +63,7 @@ pub fn resilience_config(o: &edge_config::Origin) -> ResilienceConfig {
     }
 }
 
-/// Builds the handler (resolver, tiers, HTTP policy) for a store and a configuration.
+/// Builds the handler (pointers, trees, routes, tiers, HTTP policy) for a store and a configuration.
 pub async fn build_handler(
     cfg: &Config,
     store: Arc<dyn Store>,
@@ -90,18 +92,20 @@ pub async fn build_handler(
         (Some(dir), true) => Some(dir.join("pointers.json")),
         _ => None,
     };
-    let resolver = Resolver::new(
+    let trees = Trees::new(store.clone(), cfg.tree_size, disk.clone());
+    // Resolved files: a quarter of the tree cache's bytes again.
+    let routes = Routes::new(trees.clone(), cfg.tree_size / 4);
+    let resolver = Pointers::new(
         store.clone(),
-        ResolverConfig {
+        trees,
+        PointersConfig {
             refresh_interval: cfg.refresh_interval,
             negative_ttl: cfg.negative_ttl,
-            tree_cache_bytes: cfg.tree_size,
             default_site: cfg.default_site.clone(),
             max_pointers: 100_000,
             state_file,
             stale_after: stale_after(cfg),
         },
-        disk.clone(),
     );
     if resolver.load_state().await > 0 {
         // Confirm the saved pointers before serving when the origin answers quickly; when it
@@ -126,7 +130,12 @@ pub async fn build_handler(
         },
         disk,
     );
-    Ok(Arc::new(Handler::new(resolver, tiers, http_config(cfg)?)))
+    Ok(Arc::new(Handler::new(
+        resolver,
+        routes,
+        tiers,
+        http_config(cfg)?,
+    )))
 }
 
 /// The HTTP policy of a configuration.

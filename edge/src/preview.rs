@@ -1,4 +1,4 @@
-//! `edge preview DIR`: a local folder served through the same resolver, tiers and HTTP code,
+//! `edge preview DIR`: a local folder served through the same pointers, trees, tiers and HTTP code,
 //! from an in-memory store that is rebuilt when files change.
 
 use std::collections::HashSet;
@@ -12,18 +12,16 @@ use origin_client::store::MemoryStore;
 use origin_client::{EntryKind, Hash, Store, TreeNode};
 
 use crate::http::Handler;
-use crate::resolve::{Deploy, Resolver};
+use crate::pointers::Pointers;
 
 pub const SITE: &str = "preview";
 
-/// Publishes `dir` into `store` as the preview site and points the resolver at it. Objects
+/// Publishes `dir` into `store` as the preview site and points the pointers at it. Objects
 /// no longer referenced are dropped from the store.
-pub async fn rebuild(store: &MemoryStore, resolver: &Resolver, dir: &Path) -> anyhow::Result<()> {
+pub async fn rebuild(store: &MemoryStore, pointers: &Pointers, dir: &Path) -> anyhow::Result<()> {
     let report = publish(store, dir, SITE, &PublishOptions::default()).await?;
     let d = report.deploy;
-    resolver
-        .set_deploy(Deploy::new(SITE.into(), d.id.clone(), d.root, d.seq))
-        .await;
+    pointers.set_deploy(SITE, &d.id, d.root, d.seq);
     let mut keep = HashSet::new();
     collect(store, d.root, &mut keep).await?;
     store.retain_objects(&keep);
@@ -72,7 +70,7 @@ pub fn spawn_watcher(
             // Let a burst of writes (an editor saving, a build tool) settle.
             tokio::time::sleep(Duration::from_millis(150)).await;
             while rx.try_recv().is_ok() {}
-            if let Err(e) = rebuild(&store, handler.resolver(), &dir).await {
+            if let Err(e) = rebuild(&store, handler.pointers(), &dir).await {
                 tracing::warn!(error = %format!("{e:#}"), "preview rebuild failed; still serving the previous version");
             }
         }

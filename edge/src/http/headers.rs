@@ -130,7 +130,7 @@ pub fn none_match(header: &str, etag: &str) -> bool {
 
 /// Content codings the edge serves from precompressed siblings, in preference order, with
 /// the sibling suffix for each.
-pub const CODINGS: &[(&str, &str)] = &[("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz")];
+pub use crate::route::CODINGS;
 
 /// The q-value `Accept-Encoding` gives `coding` (0 when not acceptable).
 pub fn accept_q(header: &str, coding: &str) -> f32 {

@@ -3,21 +3,24 @@
 //! streams from the tiers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 
 use crate::accesslog::AccessLog;
-use crate::error::EdgeError;
+use crate::error::{self, EdgeError};
 use crate::metrics::Metrics;
 use crate::path::{self, PathError};
-use crate::resolve::{Deploy, FileRoute, Resolver, Target, error_chain};
+use crate::pointers::{Deploy, Pointers};
 use crate::tiers::{Source, Tiers};
 
 pub mod body;
 pub mod headers;
+pub mod routes;
 
 pub use body::Body;
+pub use routes::{FileRoute, Routes, Target};
 
 pub static X_EDGE_DEPLOY: HeaderName = HeaderName::from_static("x-edge-deploy");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -32,7 +35,8 @@ pub struct HttpConfig {
 }
 
 pub struct Handler {
-    resolver: Arc<Resolver>,
+    pointers: Arc<Pointers>,
+    routes: Routes,
     tiers: Arc<Tiers>,
     cfg: arc_swap::ArcSwap<HttpConfig>,
     metrics: Arc<Metrics>,
@@ -55,6 +59,45 @@ impl<'a> RequestHead<'a> {
             version: req.version(),
             headers: req.headers(),
         }
+    }
+}
+
+/// Where a response's body came from, as `Cache-Status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// A blob from one of the tiers.
+    Tier(Source),
+    /// A HEAD answered from the tree alone.
+    Tree,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Tier(Source::Memory) => "edge; hit; detail=memory",
+            CacheStatus::Tier(Source::Disk) => "edge; hit; detail=disk",
+            CacheStatus::Tier(Source::Origin) => "edge; fwd=miss",
+            CacheStatus::Tree => "edge; hit; detail=tree",
+        }
+    }
+}
+
+/// What the handler learnt answering a request: the span, the metrics and the access log
+/// read these, never the response's headers.
+#[derive(Debug, Default, Clone)]
+pub struct Facts {
+    pub site: Option<Arc<str>>,
+    pub deploy: Option<Arc<str>>,
+    pub cache: Option<CacheStatus>,
+    /// The pointer's age, when it was served stale.
+    pub stale_pointer: Option<Duration>,
+    /// Body bytes the response announces.
+    pub bytes: Option<u64>,
+}
+
+impl Facts {
+    fn on(&mut self, deploy: &Deploy) {
+        self.deploy = Some(deploy.id.clone());
     }
 }
 
@@ -85,18 +128,16 @@ fn path_refusal(raw: &str) -> Option<Response<Body>> {
     path::parse(raw).err().map(refuse_path)
 }
 
-fn cache_status(source: Source) -> HeaderValue {
-    HeaderValue::from_static(match source {
-        Source::Memory => "edge; hit; detail=memory",
-        Source::Disk => "edge; hit; detail=disk",
-        Source::Origin => "edge; fwd=miss",
-    })
-}
-
 impl Handler {
-    pub fn new(resolver: Arc<Resolver>, tiers: Arc<Tiers>, cfg: HttpConfig) -> Handler {
+    pub fn new(
+        pointers: Arc<Pointers>,
+        routes: Routes,
+        tiers: Arc<Tiers>,
+        cfg: HttpConfig,
+    ) -> Handler {
         Handler {
-            resolver,
+            pointers,
+            routes,
             tiers,
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
             metrics: Arc::default(),
@@ -118,8 +159,12 @@ impl Handler {
         &self.metrics
     }
 
-    pub fn resolver(&self) -> &Arc<Resolver> {
-        &self.resolver
+    pub fn pointers(&self) -> &Arc<Pointers> {
+        &self.pointers
+    }
+
+    pub fn trees(&self) -> &Arc<crate::trees::Trees> {
+        self.routes.trees()
     }
 
     pub fn tiers(&self) -> &Arc<Tiers> {
@@ -131,20 +176,20 @@ impl Handler {
     }
 
     /// Answers one request, whatever protocol carried it, and accounts for it (metrics,
-    /// access log, and a debug-level span with site, deploy, path, cache status, status).
+    /// access log, and a debug-level span with site, deploy, path, cache status, status),
+    /// from the facts the decision returned.
     pub async fn serve(&self, req: RequestHead<'_>) -> Response<Body> {
         let started = std::time::Instant::now();
         let span = tracing::debug_span!(
             "request",
             http.method = %req.method,
             url.path = req.uri.path(),
+            site = tracing::field::Empty,
             deploy = tracing::field::Empty,
             cache.status = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
         );
-        let method = req.method.clone();
-        let version = req.version;
-        let resp = {
+        let (resp, facts) = {
             use tracing::Instrument;
             // Boxed: the decision's state machine is several KiB, and an unboxed one would be
             // copied with every future that wraps it on the way to the connection (measured:
@@ -154,21 +199,18 @@ impl Handler {
         let now = std::time::Instant::now();
         let elapsed = now.saturating_duration_since(started);
         let status = resp.status().as_u16();
-        self.metrics.record(version, status, elapsed);
+        self.metrics.record(req.version, status, elapsed);
         crate::sched::after_request(now);
-        if span.is_disabled() && self.access_log.is_none() {
-            return resp;
-        }
-        let h = resp.headers();
-        let deploy = h.get(&X_EDGE_DEPLOY).and_then(|v| v.to_str().ok());
-        let cache = h.get(&CACHE_STATUS).and_then(|v| v.to_str().ok());
         if !span.is_disabled() {
             span.record("http.response.status_code", status);
-            if let Some(d) = deploy {
-                span.record("deploy", d);
+            if let Some(s) = &facts.site {
+                span.record("site", &**s);
             }
-            if let Some(c) = cache {
-                span.record("cache.status", c);
+            if let Some(d) = &facts.deploy {
+                span.record("deploy", &**d);
+            }
+            if let Some(c) = facts.cache {
+                span.record("cache.status", c.as_str());
             }
         }
         if let Some(log) = &self.access_log {
@@ -179,25 +221,32 @@ impl Handler {
                 .or_else(|| req.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
                 .unwrap_or("");
             log.log(&crate::accesslog::Line {
-                method: method.as_str(),
+                method: req.method.as_str(),
                 host,
                 path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-                proto: crate::metrics::PROTOCOLS[crate::metrics::protocol_index(version)],
+                proto: crate::metrics::PROTOCOLS[crate::metrics::protocol_index(req.version)],
                 status,
-                bytes: http_body::Body::size_hint(resp.body()).exact(),
+                bytes: facts.bytes,
                 micros: elapsed.as_micros() as u64,
-                deploy,
-                cache,
-                stale_s: h
-                    .get(&X_EDGE_STALE_POINTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
+                deploy: facts.deploy.as_deref(),
+                cache: facts.cache.map(CacheStatus::as_str),
+                stale_s: facts.stale_pointer.map(|a| a.as_secs()),
             });
         }
         resp
     }
 
-    async fn decide(&self, req: &RequestHead<'_>) -> Response<Body> {
+    /// The response to a request, and what was learnt on the way.
+    async fn decide(&self, req: &RequestHead<'_>) -> (Response<Body>, Facts) {
+        let mut facts = Facts::default();
+        let resp = self.respond(req, &mut facts).await;
+        if facts.bytes.is_none() {
+            facts.bytes = http_body::Body::size_hint(resp.body()).exact();
+        }
+        (resp, facts)
+    }
+
+    async fn respond(&self, req: &RequestHead<'_>, facts: &mut Facts) -> Response<Body> {
         let head_only = match *req.method {
             Method::GET => false,
             Method::HEAD => true,
@@ -231,7 +280,7 @@ impl Handler {
         // A path that is in the route cache parsed before; any other is parsed (and a bad one
         // refused) before a failed host or pointer lookup is reported, as if parsed first.
         let raw_path = req.uri.path();
-        let site = match self.resolver.site_for_host(host).await {
+        let site = match self.pointers.site_for_host(host).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return path_refusal(raw_path).unwrap_or_else(|| {
@@ -245,7 +294,8 @@ impl Handler {
                 return path_refusal(raw_path).unwrap_or_else(|| self.failure(&e, "host lookup"));
             }
         };
-        let deploy = match self.resolver.deploy(&site).await {
+        facts.site = Some(site.clone());
+        let deploy = match self.pointers.deploy(&site).await {
             Ok(Some(d)) => d,
             Ok(None) => {
                 return path_refusal(raw_path).unwrap_or_else(|| {
@@ -257,20 +307,17 @@ impl Handler {
                     .unwrap_or_else(|| self.failure(&e, "pointer lookup"));
             }
         };
-        if let Some(route) = self.resolver.cached_route(&deploy.root, raw_path) {
+        facts.on(&deploy);
+        if let Some(route) = self.routes.cached(&deploy.root, raw_path) {
             return self
-                .file(req, &deploy, &route, StatusCode::OK, head_only)
+                .file(req, &deploy, &route, StatusCode::OK, head_only, facts)
                 .await;
         }
         let parsed = match path::parse(raw_path) {
             Ok(p) => p,
             Err(e) => return refuse_path(e),
         };
-        let target = match self
-            .resolver
-            .lookup_route(deploy.root, raw_path, &parsed)
-            .await
-        {
+        let target = match self.routes.lookup(deploy.root, raw_path, &parsed).await {
             Ok(t) => t,
             Err(e) => return self.failure(&e, "tree walk"),
         };
@@ -292,21 +339,28 @@ impl Handler {
                 if let Ok(v) = HeaderValue::from_str(&loc) {
                     r.headers_mut().insert(header::LOCATION, v);
                 }
-                self.stamp(&mut r, &deploy);
+                self.stamp(r.headers_mut(), &deploy, facts);
                 r
             }
             Target::File(route) => {
-                self.file(req, &deploy, &route, StatusCode::OK, head_only)
+                self.file(req, &deploy, &route, StatusCode::OK, head_only, facts)
                     .await
             }
-            Target::NotFound => match self.resolver.not_found_page(deploy.root).await {
-                Ok(Target::File(route)) => {
-                    self.file(req, &deploy, &route, StatusCode::NOT_FOUND, head_only)
-                        .await
+            Target::NotFound => match self.routes.not_found_page(deploy.root).await {
+                Ok(Some(route)) => {
+                    self.file(
+                        req,
+                        &deploy,
+                        &route,
+                        StatusCode::NOT_FOUND,
+                        head_only,
+                        facts,
+                    )
+                    .await
                 }
-                Ok(_) => {
+                Ok(None) => {
                     let mut r = text(StatusCode::NOT_FOUND, "no such file in this deploy");
-                    self.stamp(&mut r, &deploy);
+                    self.stamp(r.headers_mut(), &deploy, facts);
                     r
                 }
                 Err(e) => self.failure(&e, "404 page"),
@@ -314,16 +368,15 @@ impl Handler {
         }
     }
 
-    fn stamp(&self, r: &mut Response<Body>, deploy: &Deploy) {
-        r.headers_mut()
-            .insert(X_EDGE_DEPLOY.clone(), deploy.id_header.clone());
-        self.stale(r.headers_mut(), deploy);
-    }
-
-    /// Marks a response served on a stale pointer (header and log field).
-    fn stale(&self, h: &mut HeaderMap, deploy: &Deploy) {
-        let age = deploy.age();
-        if age > self.resolver.stale_after() {
+    /// Names the deploy in the response, and marks one served on a stale pointer (header,
+    /// metric, fact).
+    fn stamp(&self, h: &mut HeaderMap, deploy: &Deploy, facts: &mut Facts) {
+        // Deploy ids are `[a-z0-9-]` (validated by the store): always a valid value.
+        if let Ok(v) = HeaderValue::from_str(&deploy.id) {
+            h.insert(X_EDGE_DEPLOY.clone(), v);
+        }
+        let age = self.pointers.age(deploy);
+        if age > self.pointers.stale_after() {
             self.metrics
                 .stale_serves
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -331,12 +384,13 @@ impl Handler {
                 X_EDGE_STALE_POINTER.clone(),
                 HeaderValue::from(age.as_secs()),
             );
+            facts.stale_pointer = Some(age);
             tracing::debug!(site = %deploy.site, deploy = %deploy.id, pointer.age_s = age.as_secs(), "served on a stale pointer");
         }
     }
 
     fn failure(&self, e: &EdgeError, during: &'static str) -> Response<Body> {
-        tracing::warn!(during, error = %error_chain(e), "request failed");
+        tracing::warn!(during, error = %error::chain(e), "request failed");
         let mut r = text(e.status(), e.reason());
         if let Some(after) = e.retry_after() {
             r.headers_mut().insert(
@@ -354,6 +408,7 @@ impl Handler {
         route: &FileRoute,
         status: StatusCode,
         head_only: bool,
+        facts: &mut Facts,
     ) -> Response<Body> {
         // Precompressed siblings (`name.br`, `name.zst`, `name.gz`): the best acceptable.
         let mut encoding = None;
@@ -392,8 +447,7 @@ impl Handler {
         if let Some((coding, _)) = encoding {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
         }
-        h.insert(X_EDGE_DEPLOY.clone(), deploy.id_header.clone());
-        self.stale(&mut h, deploy);
+        self.stamp(&mut h, deploy, facts);
 
         if status == StatusCode::OK
             && let Some(inm) = req.headers.get(header::IF_NONE_MATCH)
@@ -448,15 +502,13 @@ impl Handler {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
 
         let body = if head_only {
-            h.insert(
-                CACHE_STATUS.clone(),
-                HeaderValue::from_static("edge; hit; detail=tree"),
-            );
+            facts.cache = Some(CacheStatus::Tree);
             Body::Empty
         } else {
             match self.tiers.get(hash, size, &deploy.site).await {
                 Ok((blob, source)) => {
-                    h.insert(CACHE_STATUS.clone(), cache_status(source));
+                    facts.cache = Some(CacheStatus::Tier(source));
+                    // The tiers hand out only blobs of the size asked for; sliced within it.
                     match blob {
                         crate::tiers::Blob::Bytes(b) if start == 0 && end == size => Body::full(b),
                         crate::tiers::Blob::Bytes(b) => {
@@ -471,6 +523,10 @@ impl Handler {
                 Err(e) => return self.failure(&e, "blob fetch"),
             }
         };
+        if let Some(c) = facts.cache {
+            h.insert(CACHE_STATUS.clone(), HeaderValue::from_static(c.as_str()));
+        }
+        facts.bytes = Some(if head_only { 0 } else { end - start });
         let mut r = Response::new(body);
         *r.status_mut() = status;
         *r.headers_mut() = h;

@@ -3,24 +3,26 @@
 //! Invariant: every byte this module hands out was checked against its blake3 hash before it
 //! was cached, or is checked while it streams (the last chunk is held back until the hash
 //! matches; on a mismatch the stream fails, so the client sees a cut response, never a
-//! complete wrong one). Identical concurrent misses share one origin fetch. Blocking file I/O
-//! runs on the blocking pool.
+//! complete wrong one). Sizes are checked on every hit: a blob is handed out only when its
+//! length equals the size its tree entry declares (a tree that lies about a size gets a 502,
+//! never a panic or a Content-Length that disagrees with the body). Identical concurrent
+//! misses of one (hash, size) share one origin fetch. Blocking file I/O runs on the blocking
+//! pool.
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, Stream, StreamExt};
 use origin_client::resilience::{Bulkhead, bulkhead};
 use origin_client::store::ByteStream;
 use origin_client::{Hash, Store};
 use tokio::io::AsyncWriteExt;
 
+use crate::coalesce::Coalescer;
 use crate::error::{EdgeError, EdgeResult};
 
 pub mod disk;
@@ -229,6 +231,9 @@ pub struct TierStats {
     pub disk_hits: AtomicU64,
     pub origin_fetches: AtomicU64,
     pub verify_failures: AtomicU64,
+    /// Cached blobs whose length differs from the size a tree entry declares for their hash
+    /// (the tree lies about a size): not served for that entry, refetched.
+    pub size_mismatches: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -246,8 +251,6 @@ enum Filled {
     Disk,
 }
 
-type FillFuture = Shared<BoxFuture<'static, EdgeResult<Filled>>>;
-
 /// Weighs memory-tier entries by their bytes (plus a little for the entry itself).
 #[derive(Debug, Clone, Copy)]
 pub struct BytesWeight;
@@ -263,7 +266,9 @@ pub struct Tiers {
     memory: quick_cache::sync::Cache<Hash, Bytes, BytesWeight>,
     memory_max_object: u64,
     disk: Option<Arc<DiskTier>>,
-    inflight: Mutex<HashMap<Hash, FillFuture>>,
+    /// Origin fills by (hash, declared size): entries that disagree on a size never share
+    /// a fill (nor its size check).
+    fills: Coalescer<(Hash, u64), Filled, EdgeError>,
     sites: moka::sync::Cache<String, Arc<Bulkhead>>,
     /// Per-site bulkhead size (limit, queue); a config reload may change them.
     site_limits: (
@@ -284,7 +289,7 @@ impl Tiers {
             memory,
             memory_max_object: cfg.memory_max_object,
             disk,
-            inflight: Mutex::new(HashMap::new()),
+            fills: Coalescer::default(),
             sites: moka::sync::Cache::new(100_000),
             site_limits: (cfg.site_concurrency.into(), cfg.site_queue.into()),
             stats: TierStats::default(),
@@ -320,24 +325,32 @@ impl Tiers {
 
     /// Holds a slot of `site`'s bulkhead for an origin fetch, unless the fetch for `hash`
     /// is already under way (joining it adds no origin load).
-    async fn site_slot(&self, site: &str, hash: &Hash) -> EdgeResult<Option<bulkhead::Slot>> {
-        let joining = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(hash);
-        if joining {
+    async fn site_slot(
+        &self,
+        site: &str,
+        hash: Hash,
+        size: u64,
+    ) -> EdgeResult<Option<bulkhead::Slot>> {
+        if self.fills.contains(&(hash, size)) {
             return Ok(None);
         }
         match self.site_bulkhead(site).enter().await {
             Ok(slot) => Ok(Some(slot)),
             Err(_) => {
                 self.stats.site_shed.fetch_add(1, Ordering::Relaxed);
-                Err(Arc::new(EdgeError::SiteShed {
-                    site: site.to_owned(),
-                }))
+                Err(EdgeError::SiteShed { site: site.into() })
             }
         }
+    }
+
+    /// Origin fills under way.
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.len()
+    }
+
+    fn size_mismatch(&self, hash: &Hash, got: u64, want: u64, tier: &'static str) {
+        self.stats.size_mismatches.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%hash, got, want, tier, "cached blob's size differs from its tree entry; refetching");
     }
 
     /// The blob `hash` of `size` bytes (as its tree entry says), from the first tier that
@@ -351,7 +364,7 @@ impl Tiers {
         if let Some(hit) = self.cached(hash, size).await? {
             return Ok(hit);
         }
-        let slot = self.site_slot(site, &hash).await?;
+        let slot = self.site_slot(site, hash, size).await?;
         if slot.is_some()
             && let Some(hit) = self.cached(hash, size).await?
         {
@@ -360,7 +373,7 @@ impl Tiers {
         }
         let disk_takes = self.disk.as_ref().is_some_and(|d| d.admits(size));
         if size <= self.memory_max_object || disk_takes {
-            match self.fill(hash, size).await? {
+            match Box::pin(self.fill(hash, size)).await? {
                 Filled::Memory(b) => return Ok((Blob::Bytes(b), Source::Origin)),
                 Filled::Disk => {
                     if let Some(blob) = self.from_disk(hash, size).await? {
@@ -374,15 +387,14 @@ impl Tiers {
         let body = self
             .store
             .open_object(&hash)
-            .await
-            .map_err(|e| Arc::new(EdgeError::from(e)))?
+            .await?
             .ok_or(EdgeError::MissingObject { hash })?;
         if let Some(len) = body.len.filter(|&l| l != size) {
-            return Err(Arc::new(EdgeError::SizeMismatch {
+            return Err(EdgeError::SizeMismatch {
                 hash,
                 got: len,
                 want: size,
-            }));
+            });
         }
         Ok((
             Blob::Origin {
@@ -397,8 +409,15 @@ impl Tiers {
     /// A memory or disk hit.
     async fn cached(self: &Arc<Self>, hash: Hash, size: u64) -> EdgeResult<Option<(Blob, Source)>> {
         if let Some(b) = self.memory.get(&hash) {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some((Blob::Bytes(b), Source::Memory)));
+            if b.len() as u64 == size {
+                self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some((Blob::Bytes(b), Source::Memory)));
+            }
+            // The bytes are right for the hash (verified when they came in); the entry asking
+            // declares another size. Not served for it; the origin is asked, and a fill checks
+            // the size again.
+            self.size_mismatch(&hash, b.len() as u64, size, "memory");
+            return Ok(None);
         }
         if let Some(blob) = self.from_disk(hash, size).await? {
             self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
@@ -422,17 +441,20 @@ impl Tiers {
                 disk.remove(&hash);
                 None
             };
-            if recorded != size {
-                return bad("size differs from the tree entry");
-            }
             let path = disk.path(&hash);
             let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(_) => return bad("file missing"),
             };
             let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-            if len != size {
-                return bad("file size differs from the tree entry");
+            if len != recorded {
+                return bad("file size differs from the size recorded at fill");
+            }
+            if recorded != size {
+                // The file is what was verified at fill; the entry asking declares another
+                // size for its hash. Kept (another entry may be right), not served for this one.
+                this.size_mismatch(&hash, recorded, size, "disk");
+                return None;
             }
             if into_memory {
                 let mut data = Vec::with_capacity(size as usize);
@@ -452,33 +474,16 @@ impl Tiers {
             })
         })
         .await
-        .map_err(|e| Arc::new(EdgeError::Internal(format!("disk read task: {e}"))))
+        .map_err(|e| EdgeError::internal(format!("disk read task: {e}")))
     }
 
-    /// One origin fetch per hash at a time; every waiter gets its result. The fetch runs as
-    /// its own task, so it completes (and fills the cache) even if the first client leaves.
-    fn fill(self: &Arc<Self>, hash: Hash, size: u64) -> FillFuture {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = inflight.get(&hash) {
-            return f.clone();
-        }
+    /// One origin fetch per (hash, size) at a time; every waiter gets its result. The fetch
+    /// runs as its own task, so it completes (and fills the cache) even if every client leaves.
+    async fn fill(self: &Arc<Self>, hash: Hash, size: u64) -> EdgeResult<Filled> {
         let this = self.clone();
-        let task = tokio::spawn(async move {
-            let r = this.fetch(hash, size).await;
-            this.inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&hash);
-            r.map_err(Arc::new)
-        });
-        let fut = async move {
-            task.await
-                .unwrap_or_else(|e| Err(Arc::new(EdgeError::Internal(format!("fill task: {e}")))))
-        }
-        .boxed()
-        .shared();
-        inflight.insert(hash, fut.clone());
-        fut
+        self.fills
+            .run_detached((hash, size), async move { this.fetch(hash, size).await })
+            .await
     }
 
     async fn fetch(&self, hash: Hash, size: u64) -> Result<Filled, EdgeError> {
@@ -514,7 +519,7 @@ impl Tiers {
         let disk = self
             .disk
             .clone()
-            .ok_or_else(|| EdgeError::Internal("large fill without a disk tier".into()))?;
+            .ok_or_else(|| EdgeError::internal("large fill without a disk tier"))?;
         let body = self
             .store
             .open_object(&hash)
@@ -534,10 +539,33 @@ impl Tiers {
         }
         tokio::task::spawn_blocking(move || disk.commit(&hash, &tmp, size))
             .await
-            .map_err(|e| EdgeError::Internal(format!("disk commit task: {e}")))?
-            .map_err(EdgeError::Disk)?;
+            .map_err(|e| EdgeError::internal(format!("disk commit task: {e}")))?
+            .map_err(EdgeError::disk)?;
         Ok(Filled::Disk)
     }
+}
+
+/// The error of an origin body that failed mid-way, with its kind kept: a transfer deadline
+/// is a timeout (504), anything else an upstream failure (502).
+pub fn body_error(e: io::Error, hash: &Hash) -> EdgeError {
+    use origin_client::StoreError;
+    let url = format!("object {hash}");
+    if e.get_ref().is_some_and(|inner| inner.is::<StoreError>()) {
+        if let Some(Ok(inner)) = e.into_inner().map(|i| i.downcast::<StoreError>()) {
+            return EdgeError::from(*inner);
+        }
+        return EdgeError::internal("body error vanished");
+    }
+    if e.kind() == io::ErrorKind::TimedOut {
+        return EdgeError::from(StoreError::Timeout {
+            url,
+            after: std::time::Duration::ZERO,
+        });
+    }
+    EdgeError::from(StoreError::Http {
+        url,
+        source: Box::new(e),
+    })
 }
 
 /// Copies an origin stream into `tmp`, hashing as it goes; fails unless length and hash match.
@@ -549,16 +577,11 @@ async fn stream_to_file(
 ) -> Result<(), EdgeError> {
     let mut file = tokio::fs::File::create(tmp)
         .await
-        .map_err(EdgeError::Disk)?;
+        .map_err(EdgeError::disk)?;
     let mut hasher = blake3::Hasher::new();
     let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            EdgeError::Store(origin_client::StoreError::Http {
-                url: format!("object {hash}"),
-                source: Box::new(e),
-            })
-        })?;
+        let chunk = chunk.map_err(|e| body_error(e, &hash))?;
         got += chunk.len() as u64;
         if got > size {
             return Err(EdgeError::SizeMismatch {
@@ -568,7 +591,7 @@ async fn stream_to_file(
             });
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(EdgeError::Disk)?;
+        file.write_all(&chunk).await.map_err(EdgeError::disk)?;
     }
     if got != size {
         return Err(EdgeError::SizeMismatch {
@@ -580,7 +603,7 @@ async fn stream_to_file(
     if Hash::from(hasher.finalize()) != hash {
         return Err(EdgeError::Corrupt { hash });
     }
-    file.flush().await.map_err(EdgeError::Disk)?;
+    file.flush().await.map_err(EdgeError::disk)?;
     Ok(())
 }
 
@@ -735,19 +758,21 @@ mod future_sizes {
             .await
             .unwrap();
         let t = handler.tiers().clone();
-        let r = handler.resolver().clone();
+        let r = handler.pointers().clone();
+        let trees = handler.trees().clone();
+        let routes = crate::http::Routes::new(trees.clone(), 1 << 20);
         let h = origin_client::Hash::of(b"x");
         let p = crate::path::parse("/a/b").unwrap();
         let sizes = [
             ("tiers.get", size_of(&t.get(h, 1, "s")), 1024),
-            ("resolver.lookup", size_of(&r.lookup(h, &p)), 512),
+            ("routes.lookup", size_of(&routes.lookup(h, "/a/b", &p)), 512),
             (
-                "resolver.site_for_host",
+                "pointers.site_for_host",
                 size_of(&r.site_for_host(Some("x"))),
                 256,
             ),
-            ("resolver.deploy", size_of(&r.deploy("s")), 256),
-            ("resolver.tree", size_of(&r.tree(h)), 256),
+            ("pointers.deploy", size_of(&r.deploy("s")), 256),
+            ("trees.get", size_of(&trees.get(h)), 256),
         ];
         for (what, n, max) in sizes {
             assert!(n <= max, "{what}: {n} bytes (at most {max})");

@@ -1,0 +1,271 @@
+//! Resolved files, with every header value their responses take from the (immutable) deploy
+//! tree worked out once: content type, entity tags, precompressed siblings. Cached per
+//! (deploy root, raw request path), so a repeated hit parses no path, walks no tree and
+//! formats no header value. Derived from immutable trees, so never stale; bounded in bytes.
+//!
+//! The walk itself is [`crate::route`] (pure); this module drives it over [`Trees`].
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+use origin_client::Hash;
+
+use crate::error::EdgeResult;
+use crate::path::RequestPath;
+use crate::route::{self, FileEntry, Step, Walk};
+use crate::trees::Trees;
+
+use super::headers;
+
+/// A file a path resolved to, ready to answer from.
+#[derive(Debug)]
+pub struct FileRoute {
+    pub name: Box<str>,
+    pub identity: Variant,
+    /// Precompressed siblings (`name.br`, `name.zst`, `name.gz`): index into
+    /// [`route::CODINGS`] and the variant, in preference order.
+    pub siblings: Vec<(usize, Variant)>,
+    pub content_type: HeaderValue,
+    pub html: bool,
+}
+
+/// One stored representation of a file: its blob, size and strong entity tag.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub hash: Hash,
+    pub size: u64,
+    pub etag: HeaderValue,
+}
+
+impl Variant {
+    fn new(hash: Hash, size: u64) -> Variant {
+        Variant {
+            hash,
+            size,
+            etag: headers::etag(&hash),
+        }
+    }
+}
+
+impl FileRoute {
+    pub fn new(f: &FileEntry) -> FileRoute {
+        let content_type = match headers::content_type(&f.name) {
+            std::borrow::Cow::Borrowed(s) => HeaderValue::from_static(s),
+            std::borrow::Cow::Owned(s) => HeaderValue::from_str(&s)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        };
+        FileRoute {
+            name: f.name.clone(),
+            identity: Variant::new(f.hash, f.size),
+            siblings: f
+                .siblings
+                .iter()
+                .map(|&(rank, hash, size)| (rank, Variant::new(hash, size)))
+                .collect(),
+            content_type,
+            html: headers::is_html(&f.name),
+        }
+    }
+
+    /// Roughly the memory an entry of the route cache holds.
+    fn weight(&self, path: &str) -> u64 {
+        (256 + path.len() + self.name.len() + 96 * self.siblings.len()) as u64
+    }
+}
+
+/// What a path resolved to, with files ready to answer from.
+#[derive(Debug, Clone)]
+pub enum Target {
+    File(Arc<FileRoute>),
+    AddSlash,
+    NotFound,
+}
+
+/// A route cache key: a deploy root and a raw request path.
+#[derive(Debug, PartialEq, Eq)]
+struct RouteKey {
+    root: Hash,
+    path: Box<str>,
+}
+
+/// The borrowed form of [`RouteKey`], so a lookup allocates nothing.
+#[derive(Debug)]
+struct RouteRef<'a> {
+    root: &'a Hash,
+    path: &'a str,
+}
+
+impl std::hash::Hash for RouteKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        RouteRef {
+            root: &self.root,
+            path: &self.path,
+        }
+        .hash(state);
+    }
+}
+
+impl std::hash::Hash for RouteRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.root.as_bytes());
+        state.write(self.path.as_bytes());
+    }
+}
+
+impl quick_cache::Equivalent<RouteKey> for RouteRef<'_> {
+    fn equivalent(&self, key: &RouteKey) -> bool {
+        *self.root == key.root && self.path == &*key.path
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RouteWeight;
+
+impl quick_cache::Weighter<RouteKey, Arc<FileRoute>> for RouteWeight {
+    fn weight(&self, k: &RouteKey, v: &Arc<FileRoute>) -> u64 {
+        v.weight(&k.path)
+    }
+}
+
+/// Walks deploys over the tree cache, remembering the files it finds.
+pub struct Routes {
+    trees: Arc<Trees>,
+    cache: quick_cache::sync::Cache<RouteKey, Arc<FileRoute>, RouteWeight>,
+}
+
+impl Routes {
+    pub fn new(trees: Arc<Trees>, bytes: u64) -> Routes {
+        let bytes = bytes.max(64 * 1024);
+        Routes {
+            trees,
+            cache: quick_cache::sync::Cache::with_weighter(
+                (bytes / 384).clamp(256, 1 << 20) as usize,
+                bytes,
+                RouteWeight,
+            ),
+        }
+    }
+
+    pub fn trees(&self) -> &Arc<Trees> {
+        &self.trees
+    }
+
+    /// The file `raw_path` resolved to in the deploy with this root, if that was worked out
+    /// before. The path is the request's raw path: one that is cached parsed before, so its
+    /// hit needs no parsing either.
+    pub fn cached(&self, root: &Hash, raw_path: &str) -> Option<Arc<FileRoute>> {
+        self.cache.get(&RouteRef {
+            root,
+            path: raw_path,
+        })
+    }
+
+    /// Walks `path` from `root`, fetching the nodes the walk needs, and remembers a file it
+    /// finds under `raw_path` (the path `path` was parsed from).
+    pub async fn lookup(
+        &self,
+        root: Hash,
+        raw_path: &str,
+        path: &RequestPath<'_>,
+    ) -> EdgeResult<Target> {
+        let mut walk = Walk::new(path);
+        let mut node = self.trees.get(root).await?;
+        let found = loop {
+            match walk.step(&node) {
+                Step::Need(h) => node = self.trees.get(h).await?,
+                Step::Done(t) => break t,
+            }
+        };
+        Ok(match found {
+            route::Target::File(f) => {
+                let r = Arc::new(FileRoute::new(&f));
+                self.cache.insert(
+                    RouteKey {
+                        root,
+                        path: raw_path.into(),
+                    },
+                    r.clone(),
+                );
+                Target::File(r)
+            }
+            route::Target::AddSlash => Target::AddSlash,
+            route::Target::NotFound => Target::NotFound,
+        })
+    }
+
+    /// The deploy's `404.html`, if it has one.
+    pub async fn not_found_page(&self, root: Hash) -> EdgeResult<Option<Arc<FileRoute>>> {
+        let node = self.trees.get(root).await?;
+        Ok(match route::not_found_page(&node) {
+            route::Target::File(f) => Some(Arc::new(FileRoute::new(&f))),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use origin_client::publish::{PublishOptions, publish};
+    use origin_client::store::MemoryStore;
+
+    /// Files found by `lookup` are remembered per (root, raw path), with their precompressed
+    /// siblings in preference order; folders, misses and other roots are not.
+    #[tokio::test]
+    async fn routes_are_cached_per_root_and_raw_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new();
+        let mut roots = Vec::new();
+        for extra in [
+            &[][..],
+            &["docs/a.txt.gz", "docs/a.txt.br", "docs/a.txt.bak"][..],
+        ] {
+            for p in ["index.html", "docs/a.txt"].iter().chain(extra) {
+                let p = dir.path().join(p);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, p.display().to_string()).unwrap();
+            }
+            let d = publish(&store, dir.path(), "s", &PublishOptions::default())
+                .await
+                .unwrap();
+            roots.push(d.deploy.root);
+        }
+        let (old, new) = (roots[0], roots[1]);
+        assert_ne!(old, new);
+        let trees = Trees::new(Arc::new(store), 1 << 20, None);
+        let routes = Routes::new(trees, 1 << 20);
+
+        let raw = "/docs/a.txt";
+        assert!(routes.cached(&new, raw).is_none());
+        let parsed = crate::path::parse(raw).unwrap();
+        let Target::File(found) = routes.lookup(new, raw, &parsed).await.unwrap() else {
+            panic!("a file")
+        };
+        let cached = routes.cached(&new, raw).expect("cached after lookup");
+        assert!(Arc::ptr_eq(&found, &cached));
+        assert_eq!(&*cached.name, "a.txt");
+        assert_eq!(cached.content_type, "text/plain; charset=utf-8");
+        assert_eq!(cached.identity.etag, headers::etag(&cached.identity.hash));
+        // `.br` before `.gz` (CODINGS order), `.bak` is no coding.
+        let codings: Vec<_> = cached
+            .siblings
+            .iter()
+            .map(|(rank, _)| route::CODINGS[*rank].0)
+            .collect();
+        assert_eq!(codings, ["br", "gzip"]);
+        // Same path, older root: its own entry, without the siblings.
+        assert!(routes.cached(&old, raw).is_none());
+        let Target::File(o) = routes.lookup(old, raw, &parsed).await.unwrap() else {
+            panic!("a file")
+        };
+        assert!(o.siblings.is_empty());
+        assert_eq!(routes.cached(&new, raw).unwrap().siblings.len(), 2);
+        // Other spellings of the path are their own keys; folders and misses are not cached.
+        assert!(routes.cached(&new, "/docs/a%2Etxt").is_none());
+        for p in ["/docs", "/nope"] {
+            let parsed = crate::path::parse(p).unwrap();
+            routes.lookup(new, p, &parsed).await.unwrap();
+            assert!(routes.cached(&new, p).is_none(), "{p}");
+        }
+    }
+}
