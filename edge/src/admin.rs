@@ -219,6 +219,12 @@ impl Admin {
         );
         counter(
             &mut out,
+            "edge_size_mismatches_total",
+            "Cached blobs not served for a tree entry that declares another size for their hash.",
+            ts.size_mismatches.load(Relaxed),
+        );
+        counter(
+            &mut out,
             "edge_site_shed_total",
             "Origin fetches refused because a site's bulkhead was full.",
             ts.site_shed.load(Relaxed),
