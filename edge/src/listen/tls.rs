@@ -241,7 +241,7 @@ impl CertStore {
                 }
                 None => {}
             }
-            tracing::warn!(error = %crate::resolve::error_chain(e), "certificate not reloaded; keeping the previous one");
+            tracing::warn!(error = %super::error_chain(e), "certificate not reloaded; keeping the previous one");
         }
         if next.hosts.is_empty() && next.default.is_none() {
             report.failed += 1;
@@ -265,7 +265,7 @@ impl CertStore {
                 );
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %crate::resolve::error_chain(&e), "certificate reload failed; keeping the previous certificates");
+                tracing::warn!(error = %super::error_chain(&e), "certificate reload failed; keeping the previous certificates");
             }
             Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
         }
