@@ -1,7 +1,8 @@
 //! The node: the one composition root. It builds every part from the configuration (origin,
 //! resolver, tiers, handler, access log, admin), owns their lifetimes, and wires a running
 //! node: the admin listener, SIGHUP reloads, the banners, and the listeners of [`crate::listen`].
-//! The only module that knows every other one; nothing but `cli` imports it.
+//! The only module that knows every other one; nothing but `cli` (and unit-test fixtures)
+//! imports it.
 
 use std::path::Path;
 use std::sync::Arc;
