@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod reload;
 mod tls;
 mod units;
+pub use reload::ReloadPlan;
 pub use tls::{Hsts, Http3, Http3Section, Tls, TlsSection};
 pub use units::{parse_duration, parse_size};
 

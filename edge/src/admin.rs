@@ -164,16 +164,16 @@ impl Admin {
     }
 
     async fn site_action(&self, site: &str, action: &str) -> Resp {
-        let resolver = self.handler.pointers();
+        let pointers = self.handler.pointers();
         if action == "purge" {
-            let dropped = resolver.purge_site(site);
+            let dropped = pointers.purge_site(site);
             tracing::info!(site, ?dropped, "purged site");
             return json_reply(
                 StatusCode::OK,
                 json!({ "site": site, "purged": dropped.is_some(), "tree_nodes_dropped": dropped.unwrap_or(0) }),
             );
         }
-        match resolver.refresh_site(site).await {
+        match pointers.refresh_site(site).await {
             Ok(Some(d)) => json_reply(
                 StatusCode::OK,
                 json!({ "site": site, "deploy": &*d.id, "seq": d.seq, "root": d.root.to_hex() }),

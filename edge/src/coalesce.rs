@@ -242,12 +242,6 @@ async fn wait_detached<V: Clone, E: Clone + From<Abandoned>>(
     }
 }
 
-impl From<Abandoned> for crate::error::EdgeError {
-    fn from(e: Abandoned) -> Self {
-        crate::error::EdgeError::internal(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

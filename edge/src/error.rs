@@ -115,6 +115,12 @@ impl EdgeError {
     }
 }
 
+impl From<crate::coalesce::Abandoned> for EdgeError {
+    fn from(e: crate::coalesce::Abandoned) -> Self {
+        EdgeError::internal(e.to_string())
+    }
+}
+
 /// An error and its causes on one line, for logs.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

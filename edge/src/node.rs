@@ -1,29 +1,25 @@
-//! The node: builds every part from the configuration, owns their lifetimes, runs the
-//! listener. The only module that knows every other one.
+//! The node: the one composition root. It builds every part from the configuration (origin,
+//! pointers, trees, tiers, handler, access log, admin), owns their lifetimes, and wires a running
+//! node: the admin listener, SIGHUP reloads, the banners, and the listeners of [`crate::listen`].
+//! The only module that knows every other one; nothing but `cli` (and unit-test fixtures)
+//! imports it.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use edge_config::Config;
+use edge_config::{Config, ReloadPlan};
 use http::HeaderValue;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use origin_client::resilience::{
     BreakerConfig, FaceConfig, ResilienceConfig, ResilientStore, RetryConfig,
 };
 use origin_client::store::HttpStoreOptions;
 use origin_client::{Access, Store, open_store_with};
-use tokio::net::TcpListener;
 
-use crate::http::Routes;
-use crate::http::{Handler, HttpConfig};
-use crate::listen::Front;
-use crate::listen::tls::TlsServing;
+use crate::admin::Admin;
+use crate::http::{Handler, HttpConfig, Routes};
+use crate::listen::{self, tcp};
 use crate::pointers::{Pointers, PointersConfig};
 use crate::tiers::{DiskTier, TierConfig, Tiers};
 use crate::trees::Trees;
@@ -95,7 +91,7 @@ pub async fn build_handler(
     let trees = Trees::new(store.clone(), cfg.tree_size, disk.clone());
     // Resolved files: a quarter of the tree cache's bytes again.
     let routes = Routes::new(trees.clone(), cfg.tree_size / 4);
-    let resolver = Pointers::new(
+    let pointers = Pointers::new(
         store.clone(),
         trees,
         PointersConfig {
@@ -107,10 +103,10 @@ pub async fn build_handler(
             stale_after: stale_after(cfg),
         },
     );
-    if resolver.load_state().await > 0 {
+    if pointers.load_state().await > 0 {
         // Confirm the saved pointers before serving when the origin answers quickly; when it
         // does not, start on them anyway (they are marked stale until confirmed).
-        let confirm = resolver.refresh_all();
+        let confirm = pointers.refresh_all();
         if tokio::time::timeout(Duration::from_secs(2), confirm)
             .await
             .is_err()
@@ -118,8 +114,8 @@ pub async fn build_handler(
             tracing::warn!("origin slow at start; serving last-known-good pointers");
         }
     }
-    resolver.spawn_refresher();
-    resolver.spawn_saver();
+    pointers.spawn_refresher();
+    pointers.spawn_saver();
     let tiers = Tiers::new(
         store,
         &TierConfig {
@@ -131,7 +127,7 @@ pub async fn build_handler(
         disk,
     );
     Ok(Arc::new(Handler::new(
-        resolver,
+        pointers,
         routes,
         tiers,
         http_config(cfg)?,
@@ -171,295 +167,230 @@ pub async fn build(cfg: &Config) -> anyhow::Result<Node> {
     })
 }
 
-/// Serves HTTP/1.1 and cleartext HTTP/2 on `listener` until `shutdown` resolves, then stops
-/// accepting and gives open connections up to `drain` to finish.
-pub async fn run(
-    handler: Arc<Handler>,
-    listener: TcpListener,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) {
-    let front = Arc::new(Front::default());
-    serve_tcp(
-        handler,
-        listener,
-        front,
-        None,
-        header_read_timeout,
-        shutdown,
-        drain,
+/// Changes the log filter of a running node (SIGHUP reload).
+pub type LogReload = Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
+
+/// Reads the configuration again (the file, then the flags), for SIGHUP.
+pub type Reread = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+/// `edge serve`: builds the node from `cfg`, starts the access log and the admin listener,
+/// reloads on SIGHUP (`reread` gives the new configuration, `reload_log` changes the log
+/// level), prints the banners and serves until SIGINT/SIGTERM, then drains.
+pub async fn serve(
+    cfg: Config,
+    reload_log: Option<LogReload>,
+    reread: Reread,
+) -> anyhow::Result<()> {
+    let admin_token = std::env::var("EDGE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cfg.admin_token.clone());
+    if let Some(addr) = cfg.admin_listen
+        && !addr.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        anyhow::bail!(
+            "`admin.listen`: refusing to serve the admin endpoints on {addr}, not a loopback address, without a token (set admin.token or EDGE_ADMIN_TOKEN)"
+        );
+    }
+    let mut node = build(&cfg).await?;
+    if cfg.access_log != edge_config::AccessLog::Off {
+        let target = match &cfg.access_log {
+            edge_config::AccessLog::File(p) => crate::accesslog::Target::File(p.clone()),
+            _ => crate::accesslog::Target::Stdout,
+        };
+        let handler = Arc::get_mut(&mut node.handler)
+            .ok_or_else(|| anyhow::anyhow!("handler already shared"))?;
+        let log = crate::accesslog::AccessLog::start(
+            target,
+            cfg.access_log_queue,
+            handler.metrics().clone(),
+        )
+        .context("opening the access log")?;
+        handler.set_access_log(log);
+    }
+    let admin = Admin::new(
+        node.handler.clone(),
+        node.origin.clone(),
+        admin_token.as_deref(),
+    );
+    let mut admin_banner = None;
+    if let Some(addr) = cfg.admin_listen {
+        let listener = tcp::bind(addr)
+            .await
+            .context("`admin.listen` (--admin-listen; \"\" turns the admin listener off)")?;
+        admin_banner = Some(format!("edge admin on http://{}/", listener.local_addr()?));
+        let admin = admin.clone();
+        tokio::spawn(crate::admin::run(admin, listener, std::future::pending()));
+    }
+    // Installed now, before the banner is printed: a SIGHUP that came before its handler
+    // would kill the process.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup = None::<()>;
+    tokio::spawn(reload_on_sighup(
+        reread,
+        cfg.clone(),
+        reload_log,
+        node.handler.clone(),
+        hup,
+    ));
+    tracing::info!(store = %cfg.store, "serving");
+    serve_handler(
+        node.handler,
+        &cfg,
+        Duration::from_secs(10),
+        "edge listening on",
+        Some((admin, admin_banner)),
     )
     .await
 }
 
-/// Like [`run`], with `front` around the handler (redirect, HSTS, Alt-Svc) and, with `tls`,
-/// a TLS handshake (ALPN h2 or http/1.1) before HTTP on each connection.
-pub async fn serve_tcp(
+/// SIGHUP: re-reads the configuration. A file that fails validation is refused with the
+/// error logged, and the running configuration is kept. What can change in place does at
+/// once (see [`ReloadPlan`]); settings that need new listeners or caches are reported as
+/// needing a restart.
+async fn reload_on_sighup(
+    reread: Reread,
+    mut current: Config,
+    reload_log: Option<LogReload>,
     handler: Arc<Handler>,
-    listener: TcpListener,
-    front: Arc<Front>,
-    tls: Option<TlsServing>,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    #[cfg(unix)] hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] hup: Option<()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hup else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let next = match reread() {
                 Ok(c) => c,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tracing::error!(error = %format!("{e:#}"), "config reload refused; keeping the running configuration");
                     continue;
                 }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let front = front.clone();
-        let svc = service_fn(move |req| {
-            let handler = handler.clone();
-            let front = front.clone();
-            async move { Ok::<_, Infallible>(front.respond(&handler, req).await) }
-        });
-        if let Some(tls) = &tls {
-            let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
-            let span = tracing::debug_span!("conn", peer.addr = %peer, proto = "tls");
-            tokio::spawn(tracing::Instrument::instrument(
-                async move {
-                    let stream = match tokio::time::timeout(
-                        tls.handshake_timeout,
-                        tls.acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                },
-                span,
-            ));
-            continue;
-        }
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        // A debug-level span per connection: free unless debug logging is on.
-        let span = tracing::debug_span!("conn", peer.addr = %peer, proto = "tcp");
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            },
-            span,
-        ));
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => {
-            tracing::warn!("drain deadline passed with connections still open");
+            };
+            let plan = current.reload_plan(&next);
+            apply_reload(&plan, &next, reload_log.as_ref(), &handler);
+            tracing::info!(needs_restart = ?plan.needs_restart, "configuration reloaded");
+            current = next;
         }
     }
+    #[cfg(not(unix))]
+    let _ = (reread, current, reload_log, handler, hup);
 }
 
-/// Binds the listener, with a message naming the address on failure.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))
-}
-
-/// Binds `n` listening sockets on one address with `SO_REUSEPORT`, so the kernel spreads
-/// connections over them. With port 0 the first picks the port and the others join it.
-pub fn bind_reuseport(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out = Vec::with_capacity(n);
-    let mut addr = addr;
-    for _ in 0..n.max(1) {
-        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_reuse_address(true)?;
-        sock.set_reuse_port(true)?;
-        sock.set_nonblocking(true)?;
-        sock.bind(&addr.into())
-            .with_context(|| format!("listening on {addr}"))?;
-        sock.listen(4096)?;
-        let l: std::net::TcpListener = sock.into();
-        addr = l.local_addr()?;
-        out.push(l);
+/// Applies the settings a running node can change: the log level (when it changed),
+/// cache-control, `yield_after`, the pointer timings and the per-site origin limits.
+fn apply_reload(
+    plan: &ReloadPlan,
+    next: &Config,
+    reload_log: Option<&LogReload>,
+    handler: &Handler,
+) {
+    if plan.log_level
+        && let Some(reload) = reload_log
+    {
+        match reload(&next.log_level) {
+            Ok(()) => tracing::debug!(level = %next.log_level, "log level changed"),
+            Err(e) => tracing::error!(error = %e, "log level not changed"),
+        }
     }
-    Ok(out)
+    match http_config(next) {
+        Ok(h) => handler.set_http_config(h),
+        Err(e) => tracing::error!(error = %e, "cache-control not changed"),
+    }
+    crate::sched::set_yield_after(next.yield_after);
+    handler
+        .pointers()
+        .tune(next.refresh_interval, next.negative_ttl, stale_after(next));
+    handler
+        .tiers()
+        .set_site_limits(next.origin.site_concurrency, next.origin.site_queue);
 }
 
-/// Serves on one thread per listener, each with a single-threaded runtime: a connection
-/// stays on the thread that accepted it, with no cross-thread wake-ups or work stealing on
-/// the request path (the model nginx's workers use). Shared state (caches, pointers) is
-/// behind `Arc`s; background work (pointer refresh) runs on the caller's runtime. Returns
-/// when every worker has drained after `shutdown` fires.
-pub async fn run_workers(
+/// Binds the configured address, prints the URL, serves until SIGINT/SIGTERM, then drains.
+async fn serve_handler(
     handler: Arc<Handler>,
-    listeners: Vec<std::net::TcpListener>,
-    header_read_timeout: Duration,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    cfg: &Config,
     drain: Duration,
+    banner: &str,
+    admin: Option<(Arc<Admin>, Option<String>)>,
 ) -> anyhow::Result<()> {
-    let service = TcpService {
-        listeners,
-        front: Front::default(),
-        tls: None,
+    // Signal handlers before the banner: whoever reads it may signal at once.
+    let stop = listen::shutdown_signal_installed();
+    let listeners = tcp::bind_reuseport(cfg.listen, tcp::worker_count())?;
+    let addr = listeners[0].local_addr()?;
+    // Scripts and tests read this first line for the address.
+    println!("{banner} http://{addr}/");
+    let secure = listen::Secure::bind(cfg, listeners.len()).await?;
+    if let Some(s) = &secure {
+        let h3 = if s.http3() { ", HTTP/3 on UDP" } else { "" };
+        println!("{banner} https://{}/ (TLS{h3})", s.addr);
+    }
+    if let Some((admin, admin_banner)) = &admin {
+        // Ready before the banner: whoever reads it may ask /readyz at once.
+        admin.set_ready(true);
+        if let Some(b) = admin_banner {
+            println!("{b}");
+        }
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = tx.send(true);
+    });
+    listen::run(handler, cfg, listeners, secure, rx, drain).await
+}
+
+/// `edge preview DIR`: `dir` published into an in-memory store, rebuilt when files change,
+/// served on `listen`; with `tls_listen`, HTTPS and HTTP/3 there too, with a certificate
+/// generated for localhost (written to a temporary folder, removed on exit).
+pub async fn preview(dir: &Path, listen: &str, tls_listen: Option<&str>) -> anyhow::Result<()> {
+    let mut file = edge_config::FileConfig::default();
+    let cert_dir = match tls_listen {
+        Some(addr) => {
+            let certs = std::env::temp_dir().join(format!("edge-preview-{}", std::process::id()));
+            let cert = listen::tls::write_local_cert(&certs)
+                .with_context(|| format!("writing a local certificate to {}", certs.display()))?;
+            // On stderr: scripts read the first line of stdout for the address.
+            eprintln!(
+                "certificate for localhost: {} (e.g. curl --cacert {} https://localhost:PORT/)",
+                cert.display(),
+                cert.display()
+            );
+            file.tls.listen = Some(addr.to_owned());
+            file.tls.cert_dir = Some(certs.display().to_string());
+            file.tls.watch = Some(false);
+            Some(RemoveOnDrop(certs))
+        }
+        None => None,
     };
-    run_workers_with(handler, vec![service], header_read_timeout, shutdown, drain).await
+    file.server.listen = Some(listen.to_owned());
+    file.server.default_site = Some(crate::preview::SITE.to_owned());
+    file.cache.dir = Some(String::new());
+    file.pointers.refresh_interval = Some("1h".into());
+    file.http.cache_control_other = Some("no-cache".into());
+    let cfg = Config::from_file(&file, None, None)?;
+    let store = origin_client::store::MemoryStore::new();
+    let handler = build_handler(&cfg, Arc::new(store.clone()), false).await?;
+    crate::preview::rebuild(&store, handler.pointers(), dir)
+        .await
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let _watcher = crate::preview::spawn_watcher(store, handler.clone(), dir.to_owned())?;
+    let banner = format!("previewing {} at", dir.display());
+    let served = serve_handler(handler, &cfg, Duration::from_secs(2), &banner, None).await;
+    drop(cert_dir);
+    served
 }
 
-/// One kind of TCP listener: a socket per worker (the same count for every service), what
-/// it adds around the handler, and its TLS settings if it speaks TLS.
-pub struct TcpService {
-    pub listeners: Vec<std::net::TcpListener>,
-    pub front: Front,
-    pub tls: Option<TlsServing>,
-}
+/// Removes a folder (best effort) when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
 
-/// [`run_workers`] for several services (cleartext and HTTPS): worker `i` serves the `i`th
-/// socket of each.
-pub async fn run_workers_with(
-    handler: Arc<Handler>,
-    services: Vec<TcpService>,
-    header_read_timeout: Duration,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    drain: Duration,
-) -> anyhow::Result<()> {
-    let workers = services
-        .iter()
-        .map(|s| s.listeners.len())
-        .max()
-        .unwrap_or(0);
-    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    for s in services {
-        let front = Arc::new(s.front);
-        for (i, l) in s.listeners.into_iter().enumerate() {
-            per_worker[i].push((l, front.clone(), s.tls.clone()));
-        }
-    }
-    let mut threads = Vec::new();
-    for (i, mine) in per_worker.into_iter().enumerate() {
-        let handler = handler.clone();
-        let shutdown = shutdown.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("edge-worker-{i}"))
-            .spawn(move || -> anyhow::Result<()> {
-                crate::sched::serving_thread();
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async move {
-                    let mut serving = Vec::new();
-                    for (l, front, tls) in mine {
-                        let listener = TcpListener::from_std(l)?;
-                        let mut shutdown = shutdown.clone();
-                        let stop = async move {
-                            let _ = shutdown.wait_for(|s| *s).await;
-                        };
-                        serving.push(serve_tcp(
-                            handler.clone(),
-                            listener,
-                            front,
-                            tls,
-                            header_read_timeout,
-                            stop,
-                            drain,
-                        ));
-                    }
-                    futures_util::future::join_all(serving).await;
-                    Ok(())
-                })
-            })?;
-        threads.push(t);
-    }
-    tokio::task::spawn_blocking(move || {
-        for t in threads {
-            match t.join() {
-                Ok(r) => r?,
-                Err(_) => anyhow::bail!("a worker thread panicked"),
-            }
-        }
-        Ok(())
-    })
-    .await?
-}
-
-/// How many serving workers to run: one per core.
-pub fn worker_count() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-/// Installs the SIGINT/SIGTERM handlers now and returns the future that resolves on either.
-/// Call it before announcing readiness: a signal that arrives before its handler is installed
-/// gets the default action (the process dies without draining).
-pub fn shutdown_signal_installed() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    #[cfg(unix)]
-    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-    async move {
-        #[cfg(unix)]
-        {
-            let term = async {
-                match term {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            let int = async {
-                match int {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                () = term => {}
-                () = int => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        tracing::info!("shutting down");
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

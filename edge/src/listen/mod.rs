@@ -1,5 +1,7 @@
-//! The listeners around the one request handler: cleartext HTTP/1.1 + h2c (in `node`),
-//! HTTPS with HTTP/2 and HTTP/1.1 by ALPN ([`tls`]), and HTTP/3 over QUIC ([`quic`]).
+//! The listeners around the one request handler: every socket the node binds and every accept
+//! loop it runs. Cleartext HTTP/1.1 + h2c and HTTPS with HTTP/2 and HTTP/1.1 by ALPN on the
+//! serving threads ([`tcp`], certificates in [`tls`]), and HTTP/3 over QUIC ([`quic`]).
+//! `listen` knows the handler, not how it is built: it never imports `node` or `cli`.
 //!
 //! Every protocol ends in `Handler::serve`, which alone decides what a request gets. What a
 //! listener adds is transport policy, in [`Front`]: the redirect of cleartext requests to
@@ -7,8 +9,10 @@
 //! `Date` header that hyper adds for HTTP/1.1 and HTTP/2.
 
 pub mod quic;
+pub mod tcp;
 pub mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,8 +170,8 @@ impl Secure {
         // UDP find it taken, try another.
         let attempts = if t.listen.port() == 0 { 8 } else { 1 };
         for attempt in 1..=attempts {
-            let tcp = crate::node::bind_reuseport(t.listen, workers)
-                .context("`tls.listen` (--tls-listen)")?;
+            let tcp =
+                tcp::bind_reuseport(t.listen, workers).context("`tls.listen` (--tls-listen)")?;
             let addr = tcp[0].local_addr()?;
             if !cfg.http3.enabled {
                 return Ok(Some(Secure {
@@ -214,7 +218,7 @@ pub async fn run(
     shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) -> anyhow::Result<()> {
-    let mut services = vec![crate::node::TcpService {
+    let mut services = vec![tcp::TcpService {
         listeners: plain,
         front: Front::cleartext(cfg, secure.as_ref().map(|s| s.addr.port())),
         tls: None,
@@ -223,7 +227,7 @@ pub async fn run(
     let mut _reloader = None;
     if let (Some(s), Some(t)) = (secure, &cfg.tls) {
         _reloader = Some(tls::spawn_reloader(s.certs.clone(), t.watch)?);
-        services.push(crate::node::TcpService {
+        services.push(tcp::TcpService {
             listeners: s.tcp,
             front: Front::https(cfg, s.addr.port(), s.quic.is_some()),
             tls: Some(tls::TlsServing {
@@ -243,12 +247,51 @@ pub async fn run(
         }
     }
     let r =
-        crate::node::run_workers_with(handler, services, cfg.header_read_timeout, shutdown, drain)
-            .await;
+        tcp::run_workers_with(handler, services, cfg.header_read_timeout, shutdown, drain).await;
     if let Some(t) = quic_task {
         let _ = t.await;
     }
     r
+}
+
+/// Installs the SIGINT/SIGTERM handlers now and returns the future that resolves on either.
+/// Call it before announcing readiness: a signal that arrives before its handler is installed
+/// gets the default action (the process dies without draining).
+pub fn shutdown_signal_installed() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(unix)]
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match term {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = term => {}
+                () = int => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
+    }
 }
 
 /// Adds a header to a map unless present (used for `Date` on HTTP/3).
