@@ -54,6 +54,15 @@ impl ConfigError {
             _ => None,
         }
     }
+
+    /// The 1-based line at fault, when the error has one.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Syntax { line, .. } => Some(*line),
+            ConfigError::Invalid { line, .. } => *line,
+            ConfigError::Read { .. } => None,
+        }
+    }
 }
 
 /// A byte size in the file: an integer, or a string with a unit (`"256MiB"`, `"10GB"`).
@@ -267,20 +276,29 @@ impl Config {
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: Option<&str>) -> Result<Config, ConfigError> {
         let parsed: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(1);
-            ConfigError::Syntax {
-                file: file.map(str::to_owned),
-                line,
-                message: e.message().to_owned(),
+            let file = file.map(str::to_owned);
+            let message = e.message().to_owned();
+            let Some(span) = e.span() else {
+                return ConfigError::Syntax {
+                    file,
+                    line: 1,
+                    message,
+                };
+            };
+            let line = line_at(text, span.start);
+            // A value of the wrong type or an unknown key: name the key the span falls in.
+            match key_at(text, span.start) {
+                Some(key) => ConfigError::Invalid {
+                    file,
+                    key,
+                    line: Some(line),
+                    message,
+                },
+                None => ConfigError::Syntax {
+                    file,
+                    line,
+                    message,
+                },
             }
         })?;
         Config::from_file(&parsed, Some(text), file)
@@ -572,24 +590,59 @@ fn valid_site(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
-/// The 1-based line where dotted `key` (`section.name`) is set in `text`, if found.
+/// The 1-based line where dotted `key` (`section.name`) is set in `text`, if it is: from the
+/// span toml's parser gives the key, so dotted keys and inline tables are found too.
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
-    let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if let Some(rest) = t.strip_prefix('[') {
-            current = rest.trim_end_matches(']').trim().to_owned();
-            continue;
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut segments = key.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (k, v) = table.get_key_value(segment)?;
+        if segments.peek().is_none() {
+            return Some(line_at(text, k.span().start));
         }
-        if current == section
-            && let Some((k, _)) = t.split_once('=')
-            && k.trim() == name
-        {
-            return Some(i + 1);
-        }
+        table = v.get_ref().as_table()?;
     }
     None
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key whose key or value span holds byte `offset`: the innermost one.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    fn walk(table: &toml::de::DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
+        for (k, v) in table.iter() {
+            let inside = |s: std::ops::Range<usize>| s.contains(&offset);
+            let nested = v.get_ref().as_table();
+            if inside(k.span()) || inside(v.span()) {
+                path.push(k.get_ref().to_string());
+                if let Some(t) = nested {
+                    walk(t, offset, path);
+                }
+                return true;
+            }
+            // A `[section]` table's own span is its header; its keys lie after it.
+            if let Some(t) = nested {
+                path.push(k.get_ref().to_string());
+                if walk(t, offset, path) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    walk(doc.get_ref(), offset, &mut path).then(|| path.join("."))
 }
 
 #[cfg(test)]
@@ -650,6 +703,42 @@ mod tests {
 
         let e = Config::parse("[server]\ndefault_site = \"Bad Site\"\n", None).unwrap_err();
         assert_eq!(e.key(), Some("server.default_site"));
+
+        // A value of the wrong type in a nested table: the key and its line, from the span.
+        let e = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n[origin]\nconcurrency = 8\nqueue = \"lots\"\n",
+            Some("edge.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("origin.queue"), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("edge.toml: line 6: `origin.queue`: invalid type"),
+            "{msg}"
+        );
+        // The same written as a dotted key and as an inline table, which no line search of
+        // `[section]` headers would find.
+        let e = Config::parse("\norigin.queue = true\n", None).unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("origin.queue"), Some(2)), "{e}");
+        let e = Config::parse("cache = { dir = \"d\",\n  tree_size = [1] }\n", None).unwrap_err();
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("cache.tree_size"), Some(2)),
+            "{e}"
+        );
+
+        // An unknown key, nested: named with its section, on its own line.
+        let e = Config::parse("[tls]\nlisten = \"127.0.0.1:0\"\n\nhsts = 1\n", None).unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("tls.hsts"), Some(4)), "{e}");
+        assert!(e.to_string().contains("unknown field `hsts`"), "{e}");
+
+        // A validation error after parsing finds its line from the spans too.
+        let e = Config::parse("log.level = \"\"\n[cache]\n", None).unwrap_err();
+        assert_eq!((e.key(), e.line()), (Some("log.level"), Some(1)), "{e}");
+
+        // Broken syntax has no key, only a line.
+        let e = Config::parse("[cache]\n\nmemory_size = = 1\n", None).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { line: 3, .. }), "{e:?}");
 
         for bad in ["2s", "0", "1us"] {
             let text = format!("[server]\nyield_after = \"{bad}\"\n");

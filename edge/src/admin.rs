@@ -3,7 +3,7 @@
 //!
 //! | endpoint | token | what |
 //! | --- | --- | --- |
-//! | `GET /metrics` | no | Prometheus text |
+//! | `GET /metrics` | no | Prometheus text (0.0.4); OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | no | 200 while the process runs |
 //! | `GET /readyz` | no | 200 once pointers are loaded and listeners are up, else 503 |
 //! | `GET /status` | no | JSON; `GET /status.html` (or `Accept: text/html`) a small HTML page |
@@ -11,7 +11,7 @@
 //! | `POST /sites/{site}/purge` | yes | drop the site's pointer and cached tree nodes |
 
 use std::convert::Infallible;
-use std::fmt::Write;
+use std::fmt::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
@@ -26,12 +26,18 @@ use origin_client::resilience::{Face, ResilientStore};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+
 use crate::http::Handler;
-use crate::metrics::{counter, gauge};
+use crate::metrics::{Format, counter, counter_family, gauge, gauge_family};
 
 pub struct Admin {
     handler: Arc<Handler>,
     origin: Option<Arc<ResilientStore>>,
+    /// What `/metrics` shows: collectors that read the counters at scrape time.
+    registry: Registry,
     /// blake3 of the token: compared in constant time (blake3::Hash's equality is).
     token: Option<blake3::Hash>,
     ready: AtomicBool,
@@ -66,12 +72,21 @@ impl Admin {
         origin: Option<Arc<ResilientStore>>,
         token: Option<&str>,
     ) -> Arc<Admin> {
+        let started = Instant::now();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(handler.metrics().clone()));
+        registry.register_collector(Box::new(NodeStats {
+            handler: handler.clone(),
+            origin: origin.clone(),
+            started,
+        }));
         Arc::new(Admin {
             handler,
             origin,
+            registry,
             token: token.map(|t| blake3::hash(t.as_bytes())),
             ready: AtomicBool::new(false),
-            started: Instant::now(),
+            started,
         })
     }
 
@@ -97,11 +112,21 @@ impl Admin {
         let path = req.uri().path().to_owned();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method(), segs.as_slice()) {
-            (&Method::GET, ["metrics"]) => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics_text(),
-            ),
+            (&Method::GET, ["metrics"]) => {
+                let accept = req.headers().get(header::ACCEPT);
+                let format = Format::from_accept(accept.and_then(|v| v.to_str().ok()));
+                match self.metrics_text(format) {
+                    Ok(text) => reply(StatusCode::OK, format.content_type(), text),
+                    Err(fmt::Error) => {
+                        tracing::error!("metrics encoding failed");
+                        reply(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "text/plain",
+                            "metrics encoding failed\n",
+                        )
+                    }
+                }
+            }
             (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::GET, ["readyz"]) => {
                 if self.ready.load(Relaxed) {
@@ -189,127 +214,14 @@ impl Admin {
         }
     }
 
-    fn metrics_text(&self) -> String {
+    /// The exposition in `format`, from the registry.
+    pub fn metrics_text(&self, format: Format) -> Result<String, fmt::Error> {
         let mut out = String::with_capacity(8192);
-        let h = &self.handler;
-        h.metrics().render(&mut out);
-        let t = h.tiers();
-        let ts = &t.stats;
-        out.push_str("# HELP edge_tier_hits_total Blob lookups answered by each tier (origin: fetched).\n# TYPE edge_tier_hits_total counter\n");
-        let _ = writeln!(
-            out,
-            "edge_tier_hits_total{{tier=\"memory\"}} {}",
-            ts.memory_hits.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "edge_tier_hits_total{{tier=\"disk\"}} {}",
-            ts.disk_hits.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "edge_tier_hits_total{{tier=\"origin\"}} {}",
-            ts.origin_fetches.load(Relaxed)
-        );
-        counter(
-            &mut out,
-            "edge_verify_failures_total",
-            "Objects that failed their hash or size check.",
-            ts.verify_failures.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "edge_size_mismatches_total",
-            "Cached blobs not served for a tree entry that declares another size for their hash.",
-            ts.size_mismatches.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "edge_site_shed_total",
-            "Origin fetches refused because a site's bulkhead was full.",
-            ts.site_shed.load(Relaxed),
-        );
-        out.push_str(
-            "# HELP edge_tier_bytes Bytes held by each tier.\n# TYPE edge_tier_bytes gauge\n",
-        );
-        let _ = writeln!(
-            out,
-            "edge_tier_bytes{{tier=\"memory\"}} {}",
-            t.memory_bytes()
-        );
-        let _ = writeln!(
-            out,
-            "edge_tier_bytes{{tier=\"tree\"}} {}",
-            h.trees().bytes()
-        );
-        if let Some(d) = t.disk() {
-            let _ = writeln!(out, "edge_tier_bytes{{tier=\"disk\"}} {}", d.bytes());
-            gauge(
-                &mut out,
-                "edge_disk_capacity_bytes",
-                "Byte bound of the disk tier.",
-                d.capacity() as f64,
-            );
-            counter(
-                &mut out,
-                "edge_disk_evictions_total",
-                "Objects evicted from the disk tier.",
-                d.evictions(),
-            );
-        }
-        let rs = &h.pointers().stats;
-        counter(
-            &mut out,
-            "edge_pointer_rejected_total",
-            "Alarm: pointers refused (root not fetchable or verifiable, or vanished at the origin).",
-            rs.pointers_rejected.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "edge_pointer_refresh_failures_total",
-            "Pointer refreshes that failed (the cached pointer was kept).",
-            rs.refresh_failures.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "edge_sites",
-            "Sites with a cached deploy.",
-            h.pointers().deploys().len() as f64,
-        );
-        if let Some(o) = &self.origin {
-            out.push_str("# HELP edge_origin_requests_total Origin requests by face and outcome.\n# TYPE edge_origin_requests_total counter\n");
-            out.push_str("# HELP edge_origin_breaker_state Breaker state per face: 0 closed, 1 half-open, 2 open.\n# TYPE edge_origin_breaker_state gauge\n");
-            for face in [Face::Meta, Face::Objects] {
-                let s = o.stats(face);
-                let f = face.as_str();
-                for (outcome, v) in [
-                    ("success", s.successes.load(Relaxed)),
-                    ("failure", s.failures.load(Relaxed)),
-                    ("retry", s.retries.load(Relaxed)),
-                    ("timeout", s.timeouts.load(Relaxed)),
-                    ("rejected_open", s.rejected_open.load(Relaxed)),
-                    ("shed", o.limit(face).shed_count()),
-                ] {
-                    let _ = writeln!(
-                        out,
-                        "edge_origin_requests_total{{face=\"{f}\",outcome=\"{outcome}\"}} {v}"
-                    );
-                }
-                let state = match o.breaker_state(face) {
-                    origin_client::resilience::BreakerState::Closed => 0,
-                    origin_client::resilience::BreakerState::HalfOpen => 1,
-                    origin_client::resilience::BreakerState::Open => 2,
-                };
-                let _ = writeln!(out, "edge_origin_breaker_state{{face=\"{f}\"}} {state}");
-            }
-        }
-        gauge(
-            &mut out,
-            "edge_uptime_seconds",
-            "Seconds since start.",
-            self.started.elapsed().as_secs_f64(),
-        );
-        out
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => crate::metrics::to_prometheus_text(&out),
+        })
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -366,6 +278,146 @@ impl Admin {
             },
             "breakers": breakers,
         })
+    }
+}
+
+/// The node's figures that live outside [`crate::metrics::Metrics`] (tiers, resolver, disk,
+/// origin faces), read at scrape time. Each family is written whole before the next starts.
+struct NodeStats {
+    handler: Arc<Handler>,
+    origin: Option<Arc<ResilientStore>>,
+    started: Instant,
+}
+
+impl fmt::Debug for NodeStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeStats").finish_non_exhaustive()
+    }
+}
+
+impl Collector for NodeStats {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let h = &self.handler;
+        let t = h.tiers();
+        let ts = &t.stats;
+        counter_family(
+            &mut enc,
+            "edge_tier_hits_total",
+            "Blob lookups answered by each tier (origin: fetched).",
+            [
+                ("memory", ts.memory_hits.load(Relaxed)),
+                ("disk", ts.disk_hits.load(Relaxed)),
+                ("origin", ts.origin_fetches.load(Relaxed)),
+            ]
+            .map(|(tier, v)| ([("tier", tier)], v)),
+        )?;
+        counter(
+            &mut enc,
+            "edge_verify_failures_total",
+            "Objects that failed their hash or size check.",
+            ts.verify_failures.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "edge_size_mismatches_total",
+            "Cached blobs not served for a tree entry that declares another size for their hash.",
+            ts.size_mismatches.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "edge_site_shed_total",
+            "Origin fetches refused because a site's bulkhead was full.",
+            ts.site_shed.load(Relaxed),
+        )?;
+        let disk = t.disk();
+        let mut bytes = vec![
+            ("memory", t.memory_bytes() as f64),
+            ("tree", h.trees().bytes() as f64),
+        ];
+        if let Some(d) = disk {
+            bytes.push(("disk", d.bytes() as f64));
+        }
+        gauge_family(
+            &mut enc,
+            "edge_tier_bytes",
+            "Bytes held by each tier.",
+            bytes.into_iter().map(|(tier, v)| ([("tier", tier)], v)),
+        )?;
+        if let Some(d) = disk {
+            gauge(
+                &mut enc,
+                "edge_disk_capacity_bytes",
+                "Byte bound of the disk tier.",
+                d.capacity() as f64,
+            )?;
+            counter(
+                &mut enc,
+                "edge_disk_evictions_total",
+                "Objects evicted from the disk tier.",
+                d.evictions(),
+            )?;
+        }
+        let rs = &h.pointers().stats;
+        counter(
+            &mut enc,
+            "edge_pointer_rejected_total",
+            "Alarm: pointers refused (root not fetchable or verifiable, or vanished at the origin).",
+            rs.pointers_rejected.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "edge_pointer_refresh_failures_total",
+            "Pointer refreshes that failed (the cached pointer was kept).",
+            rs.refresh_failures.load(Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "edge_sites",
+            "Sites with a cached deploy.",
+            h.pointers().deploys().len() as f64,
+        )?;
+        if let Some(o) = &self.origin {
+            const FACES: [Face; 2] = [Face::Meta, Face::Objects];
+            // Both faces of one family, then both of the next: a family is one group.
+            let outcomes = FACES.into_iter().flat_map(|face| {
+                let s = o.stats(face);
+                [
+                    ("success", s.successes.load(Relaxed)),
+                    ("failure", s.failures.load(Relaxed)),
+                    ("retry", s.retries.load(Relaxed)),
+                    ("timeout", s.timeouts.load(Relaxed)),
+                    ("rejected_open", s.rejected_open.load(Relaxed)),
+                    ("shed", o.limit(face).shed_count()),
+                ]
+                .map(|(outcome, v)| ([("face", face.as_str()), ("outcome", outcome)], v))
+            });
+            counter_family(
+                &mut enc,
+                "edge_origin_requests_total",
+                "Origin requests by face and outcome.",
+                outcomes,
+            )?;
+            let states = FACES.map(|face| {
+                let state = match o.breaker_state(face) {
+                    origin_client::resilience::BreakerState::Closed => 0.0,
+                    origin_client::resilience::BreakerState::HalfOpen => 1.0,
+                    origin_client::resilience::BreakerState::Open => 2.0,
+                };
+                ([("face", face.as_str())], state)
+            });
+            gauge_family(
+                &mut enc,
+                "edge_origin_breaker_state",
+                "Breaker state per face: 0 closed, 1 half-open, 2 open.",
+                states,
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "edge_uptime_seconds",
+            "Seconds since start.",
+            self.started.elapsed().as_secs_f64(),
+        )
     }
 }
 
@@ -464,5 +516,155 @@ pub async fn run(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Future
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Routes;
+    use crate::http::{HttpConfig, RequestHead};
+    use crate::metrics::exposition_problems;
+    use crate::pointers::{Pointers, PointersConfig};
+    use crate::tiers::{DiskTier, TierConfig, Tiers};
+    use crate::trees::Trees;
+    use origin_client::publish::{PublishOptions, publish};
+    use origin_client::resilience::ResilienceConfig;
+    use origin_client::store::MemoryStore;
+    use std::time::Duration;
+
+    /// A whole node's handler over a published site, with a disk tier and both origin faces,
+    /// so every family the admin listener writes is there.
+    async fn admin() -> (Arc<Admin>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("index.html"), "<h1>home</h1>").unwrap();
+        let store = MemoryStore::new();
+        publish(&store, &site, "main", &PublishOptions::default())
+            .await
+            .unwrap();
+        let origin = Arc::new(ResilientStore::new(
+            Arc::new(store),
+            ResilienceConfig::default(),
+        ));
+        let disk = Arc::new(DiskTier::open(&dir.path().join("cache"), 64 << 20).unwrap());
+        let trees = Trees::new(origin.clone(), 1 << 20, Some(disk.clone()));
+        let pointers = Pointers::new(
+            origin.clone(),
+            trees.clone(),
+            PointersConfig {
+                refresh_interval: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(60),
+                default_site: Some("main".into()),
+                max_pointers: 1000,
+                state_file: None,
+                stale_after: Duration::from_secs(60),
+            },
+        );
+        let tiers = Tiers::new(
+            origin.clone(),
+            &TierConfig {
+                memory_bytes: 8 << 20,
+                memory_max_object: 1 << 20,
+                site_concurrency: 4,
+                site_queue: 16,
+            },
+            Some(disk),
+        );
+        let handler = Arc::new(Handler::new(
+            pointers,
+            Routes::new(trees, 1 << 20),
+            tiers,
+            HttpConfig {
+                cache_control_html: header::HeaderValue::from_static("no-cache"),
+                cache_control_other: header::HeaderValue::from_static("max-age=60"),
+            },
+        ));
+        (Admin::new(handler, Some(origin), None), dir)
+    }
+
+    async fn get(admin: &Admin, path: &str) -> u16 {
+        let uri: http::Uri = path.parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::HOST, header::HeaderValue::from_static("localhost"));
+        let resp = admin
+            .handler
+            .serve(RequestHead {
+                method: &Method::GET,
+                uri: &uri,
+                version: http::Version::HTTP_11,
+                headers: &headers,
+            })
+            .await;
+        resp.status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn every_family_is_one_group_with_its_help_and_type_first() {
+        let (admin, _dir) = admin().await;
+        assert_eq!(get(&admin, "/").await, 200);
+        assert_eq!(get(&admin, "/").await, 200);
+        assert_eq!(get(&admin, "/missing").await, 404);
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = admin.metrics_text(format).unwrap();
+            assert_eq!(
+                exposition_problems(&text, format),
+                Vec::<String>::new(),
+                "{format:?}:\n{text}"
+            );
+            // The families that once interleaved per face: each whole, in one run of lines.
+            for (family, n) in [
+                ("edge_origin_requests_total{", 12),
+                ("edge_origin_breaker_state{", 2),
+                ("edge_tier_bytes{", 3),
+                ("edge_tier_hits_total{", 3),
+                ("edge_requests_total{", 15),
+            ] {
+                let lines: Vec<usize> = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.starts_with(family))
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(lines.len(), n, "{family} in\n{text}");
+                assert_eq!(lines[n - 1] - lines[0], n - 1, "{family} split in\n{text}");
+            }
+        }
+        let classic = admin.metrics_text(Format::Prometheus).unwrap();
+        for (name, kind) in [
+            ("edge_requests_total", "counter"),
+            ("edge_request_duration_seconds", "histogram"),
+            ("edge_stale_serves_total", "counter"),
+            ("edge_access_log_dropped_total", "counter"),
+            ("edge_worker_yields_total", "counter"),
+            ("edge_tier_hits_total", "counter"),
+            ("edge_verify_failures_total", "counter"),
+            ("edge_size_mismatches_total", "counter"),
+            ("edge_site_shed_total", "counter"),
+            ("edge_tier_bytes", "gauge"),
+            ("edge_disk_capacity_bytes", "gauge"),
+            ("edge_disk_evictions_total", "counter"),
+            ("edge_pointer_rejected_total", "counter"),
+            ("edge_pointer_refresh_failures_total", "counter"),
+            ("edge_sites", "gauge"),
+            ("edge_origin_requests_total", "counter"),
+            ("edge_origin_breaker_state", "gauge"),
+            ("edge_uptime_seconds", "gauge"),
+        ] {
+            assert_eq!(
+                classic.matches(&format!("# TYPE {name} {kind}\n")).count(),
+                1,
+                "{name} {kind} in\n{classic}"
+            );
+        }
+        assert!(
+            classic.contains("edge_requests_total{protocol=\"http1\",class=\"2xx\"} 2\n"),
+            "{classic}"
+        );
+        assert!(classic.contains("edge_requests_total{protocol=\"http1\",class=\"4xx\"} 1\n"));
+        assert!(classic.contains("edge_request_duration_seconds_count 3\n"));
+        assert!(classic.contains("edge_origin_breaker_state{face=\"objects\"} 0"));
+        assert!(classic.contains("edge_sites 1"), "{classic}");
     }
 }

@@ -1,11 +1,23 @@
-//! Request counters and the latency histogram: lock-free atomics on the request path,
-//! rendered as Prometheus text by the admin listener.
+//! Request counters and the latency histogram: lock-free atomics on the request path, read at
+//! scrape time by `prometheus-client` collectors (the admin listener's `Registry`).
+//!
+//! prometheus-client writes OpenMetrics text; [`to_prometheus_text`] turns it into the classic
+//! Prometheus text format (0.0.4) for scrapers that do not ask for OpenMetrics (`promtool
+//! check metrics`, curl). [`exposition_problems`] checks either against the rules a parser
+//! relies on: each family one group, HELP and TYPE once and first, sample names that fit the
+//! type.
 
-use std::fmt::Write;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::Version;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Upper bounds of the latency buckets, seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -51,20 +63,25 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
-    /// Appends the histogram in Prometheus text format.
-    pub fn render(&self, out: &mut String, name: &str) {
-        let mut cumulative = 0;
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.inf.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    /// Writes the histogram as family `name`: the per-bucket counts (prometheus-client makes
+    /// them cumulative), `+Inf` last; the count is the sum of the buckets, so it always
+    /// equals the `+Inf` bucket even while observations land.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>, name: &str, help: &str) -> fmt::Result {
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&b, n)| (b, n.load(Relaxed)))
+            .collect();
+        buckets.push((f64::INFINITY, self.inf.load(Relaxed)));
+        let count = buckets.iter().map(|(_, n)| n).sum();
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        enc.encode_descriptor(name, help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
+
+/// Status classes, as labelled.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Counters of the serving path.
 #[derive(Debug, Default)]
@@ -104,87 +121,463 @@ impl Metrics {
             .map(|c| c.load(Relaxed))
             .sum()
     }
+}
 
-    pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP edge_requests_total Responses sent, by protocol and status class.\n");
-        out.push_str("# TYPE edge_requests_total counter\n");
-        for (p, proto) in PROTOCOLS.iter().enumerate() {
-            for class in 0..5 {
-                let _ = writeln!(
-                    out,
-                    "edge_requests_total{{protocol=\"{proto}\",class=\"{}xx\"}} {}",
-                    class + 1,
-                    self.requests(p, class)
-                );
-            }
-        }
-        out.push_str("# HELP edge_request_duration_seconds Time to the response head.\n");
-        out.push_str("# TYPE edge_request_duration_seconds histogram\n");
-        self.latency.render(out, "edge_request_duration_seconds");
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let requests = PROTOCOLS.iter().enumerate().flat_map(|(p, &proto)| {
+            CLASSES
+                .iter()
+                .enumerate()
+                .map(move |(c, &class)| ([("protocol", proto), ("class", class)], (p, c)))
+        });
+        counter_family(
+            &mut enc,
+            "edge_requests_total",
+            "Responses sent, by protocol and status class.",
+            requests.map(|(labels, (p, c))| (labels, self.requests(p, c))),
+        )?;
+        self.latency.encode(
+            &mut enc,
+            "edge_request_duration_seconds",
+            "Time to the response head.",
+        )?;
         counter(
-            out,
+            &mut enc,
             "edge_stale_serves_total",
             "Responses served on a pointer the origin has not confirmed recently.",
             self.stale_serves.load(Relaxed),
-        );
+        )?;
         counter(
-            out,
+            &mut enc,
             "edge_access_log_dropped_total",
             "Access-log lines dropped because the writer fell behind.",
             self.access_log_dropped.load(Relaxed),
-        );
+        )?;
         counter(
-            out,
+            &mut enc,
             "edge_worker_yields_total",
             "Times a serving thread busy for server.yield_after gave its CPU up between requests.",
             crate::sched::yields(),
-        );
+        )
     }
 }
 
-/// Appends one counter with its help and type lines.
-pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-    );
+/// The OpenMetrics family name of counter samples `name` (which must end in `_total`:
+/// prometheus-client appends the suffix to each sample).
+fn counter_family_name(name: &str) -> Result<&str, fmt::Error> {
+    name.strip_suffix("_total").ok_or(fmt::Error)
 }
 
-/// Appends one gauge with its help and type lines.
-pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+/// One unlabelled counter; `name` is the sample name, ending in `_total`.
+pub fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    let family = counter_family_name(name)?;
+    ConstCounter::new(v).encode(enc.encode_descriptor(family, help, None, MetricType::Counter)?)
+}
+
+/// One counter family, every label set in one group; `name` ends in `_total`.
+pub fn counter_family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let family = counter_family_name(name)?;
+    let mut m = enc.encode_descriptor(family, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One unlabelled gauge.
+pub fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64) -> fmt::Result {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One gauge family, every label set in one group.
+pub fn gauge_family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, f64)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The two text formats the admin listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The classic Prometheus text format, 0.0.4: a counter family is named like its
+    /// samples (`x_total`), no `# EOF`.
+    Prometheus,
+    /// OpenMetrics 1.0 text, as prometheus-client writes it: a counter family `x` has
+    /// samples `x_total`; ends with `# EOF`.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it names it (Prometheus
+    /// servers do), else the classic text.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The classic Prometheus text (0.0.4) of an OpenMetrics exposition of counters, gauges and
+/// histograms (what this node writes). The two differ there only in a counter family's name
+/// on its HELP and TYPE lines (OpenMetrics `x`, classic `x_total`, the samples' name, which a
+/// classic parser needs to join the samples to their type), the `# UNIT` lines and `# EOF`.
+/// Samples are unchanged.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 8 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|kind| Some((kind, line.strip_prefix(kind)?)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(kind);
+                    out.push_str(name);
+                    out.push_str("_total ");
+                    out.push_str(tail);
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What is wrong with an exposition in `format`, one line per problem (empty: none). Checks
+/// what parsers rely on and `promtool check metrics` (2.42) does not all check: every family
+/// is one contiguous group; its HELP and TYPE come once each, HELP first, before its
+/// samples; every sample belongs to a family declared before it, with a name that fits the
+/// type (counter `_total`, gauge the family name, histogram `_bucket` with `le`, `_sum`,
+/// `_count`, and a `+Inf` bucket); values are numbers; OpenMetrics ends with `# EOF`.
+pub fn exposition_problems(text: &str, format: Format) -> Vec<String> {
+    #[derive(PartialEq)]
+    enum State {
+        Helped,
+        Typed(String),
+        Closed,
+    }
+    /// Makes `name` the family being written; the one before it is closed for good.
+    fn switch_to(current: &mut Option<String>, families: &mut HashMap<String, State>, name: &str) {
+        if current.as_deref() != Some(name) {
+            if let Some(prev) = current.take() {
+                families.insert(prev, State::Closed);
+            }
+            *current = Some(name.to_owned());
+        }
+    }
+    let mut problems = Vec::new();
+    let mut families: HashMap<String, State> = HashMap::new();
+    let mut current: Option<String> = None;
+    let mut inf_bucket: HashSet<String> = HashSet::new();
+    let mut histograms: Vec<String> = Vec::new();
+    let mut eof = false;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if eof {
+            problems.push(format!("line {n}: text after # EOF"));
+            break;
+        }
+        if line == "# EOF" {
+            if format == Format::Prometheus {
+                problems.push(format!("line {n}: # EOF in classic text"));
+            }
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            if families.contains_key(name) {
+                problems.push(format!("line {n}: second HELP for {name}"));
+            }
+            switch_to(&mut current, &mut families, name);
+            families.insert(name.to_owned(), State::Helped);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (name, kind) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            if families.get(name) != Some(&State::Helped) || current.as_deref() != Some(name) {
+                problems.push(format!(
+                    "line {n}: TYPE for {name} not right after its one HELP"
+                ));
+            }
+            if !["counter", "gauge", "histogram"].contains(&kind) {
+                problems.push(format!("line {n}: unexpected type {kind:?} for {name}"));
+            }
+            let name_total = name.ends_with("_total");
+            match (kind, format) {
+                ("counter", Format::Prometheus) if !name_total => {
+                    problems.push(format!("line {n}: counter {name} does not end in _total"))
+                }
+                ("counter", Format::OpenMetrics) if name_total => problems.push(format!(
+                    "line {n}: OpenMetrics counter family {name} ends in _total"
+                )),
+                ("gauge" | "histogram", _) if name_total => {
+                    problems.push(format!("line {n}: {kind} {name} ends in _total"))
+                }
+                _ => {}
+            }
+            if kind == "histogram" {
+                histograms.push(name.to_owned());
+            }
+            switch_to(&mut current, &mut families, name);
+            families.insert(name.to_owned(), State::Typed(kind.to_owned()));
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let Some((sample, value)) = line.rsplit_once(' ') else {
+            problems.push(format!("line {n}: not a sample: {line}"));
+            continue;
+        };
+        if value.parse::<f64>().is_err() && !["+Inf", "-Inf", "NaN"].contains(&value) {
+            problems.push(format!("line {n}: value {value:?} is not a number"));
+        }
+        let (name, labels) = match sample.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}')),
+            None => (sample, Some("")),
+        };
+        let Some(labels) = labels else {
+            problems.push(format!("line {n}: bad labels in {sample}"));
+            continue;
+        };
+        // The family this sample belongs to, and the suffix its name adds.
+        let family = [
+            (name, ""),
+            (name.strip_suffix("_total").unwrap_or(""), "_total"),
+            (name.strip_suffix("_bucket").unwrap_or(""), "_bucket"),
+            (name.strip_suffix("_sum").unwrap_or(""), "_sum"),
+            (name.strip_suffix("_count").unwrap_or(""), "_count"),
+        ]
+        .into_iter()
+        .find(|(f, _)| !f.is_empty() && families.contains_key(*f));
+        let Some((family, suffix)) = family else {
+            problems.push(format!("line {n}: {name} has no TYPE before it"));
+            continue;
+        };
+        match families.get(family) {
+            Some(State::Typed(kind)) => {
+                let fits = match (kind.as_str(), format) {
+                    ("counter", Format::Prometheus) => suffix.is_empty(),
+                    ("counter", Format::OpenMetrics) => suffix == "_total",
+                    ("gauge", _) => suffix.is_empty(),
+                    ("histogram", _) => ["_bucket", "_sum", "_count"].contains(&suffix),
+                    _ => false,
+                };
+                if !fits {
+                    problems.push(format!(
+                        "line {n}: sample {name} does not fit {kind} {family}"
+                    ));
+                }
+                if suffix == "_bucket" {
+                    if !labels.split(',').any(|l| l.starts_with("le=\"")) {
+                        problems.push(format!("line {n}: bucket without le: {sample}"));
+                    }
+                    if labels.contains("le=\"+Inf\"") {
+                        inf_bucket.insert(family.to_owned());
+                    }
+                }
+            }
+            Some(State::Closed) => {
+                problems.push(format!(
+                    "line {n}: {family} continues after another family: split into two groups"
+                ));
+            }
+            _ => problems.push(format!("line {n}: {family} has a sample before its TYPE")),
+        }
+        if current.as_deref() != Some(family) {
+            problems.push(format!(
+                "line {n}: {family} sample inside another family's group"
+            ));
+        }
+    }
+    for h in histograms {
+        if !inf_bucket.contains(&h) {
+            problems.push(format!("histogram {h} has no +Inf bucket"));
+        }
+    }
+    if format == Format::OpenMetrics && !eof {
+        problems.push("OpenMetrics text without # EOF".to_owned());
+    }
+    problems
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::registry::Registry;
+    use std::sync::Arc;
+
+    fn render(c: impl Collector, format: Format) -> String {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(c));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => to_prometheus_text(&out),
+        }
+    }
 
     #[test]
     fn histogram_is_cumulative_and_counts_everything() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(50));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(30));
-        let mut out = String::new();
-        h.render(&mut out, "x");
-        assert!(out.contains("x_bucket{le=\"0.0001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_count 3\n"), "{out}");
+        let m = Arc::new(Metrics::default());
+        m.latency.observe(Duration::from_micros(50));
+        m.latency.observe(Duration::from_millis(3));
+        m.latency.observe(Duration::from_secs(30));
+        let out = render(m.clone(), Format::Prometheus);
+        let x = "edge_request_duration_seconds";
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"0.0001\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"0.005\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"10.0\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"+Inf\"}} 3\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{x}_count 3\n")), "{out}");
+        let sum: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{x}_sum ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sum in {out}"));
+        assert!((sum - 30.00305).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            out.matches(&format!("{x}_bucket")).count(),
+            LATENCY_BUCKETS.len() + 1
+        );
+        assert_eq!(m.latency.count(), 3);
     }
 
     #[test]
     fn requests_by_protocol_and_class() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         m.record(Version::HTTP_11, 200, Duration::from_millis(1));
         m.record(Version::HTTP_2, 404, Duration::from_millis(1));
         m.record(Version::HTTP_2, 503, Duration::from_millis(1));
-        let mut out = String::new();
-        m.render(&mut out);
-        assert!(out.contains("edge_requests_total{protocol=\"http1\",class=\"2xx\"} 1"));
-        assert!(out.contains("edge_requests_total{protocol=\"http2\",class=\"4xx\"} 1"));
-        assert!(out.contains("edge_requests_total{protocol=\"http2\",class=\"5xx\"} 1"));
+        m.stale_serves.fetch_add(2, Relaxed);
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let out = render(m.clone(), format);
+            assert!(out.contains("edge_requests_total{protocol=\"http1\",class=\"2xx\"} 1\n"));
+            assert!(out.contains("edge_requests_total{protocol=\"http2\",class=\"4xx\"} 1\n"));
+            assert!(out.contains("edge_requests_total{protocol=\"http2\",class=\"5xx\"} 1\n"));
+            assert!(out.contains("edge_requests_total{protocol=\"http3\",class=\"1xx\"} 0\n"));
+            assert!(out.contains("edge_stale_serves_total 2\n"), "{out}");
+            assert_eq!(
+                exposition_problems(&out, format),
+                Vec::<String>::new(),
+                "{out}"
+            );
+        }
         assert_eq!(m.total_requests(), 3);
+    }
+
+    #[test]
+    fn classic_text_names_counter_families_by_their_samples() {
+        let m = Arc::new(Metrics::default());
+        let om = render(m.clone(), Format::OpenMetrics);
+        assert!(om.contains("# TYPE edge_requests counter\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let classic = to_prometheus_text(&om);
+        assert!(
+            classic.contains("# HELP edge_requests_total Responses sent"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE edge_requests_total counter\n"),
+            "{classic}"
+        );
+        assert!(classic.contains("# TYPE edge_request_duration_seconds histogram\n"));
+        assert!(!classic.contains("# EOF"), "{classic}");
+        // Samples are untouched: the same lines, less the metadata.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&classic));
+        // Each format read as the other is refused.
+        assert!(!exposition_problems(&om, Format::Prometheus).is_empty());
+        assert!(!exposition_problems(&classic, Format::OpenMetrics).is_empty());
+    }
+
+    #[test]
+    fn the_checker_finds_split_families_and_misnamed_samples() {
+        let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{f=\"x\"} 1\na_total{f=\"y\"} 1\n# HELP b B.\n# TYPE b gauge\nb{f=\"x\"} 0\nb{f=\"y\"} 2\n";
+        assert_eq!(
+            exposition_problems(good, Format::Prometheus),
+            Vec::<String>::new()
+        );
+        // Two families whose samples interleave per label (what admin.rs once wrote).
+        let interleaved = "# HELP a_total A.\n# TYPE a_total counter\n# HELP b B.\n# TYPE b gauge\na_total{f=\"x\"} 1\nb{f=\"x\"} 0\na_total{f=\"y\"} 1\nb{f=\"y\"} 2\n";
+        let p = exposition_problems(interleaved, Format::Prometheus);
+        assert!(
+            p.iter().any(|p| p.contains("split into two groups")),
+            "{p:?}"
+        );
+        let bad = [
+            // HELP twice
+            "# HELP a A.\n# TYPE a gauge\na 1\n# HELP a A.\n",
+            // a sample with no TYPE
+            "z 1\n",
+            // counter not ending in _total
+            "# HELP a A.\n# TYPE a counter\na 1\n",
+            // gauge sample with a counter suffix
+            "# HELP a A.\n# TYPE a gauge\na_total 1\n",
+            // histogram without +Inf, bucket without le
+            "# HELP h H.\n# TYPE h histogram\nh_bucket 1\nh_sum 1\nh_count 1\n",
+            // TYPE without HELP
+            "# TYPE a gauge\na 1\n",
+            // not a number
+            "# HELP a A.\n# TYPE a gauge\na one\n",
+        ];
+        for text in bad {
+            assert!(
+                !exposition_problems(text, Format::Prometheus).is_empty(),
+                "{text}"
+            );
+        }
     }
 }
