@@ -142,7 +142,10 @@ impl Drop for Attempt<'_> {
 fn retryable(e: &StoreError) -> bool {
     match e {
         StoreError::Status { status, .. } => *status >= 500,
-        StoreError::Io { .. } | StoreError::Http { .. } | StoreError::Timeout { .. } => true,
+        StoreError::Io { .. }
+        | StoreError::Http { .. }
+        | StoreError::Timeout { .. }
+        | StoreError::Truncated { .. } => true,
         _ => false,
     }
 }
@@ -238,7 +241,7 @@ impl ResilientStore {
                     f.stats.timeouts.fetch_add(1, Relaxed);
                     Err(StoreError::Timeout {
                         url: format!("{} {what}", self.inner.location()),
-                        after: deadline,
+                        after: Some(deadline),
                     })
                 }
             };
