@@ -211,13 +211,7 @@ impl Store for HttpStore {
         // A transport error mid-body carries its StoreError (see `StoreError::from_body`); a
         // body cut short of its Content-Length is an unexpected end.
         let stream = resp.into_body().into_data_stream().map_err(move |e| {
-            let kind = if e.is_incomplete_message() {
-                std::io::ErrorKind::UnexpectedEof
-            } else if e.is_timeout() {
-                std::io::ErrorKind::TimedOut
-            } else {
-                std::io::ErrorKind::Other
-            };
+            let kind = body_error_kind(&e);
             StoreError::Http {
                 url: url.clone(),
                 source: Box::new(e),
@@ -314,6 +308,26 @@ impl Store for HttpStore {
             .await?;
         sort_deploys(&mut out);
         Ok(out)
+    }
+}
+
+/// The I/O kind of a body error: the kind of the I/O error behind it (hyper reports a body
+/// cut short of its Content-Length as an `UnexpectedEof` inside), else from hyper's own
+/// classification.
+fn body_error_kind(e: &hyper::Error) -> std::io::ErrorKind {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind();
+        }
+        cause = c.source();
+    }
+    if e.is_incomplete_message() {
+        std::io::ErrorKind::UnexpectedEof
+    } else if e.is_timeout() {
+        std::io::ErrorKind::TimedOut
+    } else {
+        std::io::ErrorKind::Other
     }
 }
 
