@@ -250,8 +250,17 @@ async fn hang_holds_until_the_client_gives_up() {
 
     // Shutdown ends a hang at once instead of waiting out its 10 minutes.
     let addr = origin.addr();
+    let before = origin.counts().path("sites/docs/current");
     let pending = tokio::spawn(async move { raw(addr, "GET", "/sites/docs/current").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down once the request has reached the origin (it is counted as it arrives).
+    let reached = Instant::now();
+    while origin.counts().path("sites/docs/current") == before {
+        assert!(
+            reached.elapsed() < 5 * SECOND,
+            "the request never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let t = Instant::now();
     origin.shutdown().await;
     assert!(t.elapsed() < 3 * SECOND, "shutdown took {:?}", t.elapsed());

@@ -275,3 +275,55 @@ async fn http_store_refuses_writes() {
     assert_eq!(local.get_current(SITE).await.unwrap().unwrap().seq, 2);
     assert!(!dir.path().join("sites/docs/deploys/another").exists());
 }
+
+/// A body cut short of its Content-Length: the stream's error is an unexpected end that
+/// carries the store's error (`StoreError::Http` naming the URL), and `from_body` takes it
+/// out again.
+#[tokio::test]
+async fn http_store_body_errors_carry_their_store_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed before sending its request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        // Closing here cuts the body 90 bytes short.
+    });
+    let store = HttpStore::new(&format!("http://{addr}/"), HttpStoreOptions::default()).unwrap();
+    let hash = Hash::of(b"anything");
+    let mut body = store.open_object(&hash).await.unwrap().unwrap();
+    assert_eq!(body.len, Some(100));
+    let mut got = Vec::new();
+    let err = loop {
+        use futures_util::StreamExt;
+        match body.stream.next().await {
+            Some(Ok(chunk)) => got.extend_from_slice(&chunk),
+            Some(Err(e)) => break e,
+            None => panic!("the body ended cleanly after {} bytes", got.len()),
+        }
+    };
+    server.await.unwrap();
+    assert_eq!(got, b"0123456789");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err:?}");
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<StoreError>())
+        .expect("a StoreError inside the io::Error");
+    assert!(
+        matches!(inner, StoreError::Http { url, .. } if url.ends_with(&format!("objects/{}/{hash}", &hash.to_hex()[..2]))),
+        "{inner:?}"
+    );
+    assert!(matches!(
+        StoreError::from_body(err, "object"),
+        StoreError::Http { .. }
+    ));
+}

@@ -5,6 +5,10 @@
 //! `min_requests` in the window). Open: requests are refused until `open_for` has passed.
 //! Half-open: at most `half_open_probes` requests pass at once; `half_open_probes` successes
 //! close it, any failure opens it again.
+//!
+//! A streamed answer has two reports: its head ([`Breaker::record_head`]: a probe's success,
+//! not yet the request's) and its body ([`Breaker::record_body`]: the request's outcome), so
+//! an origin that answers heads and then stalls bodies opens the breaker too.
 
 use std::time::{Duration, Instant};
 
@@ -150,23 +154,56 @@ impl Breaker {
     pub fn record(&mut self, permit: Permit, success: bool, now: Instant) {
         self.count(success, now);
         if permit.probe {
-            if let Inner::HalfOpen { in_flight, ok } = self.state {
-                if !success {
-                    self.open(now);
-                    return;
-                }
-                let ok = ok + 1;
-                if ok >= self.cfg.half_open_probes {
-                    self.close();
-                } else {
-                    self.state = Inner::HalfOpen {
-                        in_flight: in_flight.saturating_sub(1),
-                        ok,
-                    };
-                }
-            }
-            return;
+            self.probe_outcome(success, now);
+        } else {
+            self.outcome(success, now);
         }
+    }
+
+    /// Reports that the answer to a request sent under `permit` has begun (its head
+    /// arrived) and its body is still to come; report how the body ends with
+    /// [`Breaker::record_body`].
+    ///
+    /// For a half-open probe this is the probe's success: the origin answered. For the
+    /// failure count it is not an outcome yet: the request succeeds when its body completes,
+    /// so an origin that answers every head and then stalls every body still makes a run
+    /// of consecutive failures.
+    pub fn record_head(&mut self, permit: Permit, now: Instant) {
+        if permit.probe {
+            self.probe_outcome(true, now);
+        }
+    }
+
+    /// Reports how a body whose head was reported with [`Breaker::record_head`] ended:
+    /// completed (`true`) or failed (`false`: cut, stalled past its deadline, short). This
+    /// is the request's one outcome. Like an ordinary request's, it moves only a closed
+    /// breaker (a completed body ends a run of failures, a failed one adds to the run and
+    /// to the failure rate); when the breaker is open or half-open it is only counted.
+    pub fn record_body(&mut self, success: bool, now: Instant) {
+        self.count(success, now);
+        self.outcome(success, now);
+    }
+
+    fn probe_outcome(&mut self, success: bool, now: Instant) {
+        if let Inner::HalfOpen { in_flight, ok } = self.state {
+            if !success {
+                self.open(now);
+                return;
+            }
+            let ok = ok + 1;
+            if ok >= self.cfg.half_open_probes {
+                self.close();
+            } else {
+                self.state = Inner::HalfOpen {
+                    in_flight: in_flight.saturating_sub(1),
+                    ok,
+                };
+            }
+        }
+    }
+
+    /// The outcome of an ordinary (not probe) request, already counted in the window.
+    fn outcome(&mut self, success: bool, now: Instant) {
         // An ordinary request that finishes after the breaker changed state only counts.
         if !matches!(self.state, Inner::Closed) {
             return;
@@ -369,5 +406,76 @@ mod tests {
         assert!(b.try_acquire(t1).is_err());
         b.release(p1);
         assert!(b.try_acquire(t1).is_ok());
+    }
+
+    /// Heads that arrive, bodies that fail: three in a row open the breaker, whatever the
+    /// heads said, and each body counts once.
+    #[test]
+    fn failed_bodies_open_it_although_their_heads_arrived() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg());
+        for i in 0..3 {
+            assert_eq!(b.state(t0), BreakerState::Closed, "before body {i}");
+            let p = b.try_acquire(t0).unwrap();
+            b.record_head(p, t0);
+            assert_eq!(b.state(t0), BreakerState::Closed);
+            b.record_body(false, t0);
+        }
+        assert_eq!(b.state(t0), BreakerState::Open);
+        assert_eq!(b.times_opened(), 1);
+    }
+
+    #[test]
+    fn a_completed_body_ends_a_run_of_failures() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg());
+        let body = |b: &mut Breaker, ok: bool| {
+            let p = b.try_acquire(t0).unwrap();
+            b.record_head(p, t0);
+            b.record_body(ok, t0);
+        };
+        body(&mut b, false);
+        body(&mut b, false);
+        body(&mut b, true);
+        body(&mut b, false);
+        body(&mut b, false);
+        assert_eq!(
+            b.state(t0),
+            BreakerState::Closed,
+            "the completed body ended the run"
+        );
+        // A head failure and a body failure are one run.
+        assert!(run(&mut b, false, t0));
+        assert_eq!(b.state(t0), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_probe_head_is_a_probe_success_and_its_body_counts_once_closed() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg());
+        for _ in 0..3 {
+            run(&mut b, false, t0);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        let p1 = b.try_acquire(t1).unwrap();
+        let p2 = b.try_acquire(t1).unwrap();
+        b.record_head(p1, t1);
+        assert_eq!(b.state(t1), BreakerState::HalfOpen);
+        // A body failing while half-open is counted, and does not reopen.
+        b.record_body(false, t1);
+        assert_eq!(b.state(t1), BreakerState::HalfOpen);
+        b.record_head(p2, t1);
+        assert_eq!(
+            b.state(t1),
+            BreakerState::Closed,
+            "two probe heads close it"
+        );
+        // Closed again: bodies failing after the close start a fresh run.
+        b.record_body(false, t1);
+        b.record_body(false, t1);
+        assert_eq!(b.state(t1), BreakerState::Closed);
+        b.record_body(false, t1);
+        assert_eq!(b.state(t1), BreakerState::Open);
+        assert_eq!(b.times_opened(), 2);
     }
 }

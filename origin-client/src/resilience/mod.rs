@@ -3,8 +3,15 @@
 //! idempotent GET), and a concurrency limit with a bounded queue.
 //!
 //! The state machines ([`breaker`], [`retry`]) take time as an argument and do no I/O;
-//! [`ResilientStore`] wires them around any [`Store`].
+//! [`ResilientStore`] wires them around any [`Store`]. It reads the clock from tokio
+//! ([`now`]), so tests on simulated time (`tokio::time::pause`) drive the breaker too.
+//!
+//! An object body is watched until it ends: a body that fails (its deadline passes, the
+//! transfer breaks, it ends short of its announced length) is a failure of the objects face,
+//! counted once; a completed body is the request's success. Bytes that fail their hash are
+//! not (the consumer checks them; the origin answered).
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -49,7 +56,9 @@ pub struct FaceConfig {
     pub retry: RetryConfig,
     /// From sending a request to its answer starting (headers, or a whole small record).
     pub first_byte_timeout: Duration,
-    /// Whole-transfer deadline: `first_byte_timeout + total_base + size / min_rate`.
+    /// Body deadline: `first_byte_timeout + total_base + size / min_rate` of waiting for the
+    /// origin. Only the time the body waits on the origin counts, not the time its consumer
+    /// takes between chunks: a slow client must not make the origin look slow.
     pub total_base: Duration,
     /// Slowest acceptable transfer rate, bytes per second (scales the total deadline).
     pub min_rate: u64,
@@ -99,6 +108,12 @@ struct FaceState {
     stats: FaceStats,
 }
 
+/// The clock the resilient store gives its state machines: tokio's, which follows a paused
+/// (simulated) clock in tests and is the system's monotonic clock otherwise.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each critical section is a few arithmetic updates; a panic cannot leave them torn.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -125,7 +140,14 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     fn finish(mut self, success: bool) {
         if let Some(p) = self.permit.take() {
-            lock(&self.face.breaker).record(p, success, Instant::now());
+            lock(&self.face.breaker).record(p, success, now());
+        }
+    }
+
+    /// The answer's head arrived; its body reports the outcome ([`Body`]).
+    fn finish_head(mut self) {
+        if let Some(p) = self.permit.take() {
+            lock(&self.face.breaker).record_head(p, now());
         }
     }
 }
@@ -142,7 +164,10 @@ impl Drop for Attempt<'_> {
 fn retryable(e: &StoreError) -> bool {
     match e {
         StoreError::Status { status, .. } => *status >= 500,
-        StoreError::Io { .. } | StoreError::Http { .. } | StoreError::Timeout { .. } => true,
+        StoreError::Io { .. }
+        | StoreError::Http { .. }
+        | StoreError::Timeout { .. }
+        | StoreError::Truncated { .. } => true,
         _ => false,
     }
 }
@@ -164,16 +189,20 @@ fn origin_failed<T>(r: &Result<T, StoreError>) -> bool {
 #[derive(Debug)]
 pub struct ResilientStore {
     inner: Arc<dyn Store>,
-    meta: FaceState,
-    objects: FaceState,
+    /// `inner.location()`, for error messages.
+    location: Arc<str>,
+    meta: Arc<FaceState>,
+    /// Shared with the bodies being read, which report how they end.
+    objects: Arc<FaceState>,
 }
 
 impl ResilientStore {
     pub fn new(inner: Arc<dyn Store>, cfg: ResilienceConfig) -> ResilientStore {
         ResilientStore {
+            location: inner.location().into(),
             inner,
-            meta: FaceState::new(cfg.meta),
-            objects: FaceState::new(cfg.objects),
+            meta: Arc::new(FaceState::new(cfg.meta)),
+            objects: Arc::new(FaceState::new(cfg.objects)),
         }
     }
 
@@ -185,7 +214,7 @@ impl ResilientStore {
     }
 
     pub fn breaker_state(&self, face: Face) -> BreakerState {
-        lock(&self.face(face).breaker).state(Instant::now())
+        lock(&self.face(face).breaker).state(now())
     }
 
     pub fn breaker_opened(&self, face: Face) -> u64 {
@@ -212,16 +241,34 @@ impl ResilientStore {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        self.call_with(face, what, deadline, op, |_| false).await
+    }
+
+    /// [`ResilientStore::call`] for answers that may carry a body still to come
+    /// (`streams(&answer)`): the breaker then takes the head as such, and the body reports
+    /// the request's outcome when it ends.
+    async fn call_with<T, F, Fut>(
+        &self,
+        face: Face,
+        what: &str,
+        deadline: Duration,
+        op: F,
+        streams: fn(&T) -> bool,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         use std::sync::atomic::Ordering::Relaxed;
         let f = self.face(face);
         let _slot = f.limit.enter().await.map_err(|_| StoreError::Shed {
             face: face.as_str(),
         })?;
         f.stats.requests.fetch_add(1, Relaxed);
-        lock(&f.budget).deposit(Instant::now());
+        lock(&f.budget).deposit(now());
         let mut attempt = 1u32;
         loop {
-            let permit = lock(&f.breaker).try_acquire(Instant::now()).map_err(|r| {
+            let permit = lock(&f.breaker).try_acquire(now()).map_err(|r| {
                 f.stats.rejected_open.fetch_add(1, Relaxed);
                 StoreError::CircuitOpen {
                     face: face.as_str(),
@@ -237,13 +284,16 @@ impl ResilientStore {
                 Err(_) => {
                     f.stats.timeouts.fetch_add(1, Relaxed);
                     Err(StoreError::Timeout {
-                        url: format!("{} {what}", self.inner.location()),
-                        after: deadline,
+                        url: format!("{} {what}", self.location),
+                        after: Some(deadline),
                     })
                 }
             };
             let failed = origin_failed(&result);
-            guard.finish(!failed);
+            match &result {
+                Ok(v) if streams(v) => guard.finish_head(),
+                _ => guard.finish(!failed),
+            }
             match result {
                 Ok(v) => {
                     f.stats.successes.fetch_add(1, Relaxed);
@@ -251,11 +301,7 @@ impl ResilientStore {
                 }
                 Err(e) => {
                     let max = f.cfg.retry.max_attempts;
-                    if failed
-                        && retryable(&e)
-                        && attempt < max
-                        && lock(&f.budget).withdraw(Instant::now())
-                    {
+                    if failed && retryable(&e) && attempt < max && lock(&f.budget).withdraw(now()) {
                         f.stats.retries.fetch_add(1, Relaxed);
                         let wait = retry::backoff(&f.cfg.retry, attempt, fastrand::f64());
                         tracing::debug!(face = face.as_str(), what, attempt, error = %e, ?wait, "retrying");
@@ -281,31 +327,114 @@ impl ResilientStore {
     }
 }
 
-/// A body stream with a whole-transfer deadline.
-struct Deadline {
+/// An object body from the origin, watched until it ends: a deadline on the time spent
+/// waiting for the origin, a check of the announced length, and the body's outcome reported
+/// once to the objects face (breaker and [`FaceStats`]). A body dropped before its end
+/// (the consumer left) reports nothing.
+struct Body {
     inner: ByteStream,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    face: Arc<FaceState>,
+    /// `<location> object <hash>`, for error messages.
+    what: String,
+    /// The announced length, if any.
+    len: Option<u64>,
+    got: u64,
+    /// How long the body may wait on the origin, in all.
+    budget: Duration,
+    /// Waited so far, in finished waits.
+    waited: Duration,
+    /// When the current wait began: the first poll the origin had nothing for.
+    waiting_since: Option<tokio::time::Instant>,
+    /// Armed for the end of the budget while waiting.
+    sleep: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
-impl Stream for Deadline {
+impl Body {
+    fn new(
+        inner: ByteStream,
+        face: Arc<FaceState>,
+        what: String,
+        len: Option<u64>,
+        budget: Duration,
+    ) -> Body {
+        Body {
+            inner,
+            face,
+            what,
+            len,
+            got: 0,
+            budget,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            sleep: Box::pin(tokio::time::sleep(budget)),
+            done: false,
+        }
+    }
+
+    /// Ends the body and reports its one outcome.
+    fn end(&mut self, success: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.done = true;
+        lock(&self.face.breaker).record_body(success, now());
+        if !success {
+            self.face.stats.failures.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Stream for Body {
     type Item = std::io::Result<Bytes>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Self::Item>> {
-        if self.done {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use std::io::ErrorKind;
+        let this = self.get_mut();
+        if this.done {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(item) = self.inner.poll_next_unpin(cx) {
-            return Poll::Ready(item);
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
+                this.got += chunk.len() as u64;
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The store's own error, typed where it was made (see `StoreError::from_body`).
+                this.end(false);
+                return Poll::Ready(Some(Err(e)));
+            }
+            Poll::Ready(None) => {
+                if let Some(want) = this.len.filter(|&want| this.got < want) {
+                    this.end(false);
+                    let e = StoreError::Truncated {
+                        url: std::mem::take(&mut this.what),
+                        got: this.got,
+                        want,
+                    };
+                    return Poll::Ready(Some(Err(e.into_io(ErrorKind::UnexpectedEof))));
+                }
+                this.end(true);
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
         }
-        if self.sleep.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            return Poll::Ready(Some(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "object transfer exceeded its deadline",
-            ))));
+        let since = *this
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + this.budget.saturating_sub(this.waited);
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            use std::sync::atomic::Ordering::Relaxed;
+            this.face.stats.timeouts.fetch_add(1, Relaxed);
+            this.end(false);
+            let e = StoreError::Timeout {
+                url: std::mem::take(&mut this.what),
+                after: Some(this.budget),
+            };
+            return Poll::Ready(Some(Err(e.into_io(ErrorKind::TimedOut))));
         }
         Poll::Pending
     }
@@ -331,20 +460,20 @@ impl Store for ResilientStore {
     async fn open_object(&self, hash: &Hash) -> Result<Option<ObjectBody>, StoreError> {
         let ttfb = self.objects.cfg.first_byte_timeout;
         let body = self
-            .call(Face::Objects, "object", ttfb, || {
-                self.inner.open_object(hash)
-            })
+            .call_with(
+                Face::Objects,
+                "object",
+                ttfb,
+                || self.inner.open_object(hash),
+                Option::is_some,
+            )
             .await?;
         Ok(body.map(|b| {
-            let total = self.total_deadline(b.len);
+            let budget = self.total_deadline(b.len);
+            let what = format!("{} object {hash}", self.location);
             ObjectBody {
                 len: b.len,
-                stream: Deadline {
-                    inner: b.stream,
-                    sleep: Box::pin(tokio::time::sleep(total)),
-                    done: false,
-                }
-                .boxed(),
+                stream: Body::new(b.stream, self.objects.clone(), what, b.len, budget).boxed(),
             }
         }))
     }
@@ -410,6 +539,9 @@ impl Store for ResilientStore {
 
 #[cfg(test)]
 mod tests {
+    //! On simulated time (`start_paused`): the runtime jumps its clock to the next timer
+    //! whenever every task waits, so open periods, backoffs and deadlines take no real time.
+
     use super::*;
     use crate::store::MemoryStore;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -418,16 +550,21 @@ mod tests {
     struct Flaky {
         store: MemoryStore,
         calls: Arc<AtomicU32>,
+        /// When each read began (simulated time).
+        at: Arc<Mutex<Vec<tokio::time::Instant>>>,
+        fail: Arc<AtomicU32>,
     }
 
     impl Flaky {
         fn new(fail: u32, delay: Duration) -> Flaky {
             let calls = Arc::new(AtomicU32::new(0));
+            let at = Arc::new(Mutex::new(Vec::new()));
             let fail = Arc::new(AtomicU32::new(fail));
-            let c = calls.clone();
+            let (c, a, f) = (calls.clone(), at.clone(), fail.clone());
             let store = MemoryStore::new().with_read_hook(Arc::new(move |_| {
                 c.fetch_add(1, Ordering::SeqCst);
-                let fail = fail.clone();
+                lock(&a).push(tokio::time::Instant::now());
+                let fail = f.clone();
                 Box::pin(async move {
                     tokio::time::sleep(delay).await;
                     match fail
@@ -441,7 +578,16 @@ mod tests {
                     }
                 })
             }));
-            Flaky { store, calls }
+            Flaky {
+                store,
+                calls,
+                at,
+                fail,
+            }
+        }
+
+        fn calls(&self) -> u32 {
+            self.calls.load(Ordering::SeqCst)
         }
     }
 
@@ -465,55 +611,154 @@ mod tests {
         (flaky, store, h)
     }
 
-    #[tokio::test]
+    fn stat(store: &ResilientStore, f: fn(&FaceStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+        f(store.stats(Face::Objects)).load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn retries_transient_errors_within_attempts() {
         let mut cfg = ResilienceConfig::default();
         fast(&mut cfg.objects);
         let (flaky, store, h) = setup(2, cfg).await;
         assert_eq!(store.get_object(&h).await.unwrap().unwrap(), &b"x"[..]);
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
-        assert_eq!(
-            store.stats(Face::Objects).retries.load(Ordering::Relaxed),
-            2
-        );
+        assert_eq!(flaky.calls(), 3);
+        assert_eq!(stat(&store, |s| &s.retries), 2);
         assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
     }
 
-    #[tokio::test]
-    async fn breaker_opens_fails_fast_then_heals() {
+    /// Closed -> open after failures -> refuses with CircuitOpen and the time left ->
+    /// half-open after `open_for` -> a failed probe reopens -> successful probes close it.
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_fails_fast_half_opens_and_closes() {
+        let real = Instant::now();
         let mut cfg = ResilienceConfig::default();
-        fast(&mut cfg.objects);
         cfg.objects.retry.max_attempts = 1;
-        let (flaky, store, h) = setup(3, cfg).await;
-        for _ in 0..3 {
+        cfg.objects.breaker.consecutive_failures = 3;
+        cfg.objects.breaker.open_for = Duration::from_secs(30);
+        cfg.objects.breaker.half_open_probes = 2;
+        let open_for = cfg.objects.breaker.open_for;
+        let (flaky, store, h) = setup(4, cfg).await;
+        for i in 0..3 {
+            assert_eq!(
+                store.breaker_state(Face::Objects),
+                BreakerState::Closed,
+                "{i}"
+            );
             assert!(matches!(
                 store.get_object(&h).await,
                 Err(StoreError::Status { status: 503, .. })
             ));
         }
         assert_eq!(store.breaker_state(Face::Objects), BreakerState::Open);
-        let calls = flaky.calls.load(Ordering::SeqCst);
-        assert!(matches!(
-            store.get_object(&h).await,
+        assert_eq!(store.breaker_opened(Face::Objects), 1);
+        assert_eq!(stat(&store, |s| &s.failures), 3);
+
+        let retry_after = |r: Result<Option<Bytes>, StoreError>| match r {
             Err(StoreError::CircuitOpen {
                 face: "objects",
-                ..
-            })
-        ));
+                retry_after,
+            }) => retry_after,
+            other => panic!("expected CircuitOpen, got {other:?}"),
+        };
+        let calls = flaky.calls();
+        assert_eq!(retry_after(store.get_object(&h).await), open_for);
+        tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(
-            flaky.calls.load(Ordering::SeqCst),
-            calls,
-            "an open breaker sends nothing"
+            retry_after(store.get_object(&h).await),
+            open_for - Duration::from_secs(10)
         );
+        assert_eq!(flaky.calls(), calls, "an open breaker sends nothing");
+        assert_eq!(stat(&store, |s| &s.rejected_open), 2);
         // The meta face is separate.
         assert_eq!(store.breaker_state(Face::Meta), BreakerState::Closed);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+
+        // Half-open once open_for has passed; the origin still fails: the probe reopens it.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::HalfOpen);
+        assert!(matches!(
+            store.get_object(&h).await,
+            Err(StoreError::Status { status: 503, .. })
+        ));
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Open);
+        assert_eq!(store.breaker_opened(Face::Objects), 2);
+        assert_eq!(retry_after(store.get_object(&h).await), open_for);
+
+        // The origin heals: two successful probes close it.
+        assert_eq!(flaky.fail.load(Ordering::SeqCst), 0);
+        tokio::time::advance(open_for).await;
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::HalfOpen);
+        assert_eq!(store.get_object(&h).await.unwrap().unwrap(), &b"x"[..]);
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::HalfOpen);
         assert_eq!(store.get_object(&h).await.unwrap().unwrap(), &b"x"[..]);
         assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
-        assert_eq!(store.breaker_opened(Face::Objects), 1);
+        assert_eq!(store.breaker_opened(Face::Objects), 2);
+        assert!(
+            real.elapsed() < Duration::from_secs(5),
+            "simulated, not slept"
+        );
     }
 
-    #[tokio::test]
+    /// Each retry waits a full-jitter backoff within [0, min(cap, base * 2^n)], and retries
+    /// stop when the budget is spent, before `max_attempts`; the budget refills with time.
+    #[tokio::test(start_paused = true)]
+    async fn retry_backoff_is_bounded_and_stops_when_the_budget_is_empty() {
+        fastrand::seed(7);
+        let mut cfg = ResilienceConfig::default();
+        let retry = &mut cfg.objects.retry;
+        retry.max_attempts = 4;
+        // Short against the refill (two tokens a second): backoffs refill under 0.1 token.
+        retry.backoff_base = Duration::from_millis(10);
+        retry.backoff_cap = Duration::from_millis(30);
+        // No share of the request rate: only the floor, two retries a second.
+        retry.budget_ratio = 0.0;
+        retry.min_per_second = 2;
+        cfg.objects.breaker.consecutive_failures = 1000;
+        let rcfg = cfg.objects.retry.clone();
+        let (flaky, store, h) = setup(1000, cfg).await;
+        let gaps = |flaky: &Flaky| -> Vec<Duration> {
+            let at = lock(&flaky.at);
+            at.windows(2).map(|w| w[1] - w[0]).collect()
+        };
+        let tick = Duration::from_millis(1); // the timer's resolution
+
+        // The budget starts with one second's floor: two retries, then none.
+        let t = tokio::time::Instant::now();
+        assert!(store.get_object(&h).await.is_err());
+        assert_eq!(flaky.calls(), 3, "two retries, not max_attempts - 1 = 3");
+        assert_eq!(stat(&store, |s| &s.retries), 2);
+        let waits = gaps(&flaky);
+        assert_eq!(waits.len(), 2);
+        for (n, wait) in waits.iter().enumerate() {
+            let ceiling = retry::backoff(&rcfg, n as u32 + 1, 1.0);
+            assert!(
+                *wait <= ceiling + tick,
+                "retry {}: {wait:?} > {ceiling:?}",
+                n + 1
+            );
+        }
+        assert_eq!(
+            retry::backoff(&rcfg, 2, 1.0),
+            Duration::from_millis(30),
+            "the cap"
+        );
+        assert_eq!(t.elapsed(), waits.iter().sum::<Duration>());
+        // Refilled at 2 a second only during the backoffs (under 50 ms): not a whole token.
+        let before = flaky.calls();
+        assert!(store.get_object(&h).await.is_err());
+        assert_eq!(flaky.calls(), before + 1, "an empty budget retries nothing");
+        assert_eq!(stat(&store, |s| &s.retries), 2);
+
+        // Half a second later, one retry's worth again.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let before = flaky.calls();
+        assert!(store.get_object(&h).await.is_err());
+        assert_eq!(flaky.calls(), before + 2);
+        assert_eq!(stat(&store, |s| &s.retries), 3);
+        let last = *gaps(&flaky).last().unwrap();
+        assert!(last <= retry::backoff(&rcfg, 1, 1.0) + tick, "{last:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn not_found_is_not_a_failure() {
         let mut cfg = ResilienceConfig::default();
         fast(&mut cfg.objects);
@@ -526,11 +771,19 @@ mod tests {
                     .unwrap()
                     .is_none()
             );
+            assert!(
+                store
+                    .open_object(&Hash::of(b"missing"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
         }
         assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
+        assert_eq!(stat(&store, |s| &s.failures), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn limit_sheds_beyond_the_queue() {
         let mut cfg = ResilienceConfig::default();
         cfg.objects.concurrency = 2;
@@ -559,10 +812,10 @@ mod tests {
             }
         }
         assert_eq!((ok, shed), (4, 6));
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(flaky.calls(), 4);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn slow_answers_time_out() {
         let mut cfg = ResilienceConfig::default();
         fast(&mut cfg.objects);
@@ -571,11 +824,358 @@ mod tests {
         cfg.objects.total_base = Duration::from_millis(20);
         let flaky = Flaky::new(0, Duration::from_secs(5));
         let store = ResilientStore::new(Arc::new(flaky.store), cfg);
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         assert!(matches!(
             store.get_object(&Hash::of(b"x")).await,
-            Err(StoreError::Timeout { .. })
+            Err(StoreError::Timeout {
+                after: Some(d),
+                ..
+            }) if d == Duration::from_millis(40)
         ));
-        assert!(started.elapsed() < Duration::from_secs(4));
+        assert_eq!(started.elapsed(), Duration::from_millis(40));
+        assert_eq!(stat(&store, |s| &s.timeouts), 1);
+    }
+
+    // ---- bodies -------------------------------------------------------------------------
+
+    /// How [`Bodies`] answers the next `open_object`.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Every byte, then the end.
+        Whole,
+        /// One chunk, then nothing ever again.
+        Stall,
+        /// One chunk, then the end, short of the announced length.
+        Short,
+        /// One chunk, then a transport error.
+        Broken,
+        /// Every byte, but one changed (the store does not check hashes when streaming).
+        Corrupt,
+        /// Every byte, each chunk after this long (the origin's time, from the poll that
+        /// asks for it).
+        Slow(Duration),
+    }
+
+    /// A store whose object bodies misbehave as told; everything else is a memory store.
+    #[derive(Debug)]
+    struct Bodies {
+        store: MemoryStore,
+        mode: Mutex<Mode>,
+    }
+
+    const CHUNK: &[u8] = b"0123456789";
+
+    impl Bodies {
+        fn new(mode: Mode) -> Bodies {
+            Bodies {
+                store: MemoryStore::new(),
+                mode: Mutex::new(mode),
+            }
+        }
+        fn set(&self, mode: Mode) {
+            *lock(&self.mode) = mode;
+        }
+    }
+
+    #[async_trait]
+    impl Store for Bodies {
+        fn location(&self) -> String {
+            "bodies:".into()
+        }
+        async fn get_object(&self, hash: &Hash) -> Result<Option<Bytes>, StoreError> {
+            self.store.get_object(hash).await
+        }
+        async fn open_object(&self, _hash: &Hash) -> Result<Option<ObjectBody>, StoreError> {
+            use futures_util::stream;
+            let first = || stream::once(async { Ok(Bytes::from_static(CHUNK)) });
+            let stream: ByteStream = match *lock(&self.mode) {
+                Mode::Whole | Mode::Slow(_) => {
+                    stream::iter([CHUNK, CHUNK].map(|c| Ok(Bytes::from_static(c)))).boxed()
+                }
+                Mode::Stall => first().chain(stream::pending()).boxed(),
+                Mode::Short => first().boxed(),
+                Mode::Broken => first()
+                    .chain(stream::once(async {
+                        Err(StoreError::Http {
+                            url: "bodies: object".into(),
+                            source: "connection reset".into(),
+                        }
+                        .into_io(std::io::ErrorKind::ConnectionReset))
+                    }))
+                    .boxed(),
+                Mode::Corrupt => {
+                    stream::iter([CHUNK, b"0123456788"].map(|c| Ok(Bytes::from_static(c)))).boxed()
+                }
+            };
+            let stream = match *lock(&self.mode) {
+                Mode::Slow(delay) => stream
+                    .then(move |c| async move {
+                        tokio::time::sleep(delay).await;
+                        c
+                    })
+                    .boxed(),
+                _ => stream,
+            };
+            Ok(Some(ObjectBody {
+                len: Some(2 * CHUNK.len() as u64),
+                stream,
+            }))
+        }
+        async fn has_object(&self, hash: &Hash) -> Result<bool, StoreError> {
+            self.store.has_object(hash).await
+        }
+        async fn put_object(&self, hash: &Hash, data: Bytes) -> Result<bool, StoreError> {
+            self.store.put_object(hash, data).await
+        }
+        async fn get_host(&self, host: &str) -> Result<Option<HostRecord>, StoreError> {
+            self.store.get_host(host).await
+        }
+        async fn put_host(&self, record: &HostRecord) -> Result<(), StoreError> {
+            self.store.put_host(record).await
+        }
+        async fn get_current(&self, site: &str) -> Result<Option<CurrentPointer>, StoreError> {
+            self.store.get_current(site).await
+        }
+        async fn swap_current(
+            &self,
+            expected: Option<u64>,
+            new: &CurrentPointer,
+        ) -> Result<(), StoreError> {
+            self.store.swap_current(expected, new).await
+        }
+        async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
+            self.store.put_deploy(record).await
+        }
+        async fn get_deploy(
+            &self,
+            site: &str,
+            id: &str,
+        ) -> Result<Option<DeployRecord>, StoreError> {
+            self.store.get_deploy(site, id).await
+        }
+        async fn list_deploys(&self, site: &str) -> Result<Vec<DeployRecord>, StoreError> {
+            self.store.list_deploys(site).await
+        }
+    }
+
+    /// Objects face: three failures in a row open it; no retries; a 3 s body budget for
+    /// these 20-byte bodies (1 s to the first byte + 2 s + 20 B at 1 MiB/s).
+    fn body_cfg() -> ResilienceConfig {
+        let mut cfg = ResilienceConfig::default();
+        let o = &mut cfg.objects;
+        o.breaker.consecutive_failures = 3;
+        o.breaker.open_for = Duration::from_secs(60);
+        o.first_byte_timeout = Duration::from_secs(1);
+        o.total_base = Duration::from_secs(2);
+        cfg
+    }
+
+    fn body_store(mode: Mode) -> (Arc<Bodies>, ResilientStore, Duration) {
+        let bodies = Arc::new(Bodies::new(mode));
+        let store = ResilientStore::new(bodies.clone(), body_cfg());
+        let budget = store.total_deadline(Some(2 * CHUNK.len() as u64));
+        (bodies, store, budget)
+    }
+
+    /// Opens the object and reads it to its end or its first error.
+    async fn read_body(store: &ResilientStore) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut body = store.open_object(&Hash::of(b"any")).await.unwrap().unwrap();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.stream.next().await {
+            match chunk {
+                Ok(c) => got.extend_from_slice(&c),
+                Err(e) => {
+                    assert!(
+                        body.stream.next().await.is_none(),
+                        "the body ends at its error"
+                    );
+                    return (got, Some(e));
+                }
+            }
+        }
+        (got, None)
+    }
+
+    fn inner_store_error(e: &std::io::Error) -> &StoreError {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<StoreError>())
+            .unwrap_or_else(|| panic!("no StoreError inside {e:?}"))
+    }
+
+    /// An origin that sends one chunk and then stalls: the body deadline is a TimedOut
+    /// error carrying StoreError::Timeout, each body is one failure, and after
+    /// `consecutive_failures` of them the breaker is open.
+    #[tokio::test(start_paused = true)]
+    async fn stalled_bodies_time_out_typed_and_open_the_breaker() {
+        let real = Instant::now();
+        let (_, store, budget) = body_store(Mode::Stall);
+        assert!(budget > Duration::from_secs(3) && budget < Duration::from_millis(3001));
+        let n = body_cfg().objects.breaker.consecutive_failures;
+        for i in 0..n {
+            assert_eq!(
+                store.breaker_state(Face::Objects),
+                BreakerState::Closed,
+                "body {i}"
+            );
+            let t = tokio::time::Instant::now();
+            let (got, err) = read_body(&store).await;
+            assert_eq!(got, CHUNK, "the chunk before the stall arrives");
+            let e = err.expect("the deadline ends the body");
+            let waited = t.elapsed();
+            assert!(
+                waited >= budget && waited <= budget + Duration::from_millis(1),
+                "{waited:?} for a {budget:?} budget"
+            );
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+            match inner_store_error(&e) {
+                StoreError::Timeout { url, after } => {
+                    assert_eq!(*after, Some(budget));
+                    assert!(url.starts_with("bodies: object "), "{url}");
+                }
+                other => panic!("expected a Timeout, got {other:?}"),
+            }
+            assert!(matches!(
+                StoreError::from_body(e, "object"),
+                StoreError::Timeout { after: Some(a), .. } if a == budget
+            ));
+            assert_eq!(
+                stat(&store, |s| &s.failures),
+                u64::from(i + 1),
+                "once per body"
+            );
+            assert_eq!(stat(&store, |s| &s.timeouts), u64::from(i + 1));
+        }
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Open);
+        assert!(matches!(
+            store.open_object(&Hash::of(b"any")).await,
+            Err(StoreError::CircuitOpen {
+                face: "objects",
+                ..
+            })
+        ));
+        assert!(
+            real.elapsed() < Duration::from_secs(3),
+            "simulated, not slept"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn completed_bodies_count_nothing_extra_and_end_a_run() {
+        let (bodies, store, _) = body_store(Mode::Whole);
+        for _ in 0..10 {
+            let (got, err) = read_body(&store).await;
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!(got, [CHUNK, CHUNK].concat());
+        }
+        assert_eq!(stat(&store, |s| &s.failures), 0);
+        assert_eq!(stat(&store, |s| &s.successes), 10);
+        // Two failures, a completed body, two failures: no run of three.
+        for mode in [
+            Mode::Stall,
+            Mode::Broken,
+            Mode::Whole,
+            Mode::Short,
+            Mode::Stall,
+        ] {
+            bodies.set(mode);
+            let (_, err) = read_body(&store).await;
+            assert_eq!(err.is_none(), mode == Mode::Whole, "{mode:?}");
+        }
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
+        assert_eq!(stat(&store, |s| &s.failures), 4);
+        bodies.set(Mode::Broken);
+        read_body(&store).await;
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_or_broken_body_is_one_typed_failure() {
+        let (bodies, store, _) = body_store(Mode::Short);
+        let (got, err) = read_body(&store).await;
+        assert_eq!(got, CHUNK);
+        let e = err.expect("a body short of its length is an error, not an end");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(matches!(
+            inner_store_error(&e),
+            StoreError::Truncated {
+                got: 10,
+                want: 20,
+                ..
+            }
+        ));
+        assert_eq!(StoreError::from_body(e, "x").blame(), Blame::Upstream);
+        assert_eq!(stat(&store, |s| &s.failures), 1);
+
+        bodies.set(Mode::Broken);
+        let (_, err) = read_body(&store).await;
+        let e = err.expect("the transport error comes through");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            StoreError::from_body(e, "x"),
+            StoreError::Http { .. }
+        ));
+        assert_eq!(stat(&store, |s| &s.failures), 2);
+        assert_eq!(stat(&store, |s| &s.timeouts), 0);
+    }
+
+    /// Corrupt bytes are the consumer's to find; the origin answered, so nothing counts.
+    #[tokio::test(start_paused = true)]
+    async fn corrupt_bytes_do_not_count_against_the_origin() {
+        let (_, store, _) = body_store(Mode::Corrupt);
+        for _ in 0..5 {
+            let (got, err) = read_body(&store).await;
+            assert!(err.is_none());
+            assert_ne!(Hash::of(&got), Hash::of(&[CHUNK, CHUNK].concat()));
+        }
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
+        assert_eq!(stat(&store, |s| &s.failures), 0);
+    }
+
+    /// The deadline counts the time spent waiting on the origin, not the consumer's: a
+    /// consumer slower than the whole budget still gets every byte, and nothing counts.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_consumer_does_not_spend_the_deadline() {
+        let (bodies, store, budget) = body_store(Mode::Whole);
+        // The origin takes a third of the budget per chunk; the consumer twice the budget.
+        bodies.set(Mode::Slow(budget / 3));
+        let mut body = store.open_object(&Hash::of(b"any")).await.unwrap().unwrap();
+        for _ in 0..2 {
+            tokio::time::sleep(budget * 2).await;
+            assert_eq!(body.stream.next().await.unwrap().unwrap(), CHUNK);
+        }
+        assert!(body.stream.next().await.is_none());
+        assert_eq!(stat(&store, |s| &s.failures), 0);
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
+    }
+
+    /// Waits add up: an origin that trickles, each chunk within the budget but not all of
+    /// them, runs out of it.
+    #[tokio::test(start_paused = true)]
+    async fn an_origin_that_trickles_spends_the_deadline() {
+        let (bodies, store, budget) = body_store(Mode::Whole);
+        bodies.set(Mode::Slow(budget * 2 / 3));
+        let t = tokio::time::Instant::now();
+        let (got, err) = read_body(&store).await;
+        assert_eq!(got, CHUNK);
+        let e = err.expect("the deadline passes during the second chunk");
+        assert!(matches!(inner_store_error(&e), StoreError::Timeout { .. }));
+        let waited = t.elapsed();
+        assert!(
+            waited >= budget && waited <= budget + Duration::from_millis(2),
+            "{waited:?} for a {budget:?} budget"
+        );
+        assert_eq!(stat(&store, |s| &s.failures), 1);
+    }
+
+    /// A body dropped before its end (the consumer left) reports nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_body_reports_nothing() {
+        let (_, store, _) = body_store(Mode::Stall);
+        for _ in 0..5 {
+            let mut body = store.open_object(&Hash::of(b"any")).await.unwrap().unwrap();
+            assert_eq!(body.stream.next().await.unwrap().unwrap(), CHUNK);
+        }
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
+        assert_eq!(stat(&store, |s| &s.failures), 0);
     }
 }

@@ -146,7 +146,7 @@ impl HttpStore {
             .await
             .map_err(|_| StoreError::Timeout {
                 url: url.clone(),
-                after: self.opts.header_timeout,
+                after: Some(self.opts.header_timeout),
             })?
             .map_err(|e| StoreError::Http {
                 url: url.clone(),
@@ -173,7 +173,7 @@ impl HttpStore {
             .await
             .map_err(|_| StoreError::Timeout {
                 url: url.clone(),
-                after: self.opts.body_timeout,
+                after: Some(self.opts.body_timeout),
             })?
             .map_err(|source| StoreError::Http { url, source })?;
         Ok(Some(collected.to_bytes()))
@@ -198,18 +198,26 @@ impl Store for HttpStore {
     }
 
     async fn open_object(&self, hash: &Hash) -> Result<Option<ObjectBody>, StoreError> {
-        let Some(resp) = self.send(Method::GET, &layout::object(hash)).await? else {
+        let key = layout::object(hash);
+        let Some(resp) = self.send(Method::GET, &key).await? else {
             return Ok(None);
         };
+        let url = self.url(&key);
         let len = resp
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let stream = resp
-            .into_body()
-            .into_data_stream()
-            .map_err(std::io::Error::other);
+        // A transport error mid-body carries its StoreError (see `StoreError::from_body`); a
+        // body cut short of its Content-Length is an unexpected end.
+        let stream = resp.into_body().into_data_stream().map_err(move |e| {
+            let kind = body_error_kind(&e);
+            StoreError::Http {
+                url: url.clone(),
+                source: Box::new(e),
+            }
+            .into_io(kind)
+        });
         Ok(Some(ObjectBody {
             len,
             stream: stream.boxed(),
@@ -300,6 +308,26 @@ impl Store for HttpStore {
             .await?;
         sort_deploys(&mut out);
         Ok(out)
+    }
+}
+
+/// The I/O kind of a body error: the kind of the I/O error behind it (hyper reports a body
+/// cut short of its Content-Length as an `UnexpectedEof` inside), else from hyper's own
+/// classification.
+fn body_error_kind(e: &hyper::Error) -> std::io::ErrorKind {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind();
+        }
+        cause = c.source();
+    }
+    if e.is_incomplete_message() {
+        std::io::ErrorKind::UnexpectedEof
+    } else if e.is_timeout() {
+        std::io::ErrorKind::TimedOut
+    } else {
+        std::io::ErrorKind::Other
     }
 }
 

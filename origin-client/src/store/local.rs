@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     Access, ObjectBody, Store, StoreError, check_current, check_deploy, check_host, layout,
@@ -287,7 +287,10 @@ impl Store for LocalStore {
             .await
             .map_err(|e| StoreError::io("stat", &path, e))?
             .len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
+        let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).map_err(move |e| {
+            let kind = e.kind();
+            StoreError::io("read", &path, e).into_io(kind)
+        });
         Ok(Some(ObjectBody {
             len: Some(len),
             stream: stream.boxed(),

@@ -79,11 +79,15 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("GET {url}: timed out after {after:?}")]
+    #[error("GET {url}: timed out{}", After(*after))]
     Timeout {
         url: String,
-        after: std::time::Duration,
+        /// The deadline that passed, when the one who gave up knows it (a plain `TimedOut`
+        /// I/O error from a body stream does not say).
+        after: Option<std::time::Duration>,
     },
+    #[error("GET {url}: body ended after {got} of {want} bytes")]
+    Truncated { url: String, got: u64, want: u64 },
     #[error("record {key}")]
     Record {
         key: String,
@@ -108,15 +112,71 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Who is to blame. Exhaustive on purpose: a new variant must be classified here, since
+    /// an upstream error counts against the origin's breaker.
     pub fn blame(&self) -> Blame {
         match self {
+            // The request itself was wrong, or asked for something this store cannot do.
             StoreError::ReadOnly { .. }
             | StoreError::Conflict { .. }
             | StoreError::Name(_)
             | StoreError::Location { .. }
             | StoreError::SourceChanged { .. } => Blame::Caller,
-            _ => Blame::Upstream,
+            // The store failed to answer, answered wrongly, or sent something unreadable.
+            StoreError::Io { .. }
+            | StoreError::Status { .. }
+            | StoreError::Http { .. }
+            | StoreError::Timeout { .. }
+            | StoreError::Truncated { .. }
+            | StoreError::Record { .. }
+            | StoreError::Corrupt { .. } => Blame::Upstream,
+            // A whole read of an object the store holds at more than the limit: the caller
+            // picked a whole read from a tree entry's size, so the store's object is not
+            // what the tree says.
+            StoreError::TooLarge { .. } => Blame::Upstream,
+            // The origin is considered down (breaker), or too busy to queue for (bulkhead).
+            StoreError::CircuitOpen { .. } | StoreError::Shed { .. } => Blame::Upstream,
         }
+    }
+
+    /// The store error behind a failed read of an [`ObjectBody`] stream. Streams yield
+    /// `io::Result`, so the stores put their [`StoreError`] inside the `io::Error`
+    /// (`io::Error::new(kind, store_error)`): that error is given back as it was (a body
+    /// deadline is a [`StoreError::Timeout`]). A plain I/O error is wrapped: a `TimedOut`
+    /// one as [`StoreError::Timeout`], any other as [`StoreError::Http`]; `what` names the
+    /// transfer in its message (`object <hash>`).
+    pub fn from_body(e: io::Error, what: &str) -> StoreError {
+        if e.get_ref().is_some_and(|inner| inner.is::<StoreError>()) {
+            let kind = e.kind();
+            return match e.into_inner().map(|inner| inner.downcast::<StoreError>()) {
+                Some(Ok(store)) => *store,
+                // Not reached (checked above); kept whole rather than asserted.
+                Some(Err(other)) => StoreError::Http {
+                    url: what.to_owned(),
+                    source: other,
+                },
+                None => StoreError::Http {
+                    url: what.to_owned(),
+                    source: Box::new(io::Error::from(kind)),
+                },
+            };
+        }
+        match e.kind() {
+            io::ErrorKind::TimedOut => StoreError::Timeout {
+                url: what.to_owned(),
+                after: None,
+            },
+            _ => StoreError::Http {
+                url: what.to_owned(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// This error inside an `io::Error` of `kind`, for a body stream; [`StoreError::from_body`]
+    /// takes it out again.
+    pub fn into_io(self, kind: io::ErrorKind) -> io::Error {
+        io::Error::new(kind, self)
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
@@ -124,6 +184,18 @@ impl StoreError {
             op,
             path: path.into(),
             source,
+        }
+    }
+}
+
+/// Displays " after {duration:?}" when the duration is known.
+struct After(Option<std::time::Duration>);
+
+impl fmt::Display for After {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, " after {d:?}"),
+            None => Ok(()),
         }
     }
 }
@@ -345,4 +417,200 @@ pub(crate) fn check_host(host: &str, h: HostRecord) -> Result<HostRecord, StoreE
 
 pub(crate) fn sort_deploys(v: &mut [DeployRecord]) {
     v.sort_by(|a, b| (a.created, a.seq, &a.id).cmp(&(b.created, b.seq, &b.id)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The variant's name. No `_` arm: a new variant fails to compile here until it has an
+    /// example (and an expected blame) in `every_variant_has_a_blame`.
+    fn variant(e: &StoreError) -> &'static str {
+        match e {
+            StoreError::Io { .. } => "Io",
+            StoreError::Location { .. } => "Location",
+            StoreError::ReadOnly { .. } => "ReadOnly",
+            StoreError::Conflict { .. } => "Conflict",
+            StoreError::Status { .. } => "Status",
+            StoreError::Http { .. } => "Http",
+            StoreError::Timeout { .. } => "Timeout",
+            StoreError::Truncated { .. } => "Truncated",
+            StoreError::Record { .. } => "Record",
+            StoreError::Corrupt { .. } => "Corrupt",
+            StoreError::TooLarge { .. } => "TooLarge",
+            StoreError::SourceChanged { .. } => "SourceChanged",
+            StoreError::Name(_) => "Name",
+            StoreError::CircuitOpen { .. } => "CircuitOpen",
+            StoreError::Shed { .. } => "Shed",
+        }
+    }
+
+    const VARIANTS: usize = 15;
+
+    #[test]
+    fn every_variant_has_a_blame() {
+        use Blame::{Caller, Upstream};
+        let hash = Hash::of(b"x");
+        let url = || "http://origin/objects/x".to_owned();
+        let cases: Vec<(StoreError, Blame)> = vec![
+            (
+                StoreError::io("read", "/srv/x", io::Error::other("eio")),
+                Upstream,
+            ),
+            (
+                StoreError::Location {
+                    location: "ftp://x".into(),
+                    why: "has unknown scheme".into(),
+                },
+                Caller,
+            ),
+            (
+                StoreError::ReadOnly {
+                    store: url(),
+                    op: "writing",
+                },
+                Caller,
+            ),
+            (
+                StoreError::Conflict {
+                    site: "s".into(),
+                    expected: Some(1),
+                    found: Some(2),
+                },
+                Caller,
+            ),
+            (
+                StoreError::Status {
+                    url: url(),
+                    status: 503,
+                },
+                Upstream,
+            ),
+            (
+                StoreError::Http {
+                    url: url(),
+                    source: "reset".into(),
+                },
+                Upstream,
+            ),
+            (
+                StoreError::Timeout {
+                    url: url(),
+                    after: Some(Duration::from_secs(1)),
+                },
+                Upstream,
+            ),
+            (
+                StoreError::Truncated {
+                    url: url(),
+                    got: 1,
+                    want: 2,
+                },
+                Upstream,
+            ),
+            (
+                StoreError::Record {
+                    key: "sites/s/current".into(),
+                    source: crate::records::RecordError::Mismatch {
+                        expected: "s".into(),
+                        found: "t".into(),
+                    },
+                },
+                Upstream,
+            ),
+            (StoreError::Corrupt { hash }, Upstream),
+            (
+                StoreError::TooLarge {
+                    hash,
+                    size: 2,
+                    limit: 1,
+                },
+                Upstream,
+            ),
+            (
+                StoreError::SourceChanged {
+                    path: "/site/x".into(),
+                },
+                Caller,
+            ),
+            (
+                StoreError::Name(NameError {
+                    what: "site name",
+                    value: "A".into(),
+                    why: "lowercase",
+                }),
+                Caller,
+            ),
+            (
+                StoreError::CircuitOpen {
+                    face: "objects",
+                    retry_after: Duration::from_secs(1),
+                },
+                Upstream,
+            ),
+            (StoreError::Shed { face: "objects" }, Upstream),
+        ];
+        let names: std::collections::BTreeSet<_> = cases.iter().map(|(e, _)| variant(e)).collect();
+        assert_eq!(names.len(), cases.len(), "one example per variant");
+        assert_eq!(names.len(), VARIANTS, "every variant: {names:?}");
+        for (e, want) in &cases {
+            assert_eq!(e.blame(), *want, "{}: {e}", variant(e));
+        }
+    }
+
+    #[test]
+    fn from_body_recovers_the_store_error_or_types_a_plain_one() {
+        let timeout = StoreError::Timeout {
+            url: "memory: object x".into(),
+            after: Some(Duration::from_secs(3)),
+        }
+        .into_io(io::ErrorKind::TimedOut);
+        assert_eq!(timeout.kind(), io::ErrorKind::TimedOut);
+        match StoreError::from_body(timeout, "object x") {
+            StoreError::Timeout { url, after } => {
+                assert_eq!(url, "memory: object x", "the inner error, not a new one");
+                assert_eq!(after, Some(Duration::from_secs(3)));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let io_err =
+            StoreError::io("read", "/srv/o", io::Error::other("eio")).into_io(io::ErrorKind::Other);
+        assert!(matches!(
+            StoreError::from_body(io_err, "object x"),
+            StoreError::Io { op: "read", .. }
+        ));
+
+        let plain = io::Error::new(io::ErrorKind::TimedOut, "slow disk");
+        let e = StoreError::from_body(plain, "object x");
+        assert!(
+            matches!(&e, StoreError::Timeout { url, after: None } if url == "object x"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "GET object x: timed out");
+
+        let plain = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
+        match StoreError::from_body(plain, "object x") {
+            StoreError::Http { url, source } => {
+                assert_eq!(url, "object x");
+                assert_eq!(source.to_string(), "reset by peer");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another error type inside an io::Error is kept as the cause.
+        let other = io::Error::other(std::fmt::Error);
+        assert!(matches!(
+            StoreError::from_body(other, "object x"),
+            StoreError::Http { .. }
+        ));
+        assert_eq!(
+            StoreError::Timeout {
+                url: "u".into(),
+                after: Some(Duration::from_millis(1500))
+            }
+            .to_string(),
+            "GET u: timed out after 1.5s"
+        );
+    }
 }
