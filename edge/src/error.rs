@@ -143,7 +143,7 @@ mod tests {
     fn clones_keep_status_and_cause() {
         let e = EdgeError::from(StoreError::Timeout {
             url: "x".into(),
-            after: Duration::from_secs(1),
+            after: Some(Duration::from_secs(1)),
         });
         let clones: Vec<EdgeError> = (0..50).map(|_| e.clone()).collect();
         assert!(

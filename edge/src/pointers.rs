@@ -670,7 +670,7 @@ mod tests {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Timeout {
                     url: "switch".into(),
-                    after: Duration::from_secs(1),
+                    after: Some(Duration::from_secs(1)),
                 });
             }
             Ok(())
@@ -776,7 +776,7 @@ mod tests {
         let timeout = || {
             EdgeError::from(StoreError::Timeout {
                 url: "x".into(),
-                after: Duration::from_secs(1),
+                after: Some(Duration::from_secs(1)),
             })
         };
         type Case<'a> = (

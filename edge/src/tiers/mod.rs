@@ -548,24 +548,10 @@ impl Tiers {
 /// The error of an origin body that failed mid-way, with its kind kept: a transfer deadline
 /// is a timeout (504), anything else an upstream failure (502).
 pub fn body_error(e: io::Error, hash: &Hash) -> EdgeError {
-    use origin_client::StoreError;
-    let url = format!("object {hash}");
-    if e.get_ref().is_some_and(|inner| inner.is::<StoreError>()) {
-        if let Some(Ok(inner)) = e.into_inner().map(|i| i.downcast::<StoreError>()) {
-            return EdgeError::from(*inner);
-        }
-        return EdgeError::internal("body error vanished");
-    }
-    if e.kind() == io::ErrorKind::TimedOut {
-        return EdgeError::from(StoreError::Timeout {
-            url,
-            after: std::time::Duration::ZERO,
-        });
-    }
-    EdgeError::from(StoreError::Http {
-        url,
-        source: Box::new(e),
-    })
+    EdgeError::from(origin_client::StoreError::from_body(
+        e,
+        &format!("object {hash}"),
+    ))
 }
 
 /// Copies an origin stream into `tmp`, hashing as it goes; fails unless length and hash match.
