@@ -16,5 +16,7 @@ pub mod pointers;
 pub mod preview;
 pub mod route;
 pub mod sched;
+#[cfg(test)]
+mod testing;
 pub mod tiers;
 pub mod trees;

@@ -648,84 +648,8 @@ mod tests {
     use super::*;
     use origin_client::StoreError;
     use origin_client::publish::{PublishOptions, publish};
-    use origin_client::records::{DeployRecord, HostRecord};
-    use origin_client::store::{MemoryStore, ObjectBody};
-    use std::sync::atomic::AtomicU32;
 
-    /// A memory store whose pointer face can be switched off, made to hang, and counted.
-    #[derive(Debug, Default)]
-    struct Switch {
-        store: MemoryStore,
-        down: AtomicBool,
-        hang: AtomicBool,
-        pointer_reads: AtomicU32,
-    }
-
-    impl Switch {
-        async fn meta(&self) -> Result<(), StoreError> {
-            self.pointer_reads.fetch_add(1, Ordering::SeqCst);
-            if self.hang.load(Ordering::SeqCst) {
-                std::future::pending::<()>().await;
-            }
-            if self.down.load(Ordering::SeqCst) {
-                return Err(StoreError::Timeout {
-                    url: "switch".into(),
-                    after: Some(Duration::from_secs(1)),
-                });
-            }
-            Ok(())
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Store for Switch {
-        fn location(&self) -> String {
-            "switch".into()
-        }
-        async fn get_object(&self, hash: &Hash) -> Result<Option<bytes::Bytes>, StoreError> {
-            self.store.get_object(hash).await
-        }
-        async fn open_object(&self, hash: &Hash) -> Result<Option<ObjectBody>, StoreError> {
-            self.store.open_object(hash).await
-        }
-        async fn has_object(&self, hash: &Hash) -> Result<bool, StoreError> {
-            self.store.has_object(hash).await
-        }
-        async fn put_object(&self, hash: &Hash, data: bytes::Bytes) -> Result<bool, StoreError> {
-            self.store.put_object(hash, data).await
-        }
-        async fn get_host(&self, host: &str) -> Result<Option<HostRecord>, StoreError> {
-            self.meta().await?;
-            self.store.get_host(host).await
-        }
-        async fn put_host(&self, record: &HostRecord) -> Result<(), StoreError> {
-            self.store.put_host(record).await
-        }
-        async fn get_current(&self, site: &str) -> Result<Option<CurrentPointer>, StoreError> {
-            self.meta().await?;
-            self.store.get_current(site).await
-        }
-        async fn swap_current(
-            &self,
-            expected: Option<u64>,
-            new: &CurrentPointer,
-        ) -> Result<(), StoreError> {
-            self.store.swap_current(expected, new).await
-        }
-        async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
-            self.store.put_deploy(record).await
-        }
-        async fn get_deploy(
-            &self,
-            site: &str,
-            id: &str,
-        ) -> Result<Option<DeployRecord>, StoreError> {
-            self.store.get_deploy(site, id).await
-        }
-        async fn list_deploys(&self, site: &str) -> Result<Vec<DeployRecord>, StoreError> {
-            self.store.list_deploys(site).await
-        }
-    }
+    use crate::testing::FaultStore as Switch;
 
     fn cfg() -> PointersConfig {
         PointersConfig {
@@ -838,7 +762,7 @@ mod tests {
             "after one interval"
         );
 
-        store.down.store(true, Ordering::SeqCst);
+        Switch::set(&store.meta_down, true);
         let failures = p.stats.refresh_failures.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(59)).await;
         settle().await;
@@ -849,7 +773,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(p.age(&d) > p.stale_after(), "stale after 60 s unconfirmed");
 
-        store.down.store(false, Ordering::SeqCst);
+        Switch::set(&store.meta_down, false);
         tokio::time::sleep(Duration::from_secs(10)).await;
         settle().await;
         assert!(
@@ -864,7 +788,7 @@ mod tests {
     async fn negative_entries_expire_on_simulated_time() {
         let store = Arc::new(Switch::default());
         let p = pointers(&store, cfg());
-        let reads = || store.pointer_reads.load(Ordering::SeqCst);
+        let reads = || store.meta_reads.load(Ordering::SeqCst);
         assert!(p.deploy("other").await.unwrap().is_none());
         assert!(
             p.site_for_host(Some("nope.example"))
@@ -909,7 +833,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_lone_lookup_leaves_nothing_behind() {
         let store = Arc::new(Switch::default());
-        store.hang.store(true, Ordering::SeqCst);
+        Switch::set(&store.meta_hang, true);
         let p = pointers(&store, cfg());
         for i in 0..50 {
             let host = format!("h{i}.example");
@@ -928,7 +852,7 @@ mod tests {
             );
         }
         assert_eq!(
-            store.pointer_reads.load(Ordering::SeqCst),
+            store.meta_reads.load(Ordering::SeqCst),
             100,
             "each lookup reached the store"
         );

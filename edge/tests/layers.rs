@@ -67,6 +67,8 @@ const LAYERS: &[(&str, Option<&[&str]>)] = &[
     ("error", Some(&["coalesce"])),
     ("coalesce", Some(&[])),
     ("sched", Some(&[])),
+    // Unit-test support (`#[cfg(test)]`): builds handlers the way `node` does.
+    ("testing", None),
 ];
 
 /// Allowed edges that close a cycle today; the cycle check leaves them out.

@@ -561,3 +561,138 @@ mod size_tests {
         });
     }
 }
+
+/// Origin failures keep their kind through coalescing and streaming, on simulated time.
+#[cfg(test)]
+mod failure_tests {
+
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use origin_client::publish::{PublishOptions, publish};
+    use origin_client::resilience::{
+        BreakerConfig, BreakerState, Face, FaceConfig, ResilienceConfig, ResilientStore,
+        RetryConfig,
+    };
+
+    use crate::testing::{FaultStore, handler};
+    use crate::tiers::DiskTier;
+
+    fn faces() -> ResilienceConfig {
+        let face = FaceConfig {
+            breaker: BreakerConfig {
+                consecutive_failures: 3,
+                open_for: Duration::from_secs(30),
+                ..BreakerConfig::default()
+            },
+            retry: RetryConfig {
+                max_attempts: 1,
+                ..RetryConfig::default()
+            },
+            first_byte_timeout: Duration::from_secs(1),
+            total_base: Duration::from_secs(2),
+            min_rate: 1 << 30,
+            concurrency: 64,
+            queue: 1024,
+        };
+        ResilienceConfig {
+            meta: face.clone(),
+            objects: face,
+        }
+    }
+
+    async fn site(files: &[(&str, Vec<u8>)]) -> (Arc<FaultStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("site");
+        for (p, d) in files {
+            let p = site.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, d).unwrap();
+        }
+        let store = Arc::new(FaultStore::default());
+        publish(&*store, &site, "s", &PublishOptions::default())
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    async fn get(h: &crate::http::Handler, path: &str) -> (u16, Option<String>) {
+        let req = http::Request::get(path)
+            .header("host", "example.test")
+            .body(())
+            .unwrap();
+        let r = h.handle(req).await;
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (r.status().as_u16(), retry)
+    }
+
+    /// The review's defect: a root-tree timeout seen by several coalesced waiters turned into a
+    /// 500 for all but one. Every waiter now gets the 504.
+    #[tokio::test(start_paused = true)]
+    async fn a_root_tree_timeout_is_a_504_for_all_50_waiters() {
+        let (faults, _dir) = site(&[("index.html", b"home".to_vec())]).await;
+        FaultStore::set(&faults.objects_hang, true);
+        let origin = Arc::new(ResilientStore::new(faults.clone(), faces()));
+        let h = handler(origin.clone(), "s", None);
+        let answers = futures_util::future::join_all((0..50).map(|_| get(&h, "/"))).await;
+        assert!(
+            answers.iter().all(|(s, _)| *s == 504),
+            "{:?}",
+            answers.iter().map(|a| a.0).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            faults.object_reads.load(Ordering::SeqCst),
+            1,
+            "one coalesced root fetch for 50 waiters"
+        );
+        assert_eq!(
+            origin.stats(Face::Objects).timeouts.load(Ordering::SeqCst),
+            1
+        );
+        assert_eq!(h.pointers().lookups_in_flight(), 0);
+        assert_eq!(h.trees().fetches_in_flight(), 0);
+    }
+
+    /// An origin that stalls mid-body: the fill's transfer deadline is a 504 (not a 502), the
+    /// objects breaker counts each stalled body, and after its threshold it opens (503 with
+    /// Retry-After, without asking the origin).
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_mid_way_is_a_504_and_opens_the_breaker() {
+        let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let big_hash = origin_client::Hash::of(&big);
+        let (faults, dir) = site(&[("index.html", b"home".to_vec()), ("big.bin", big)]).await;
+        let disk = Arc::new(DiskTier::open(&dir.path().join("cache"), 64 << 20).unwrap());
+        let origin = Arc::new(ResilientStore::new(faults.clone(), faces()));
+        let h = handler(origin.clone(), "s", Some(disk.clone()));
+        assert_eq!(
+            get(&h, "/").await.0,
+            200,
+            "the tree is fetched before the stall"
+        );
+        faults.stall_after.store(100_000, Ordering::SeqCst);
+        let before = origin.stats(Face::Objects).failures.load(Ordering::SeqCst);
+        for round in 0..3 {
+            assert_eq!(get(&h, "/big.bin").await.0, 504, "round {round}");
+            assert_eq!(h.tiers().fills_in_flight(), 0, "round {round}");
+        }
+        let objects = origin.stats(Face::Objects);
+        assert_eq!(objects.failures.load(Ordering::SeqCst) - before, 3);
+        assert_eq!(origin.breaker_state(Face::Objects), BreakerState::Open);
+        let reads = faults.object_reads.load(Ordering::SeqCst);
+        let (status, retry) = get(&h, "/big.bin").await;
+        assert_eq!(status, 503);
+        assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
+        assert_eq!(
+            faults.object_reads.load(Ordering::SeqCst),
+            reads,
+            "not asked while open"
+        );
+        assert!(disk.lookup(&big_hash).is_none(), "no partial file is kept");
+        // The small file it already has keeps serving.
+        assert_eq!(get(&h, "/").await.0, 200);
+    }
+}
