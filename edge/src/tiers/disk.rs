@@ -36,6 +36,11 @@ struct Index {
     bytes: u64,
 }
 
+/// Evicted files moved aside into `tmp/` (under the index lock, by rename), to unlink once
+/// the lock is released.
+#[must_use = "moved-aside files must be unlinked"]
+struct Graves(Vec<PathBuf>);
+
 impl Index {
     fn touch(&mut self, hash: &Hash) -> Option<u64> {
         self.tick += 1;
@@ -140,9 +145,34 @@ impl DiskTier {
 
     /// Drops a damaged or unwanted file.
     pub fn remove(&self, hash: &Hash) {
-        let mut idx = self.lock();
-        if idx.remove(hash).is_some() {
-            let _ = fs::remove_file(self.path(hash));
+        let graves = {
+            let mut idx = self.lock();
+            let mut graves = Graves(Vec::new());
+            if idx.remove(hash).is_some() {
+                self.doom(hash, &mut graves);
+            }
+            graves
+        };
+        self.bury(graves);
+    }
+
+    /// Moves an evicted file aside (a rename: one metadata operation, done under the lock so
+    /// that a fill of the same hash that commits next cannot be unlinked by mistake).
+    /// Called with the lock held, so `blobs/` never holds more than the bound. Like a fill's
+    /// temporary file, the moved-aside file lives briefly in `tmp/` (emptied at start too).
+    fn doom(&self, hash: &Hash, graves: &mut Graves) {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let grave = self.dir.join("tmp").join(format!("evicted-{n}"));
+        if fs::rename(self.path(hash), &grave).is_ok() {
+            graves.0.push(grave);
+        }
+    }
+
+    /// Unlinks moved-aside files, outside the index lock: freeing a large file's extents can
+    /// take a while, and lookups must not wait for it.
+    fn bury(&self, graves: Graves) {
+        for grave in &graves.0 {
+            let _ = fs::remove_file(grave);
         }
     }
 
@@ -160,8 +190,9 @@ impl DiskTier {
 
     /// Moves a verified temporary file into the tier and evicts down to the bound.
     ///
-    /// Eviction, unlinking the victims, the rename and the index update happen under one
-    /// lock, so concurrent fills can never leave more bytes on disk than the bound.
+    /// Choosing victims, moving them out of `blobs/`, the rename into place and the index
+    /// update happen under one lock, so concurrent fills can never leave more bytes under
+    /// `blobs/` than the bound; the victims are unlinked after the lock is released.
     pub fn commit(&self, hash: &Hash, tmp: &Path, size: u64) -> io::Result<()> {
         if !self.admits(size) {
             let _ = fs::remove_file(tmp);
@@ -171,22 +202,29 @@ impl DiskTier {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;
         }
-        let mut idx = self.lock();
-        idx.remove(hash);
-        let target = self.capacity.saturating_sub(size);
-        while idx.bytes > target {
-            let Some(victim) = idx.pop_oldest() else {
-                break;
-            };
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-            let _ = fs::remove_file(self.path(&victim));
-        }
-        if let Err(e) = fs::rename(tmp, &dest) {
-            drop(idx);
+        let mut graves = Graves(Vec::new());
+        let renamed = {
+            let mut idx = self.lock();
+            idx.remove(hash); // replaced by the rename below
+            let target = self.capacity.saturating_sub(size);
+            while idx.bytes > target {
+                let Some(victim) = idx.pop_oldest() else {
+                    break;
+                };
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                self.doom(&victim, &mut graves);
+            }
+            let renamed = fs::rename(tmp, &dest);
+            if renamed.is_ok() {
+                idx.insert(*hash, size);
+            }
+            renamed
+        };
+        self.bury(graves);
+        if let Err(e) = renamed {
             let _ = fs::remove_file(tmp);
             return Err(e);
         }
-        idx.insert(*hash, size);
         Ok(())
     }
 
@@ -216,12 +254,18 @@ impl DiskTier {
     }
 
     fn evict_to(&self, target: u64) {
-        let mut idx = self.lock();
-        while idx.bytes > target {
-            let Some(hash) = idx.pop_oldest() else { return };
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-            let _ = fs::remove_file(self.path(&hash));
+        let mut graves = Graves(Vec::new());
+        {
+            let mut idx = self.lock();
+            while idx.bytes > target {
+                let Some(hash) = idx.pop_oldest() else {
+                    break;
+                };
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                self.doom(&hash, &mut graves);
+            }
         }
+        self.bury(graves);
     }
 
     /// Bytes currently indexed.
@@ -280,6 +324,11 @@ mod tests {
             tier.lookup(&hashes[0]);
             assert!(tier.bytes() <= 64 * 1024);
             assert!(on_disk(dir.path()) <= 64 * 1024);
+            let left = fs::read_dir(dir.path().join("tmp")).unwrap().count();
+            assert_eq!(
+                left, 0,
+                "evicted files are unlinked once the lock is released"
+            );
         }
         assert!(tier.lookup(&hashes[0]).is_some(), "recently used survives");
         assert!(
