@@ -202,12 +202,12 @@ async fn garbage_datagrams_do_not_crash_or_wedge_the_node() {
         p.extend(noise(1250));
         let _ = s.send_to(&p, node.https);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(node.is_alive(), "the node died");
+    // A handshake and a request after the garbage are the proof it was absorbed.
     let ep = client(&s.ca);
     let h3 = H3::connect(&ep, node.https, "localhost")
         .await
         .unwrap_or_else(|e| panic!("after garbage: {e}"));
+    assert!(node.is_alive(), "the node died");
     assert_eq!(h3.get("/").await.status, 200);
     let mut h1 = H1::new(node.http);
     assert_eq!(h1.get("/").await.status, 200);
