@@ -461,6 +461,9 @@ impl Pointers {
             );
             return Err(e);
         }
+        // The rest of the tree, ahead of requests: an uncached path then resolves without an
+        // origin round trip per folder level.
+        self.trees.spawn_prefetch(p.root);
         let now = self.clock.now_ms();
         Ok(Arc::new(Deploy::new(
             &p.site, &p.deploy, p.root, p.seq, now,

@@ -6,7 +6,9 @@
 //! blocking file I/O runs on the blocking pool.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::StreamExt;
 use origin_client::{EntryKind, Hash, Store, TreeNode};
 
 use crate::coalesce::Coalescer;
@@ -31,6 +33,33 @@ pub struct Trees {
     /// Nodes are kept on disk too, so a restarted node can walk its deploys while the origin
     /// is down.
     disk: Option<Arc<DiskTier>>,
+    /// Byte bound of the memory front (prefetches stay within half of it).
+    capacity: u64,
+    pub stats: TreeStats,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct TreeStats {
+    /// Nodes fetched ahead of requests when a deploy was adopted.
+    pub prefetched: AtomicU64,
+    /// Prefetch walks finished (whole, or stopped at their bound or by an error).
+    pub prefetches: AtomicU64,
+}
+
+/// Tree nodes fetched at once by a prefetch walk.
+const PREFETCH_CONCURRENCY: usize = 8;
+
+/// What a prefetch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Prefetched {
+    /// Nodes now cached (fetched, or found cached).
+    pub nodes: u64,
+    pub bytes: u64,
+    /// Nodes that could not be fetched (the walk goes on without their subtrees).
+    pub failed: u64,
+    /// Whether the walk stopped at its byte bound before the end of the tree.
+    pub truncated: bool,
 }
 
 impl Trees {
@@ -41,7 +70,63 @@ impl Trees {
             front: quick_cache::sync::Cache::with_weighter(items, bytes, TreeWeight),
             fetches: Coalescer::default(),
             disk,
+            capacity: bytes,
+            stats: TreeStats::default(),
         })
+    }
+
+    /// Fetches every node of the tree under `root` ahead of requests, breadth first, a few at
+    /// a time, so that a path nobody asked for yet resolves without one origin round trip per
+    /// folder level. Stops after `max_bytes` of nodes (it must not evict the trees of the
+    /// deploys being served); a node that fails is skipped with its subtree.
+    pub async fn prefetch(&self, root: Hash, max_bytes: u64) -> Prefetched {
+        let mut done = Prefetched::default();
+        let mut queue = std::collections::VecDeque::from([root]);
+        let mut seen = std::collections::HashSet::from([root]);
+        let mut inflight = futures_util::stream::FuturesUnordered::new();
+        loop {
+            while inflight.len() < PREFETCH_CONCURRENCY && !done.truncated {
+                let Some(h) = queue.pop_front() else { break };
+                inflight.push(async move { (h, self.get(h).await) });
+            }
+            let Some((hash, got)) = inflight.next().await else {
+                break;
+            };
+            match got {
+                Ok(node) => {
+                    done.nodes += 1;
+                    done.bytes += node.weight() as u64;
+                    if done.bytes >= max_bytes {
+                        done.truncated = true;
+                    }
+                    for e in node.iter().filter(|e| e.kind == EntryKind::Dir) {
+                        if seen.insert(e.hash) {
+                            queue.push_back(e.hash);
+                        }
+                    }
+                }
+                Err(e) => {
+                    done.failed += 1;
+                    tracing::debug!(%hash, error = %crate::error::chain(&e), "prefetch: tree node not fetched");
+                }
+            }
+        }
+        done.truncated |= !queue.is_empty();
+        self.stats
+            .prefetched
+            .fetch_add(done.nodes, Ordering::Relaxed);
+        self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
+        done
+    }
+
+    /// [`Trees::prefetch`] in the background, within half the memory front.
+    pub fn spawn_prefetch(self: &Arc<Self>, root: Hash) {
+        let this = self.clone();
+        let bound = self.capacity / 2;
+        tokio::spawn(async move {
+            let done = this.prefetch(root, bound).await;
+            tracing::debug!(%root, nodes = done.nodes, bytes = done.bytes, failed = done.failed, truncated = done.truncated, "tree prefetched");
+        });
     }
 
     /// A node already in memory.
@@ -127,5 +212,105 @@ impl Trees {
     /// Node fetches under way (coalesced by hash).
     pub fn fetches_in_flight(&self) -> usize {
         self.fetches.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FaultStore;
+    use origin_client::publish::{PublishOptions, publish};
+    use std::time::Duration;
+
+    /// A deploy's tree is fetched ahead once adopted: afterwards, deep paths nobody asked for
+    /// resolve with the origin's object face hanging (no round trip per level).
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_deploy_is_prefetched_so_deep_misses_need_no_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        for a in 0..4 {
+            for b in 0..3 {
+                let p = format!("a{a}/b{b}/c/d/e/page{a}{b}.html");
+                let f = dir.path().join(&p);
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(&f, &p).unwrap();
+                paths.push(p);
+            }
+        }
+        std::fs::write(dir.path().join("index.html"), "home").unwrap();
+        let store = Arc::new(FaultStore::default());
+        publish(&*store, dir.path(), "s", &PublishOptions::default())
+            .await
+            .unwrap();
+        let h = crate::testing::handler(store.clone(), "s", None);
+        let trees = h.trees().clone();
+        let req = |p: &str| {
+            http::Request::get(format!("/{p}"))
+                .header("host", "x.test")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(h.handle(req("index.html")).await.status(), 200);
+        for _ in 0..1000 {
+            if trees.stats.prefetches.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(trees.stats.prefetches.load(Ordering::SeqCst), 1);
+        // root + 4 a* + 12 b* + 12 c + 12 d + 12 e
+        assert_eq!(trees.stats.prefetched.load(Ordering::SeqCst), 53);
+        let reads = store.object_reads.load(Ordering::SeqCst);
+        FaultStore::set(&store.objects_hang, true);
+        for p in &paths {
+            let routes = crate::http::Routes::new(trees.clone(), 1 << 20);
+            let raw = format!("/{p}");
+            let parsed = crate::path::parse(&raw).unwrap();
+            let root = h.pointers().deploy("s").await.unwrap().unwrap().root;
+            let target =
+                tokio::time::timeout(Duration::from_secs(5), routes.lookup(root, &raw, &parsed))
+                    .await
+                    .unwrap_or_else(|_| panic!("{p}: the walk asked the origin"))
+                    .unwrap();
+            assert!(matches!(target, crate::http::Target::File(_)), "{p}");
+        }
+        assert_eq!(
+            store.object_reads.load(Ordering::SeqCst),
+            reads,
+            "no tree node was asked for"
+        );
+        // The control: a node that is not cached does go to the (hanging) origin.
+        let routes = crate::http::Routes::new(trees.clone(), 1 << 20);
+        let parsed = crate::path::parse("/").unwrap();
+        let unknown = routes.lookup(origin_client::Hash::of(b"unknown"), "/", &parsed);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), unknown)
+                .await
+                .is_err()
+        );
+        assert_eq!(store.object_reads.load(Ordering::SeqCst), reads + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prefetch_stops_at_its_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            let f = dir.path().join(format!("d{i}/x.txt"));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, format!("{i}")).unwrap();
+        }
+        let store = Arc::new(FaultStore::default());
+        let root = publish(&*store, dir.path(), "s", &PublishOptions::default())
+            .await
+            .unwrap()
+            .deploy
+            .root;
+        let trees = Trees::new(store.clone(), 1 << 20, None);
+        let all = trees.prefetch(root, u64::MAX).await;
+        assert_eq!((all.nodes, all.failed, all.truncated), (51, 0, false));
+        let trees = Trees::new(store, 1 << 20, None);
+        let some = trees.prefetch(root, 2_000).await;
+        assert!(some.truncated, "{some:?}");
+        assert!(some.nodes < 51 && some.bytes >= 2_000, "{some:?}");
     }
 }
