@@ -15,6 +15,8 @@ pub mod path;
 pub mod pointers;
 pub mod preview;
 pub mod route;
+pub mod samples;
 pub mod sched;
 pub mod tiers;
+pub mod top;
 pub mod trees;
