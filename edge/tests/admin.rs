@@ -895,8 +895,14 @@ fn figure(out: &str, key: &str) -> f64 {
 fn top_once_under_load_shows_the_rates_of_metrics_deltas() {
     let site = Site::new();
     let node = site.start(None, None);
-    let loader = load(&node.addr, 300.0, 8);
-    wait_for_rate(&node, 150.0);
+    let loader = load(&node.addr, 300.0, 10);
+    // Steady state: two samples in a row at the offered rate (the first second ramps up).
+    wait_for_rate(&node, 270.0);
+    let seq = status_json(&node)["sample"]["seq"].as_u64().unwrap();
+    while status_json(&node)["sample"]["seq"].as_u64().unwrap() <= seq {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_rate(&node, 270.0);
     let (t0, m0) = scrape(&node);
     let out = edge()
         .args(["top", "--once", "--admin", &node.admin])
