@@ -32,6 +32,10 @@ use prometheus_client::registry::Registry;
 
 use crate::http::Handler;
 use crate::metrics::{Format, counter, counter_family, gauge, gauge_family};
+use crate::samples::{self, Sample, Samples};
+
+/// Sites shown on the status page and in `/status`, busiest first.
+pub const SITES_SHOWN: usize = 50;
 
 pub struct Admin {
     handler: Arc<Handler>,
@@ -42,6 +46,8 @@ pub struct Admin {
     token: Option<blake3::Hash>,
     ready: AtomicBool,
     started: Instant,
+    /// One sample a second while the admin listener runs ([`run`]).
+    samples: Arc<Samples>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -73,12 +79,14 @@ impl Admin {
         token: Option<&str>,
     ) -> Arc<Admin> {
         let started = Instant::now();
+        let samples = Arc::new(Samples::default());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(handler.metrics().clone()));
         registry.register_collector(Box::new(NodeStats {
             handler: handler.clone(),
             origin: origin.clone(),
             started,
+            samples: samples.clone(),
         }));
         Arc::new(Admin {
             handler,
@@ -87,7 +95,85 @@ impl Admin {
             token: token.map(|t| blake3::hash(t.as_bytes())),
             ready: AtomicBool::new(false),
             started,
+            samples,
         })
+    }
+
+    /// The counters now, as a sample (not yet in the ring). `filesystem`: the disk cache's
+    /// filesystem (available, size) bytes, read by the caller off the async threads.
+    pub fn read_sample(&self, filesystem: Option<(u64, u64)>) -> Sample {
+        let h = &self.handler;
+        let m = h.metrics();
+        let t = h.tiers();
+        let unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut s = Sample::new(Instant::now(), unix_s);
+        s.requests = m.total_requests();
+        s.bytes = m.response_bytes.load(Relaxed);
+        s.tiers = [
+            t.stats.memory_hits.load(Relaxed),
+            t.stats.disk_hits.load(Relaxed),
+            t.stats.origin_fetches.load(Relaxed),
+        ];
+        s.latency = m.latency.bucket_counts();
+        s.shed = t.stats.site_shed.load(Relaxed);
+        if let Some(o) = &self.origin {
+            s.breakers = Some(FACES.map(|f| o.breaker_state(f).as_str()));
+            let faces = FACES.map(|f| {
+                let st = o.stats(f);
+                samples::FaceCounts {
+                    success: st.successes.load(Relaxed),
+                    failure: st.failures.load(Relaxed),
+                    timeout: st.timeouts.load(Relaxed),
+                    rejected_open: st.rejected_open.load(Relaxed),
+                    shed: o.limit(f).shed_count(),
+                }
+            });
+            s.shed += faces.iter().map(|f| f.shed).sum::<u64>();
+            s.origin = Some(faces);
+        }
+        s.sites = m.sites.counts();
+        s.filesystem = filesystem;
+        s
+    }
+
+    /// Reads the counters and adds the sample to the ring; returns its number.
+    pub fn sample(&self, filesystem: Option<(u64, u64)>) -> u64 {
+        self.samples.push(self.read_sample(filesystem))
+    }
+
+    /// The ring of per-second samples.
+    pub fn samples(&self) -> &Samples {
+        &self.samples
+    }
+
+    /// Takes a sample every `every` until dropped (the filesystem figures on the blocking
+    /// pool).
+    pub async fn sample_every(self: Arc<Self>, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let fs_dir = self.handler.tiers().disk().and_then(|d| {
+            // `blobs/` of the disk tier: the parent of a blob's fan-out folder.
+            d.path(&origin_client::Hash::of(b""))
+                .ancestors()
+                .nth(2)
+                .map(std::path::Path::to_path_buf)
+        });
+        loop {
+            tick.tick().await;
+            let filesystem = match &fs_dir {
+                Some(dir) => {
+                    let dir = dir.clone();
+                    tokio::task::spawn_blocking(move || filesystem_space(&dir))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                None => None,
+            };
+            self.sample(filesystem);
+        }
     }
 
     /// Marks the node ready (pointers loaded, listeners up).
@@ -224,28 +310,61 @@ impl Admin {
         })
     }
 
+    /// The status as JSON: the live counters (as before), and from the sample ring the rates
+    /// of the last second, latency quantiles over the last [`samples::LATENCY_WINDOW`]
+    /// seconds, the history of the last minutes, origin health per face and the busiest
+    /// sites. Everything derived from samples names the sample it is from (`sample.seq`).
     pub fn status(&self) -> serde_json::Value {
         let h = &self.handler;
         let r = h.pointers();
+        let ring = self.samples.all();
+        let last = ring.last();
+        let prev = ring.len().checked_sub(2).map(|i| &ring[i]);
+        let pair = prev.zip(last);
+        let site_rates: std::collections::HashMap<Arc<str>, samples::SiteRate> = pair
+            .map(|(a, b)| samples::site_rates(a, b, usize::MAX))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|sr| (sr.site.clone(), sr))
+            .collect();
         let stale_after = r.config().stale_after;
-        let sites: Vec<_> = r
-            .deploys()
+        let deploys = r.deploys();
+        let mut sites: Vec<(f64, u64, serde_json::Value)> = deploys
             .iter()
             .map(|d| {
                 let age = r.age(d);
-                json!({
+                let sr = site_rates.get(&*d.site);
+                let row = json!({
                     "site": &*d.site,
                     "deploy": &*d.id,
                     "seq": d.seq,
                     "root": d.root.to_hex(),
                     "pointer_age_s": age.as_secs(),
                     "stale": age > stale_after,
-                })
+                    "requests": sr.map_or(0, |s| s.requests),
+                    "requests_per_s": sr.map_or(0.0, |s| s.requests_per_s),
+                    "bytes_per_s": sr.map_or(0.0, |s| s.bytes_per_s),
+                    "hit_ratio": sr.and_then(|s| s.hit_ratio),
+                    "refused": sr.map_or(0, |s| s.refused),
+                });
+                (
+                    sr.map_or(0.0, |s| s.requests_per_s),
+                    sr.map_or(0, |s| s.requests),
+                    row,
+                )
             })
             .collect();
+        sites.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(b.1.cmp(&a.1))
+                .then_with(|| a.2["site"].as_str().cmp(&b.2["site"].as_str()))
+        });
+        sites.truncate(SITES_SHOWN);
+        let sites: Vec<_> = sites.into_iter().map(|(_, _, v)| v).collect();
         let hosts: Vec<_> = r
             .hosts()
             .into_iter()
+            .take(SITES_SHOWN)
             .map(|(h, s)| json!({"host": h, "site": &*s}))
             .collect();
         let t = h.tiers();
@@ -261,10 +380,89 @@ impl Admin {
                 "objects_opened": o.breaker_opened(Face::Objects),
             })
         });
+        let rates = pair.map(|(a, b)| samples::rates(a, b));
+        let window = ring.len().saturating_sub(1 + samples::LATENCY_WINDOW);
+        let latency = ring.get(window).zip(last).map(|(a, b)| {
+            let d = samples::latency_delta(a, b);
+            let ms = |q| samples::quantile(&d, q).map(|s| samples::round3(s * 1000.0));
+            json!({
+                "p50_ms": ms(0.5),
+                "p99_ms": ms(0.99),
+                "window_s": samples::round3(b.at.saturating_duration_since(a.at).as_secs_f64()),
+                "observations": d.iter().sum::<u64>(),
+            })
+        });
+        let origin_faces = self.origin.as_ref().map(|o| {
+            let face = |i: usize, f: Face| {
+                let now = last.and_then(|s| s.origin).map(|o| o[i]);
+                let before = prev.and_then(|s| s.origin).map(|o| o[i]);
+                let secs = pair.map_or(0.0, |(a, b)| {
+                    b.at.saturating_duration_since(a.at).as_secs_f64()
+                });
+                let per_s = |get: fn(&samples::FaceCounts) -> u64| match (before, now) {
+                    (Some(a), Some(b)) if secs > 0.0 => {
+                        samples::round3(get(&b).saturating_sub(get(&a)) as f64 / secs)
+                    }
+                    _ => 0.0,
+                };
+                let history: Vec<&str> = ring
+                    .iter()
+                    .filter_map(|s| s.breakers.map(|b| b[i]))
+                    .collect();
+                json!({
+                    "state": o.breaker_state(f).as_str(),
+                    "opened": o.breaker_opened(f),
+                    "success": now.map_or(0, |c| c.success),
+                    "failure": now.map_or(0, |c| c.failure),
+                    "timeout": now.map_or(0, |c| c.timeout),
+                    "rejected_open": now.map_or(0, |c| c.rejected_open),
+                    "shed": now.map_or(0, |c| c.shed),
+                    "success_per_s": per_s(|c| c.success),
+                    "failure_per_s": per_s(|c| c.failure),
+                    "timeout_per_s": per_s(|c| c.timeout),
+                    "breaker_history": history,
+                })
+            };
+            json!({ "meta": face(0, Face::Meta), "objects": face(1, Face::Objects) })
+        });
+        let history = {
+            let steps: Vec<samples::Rates> = ring
+                .windows(2)
+                .map(|w| samples::rates(&w[0], &w[1]))
+                .collect();
+            let p99: Vec<Option<f64>> = ring
+                .windows(2)
+                .map(|w| {
+                    samples::quantile(&samples::latency_delta(&w[0], &w[1]), 0.99)
+                        .map(|s| samples::round3(s * 1000.0))
+                })
+                .collect();
+            json!({
+                "first_seq": ring.get(1).map(|s| s.seq),
+                "requests_per_s": steps.iter().map(|r| r.requests_per_s).collect::<Vec<_>>(),
+                "bytes_per_s": steps.iter().map(|r| r.bytes_per_s).collect::<Vec<_>>(),
+                "hit_ratio": steps.iter().map(|r| r.hit_ratio).collect::<Vec<_>>(),
+                "p99_ms": p99,
+            })
+        };
         json!({
             "uptime_s": self.started.elapsed().as_secs(),
             "ready": self.ready.load(Relaxed),
             "requests": h.metrics().total_requests(),
+            "sample": last.map(|s| json!({ "seq": s.seq, "unix_s": s.unix_s })),
+            "rates": rates.map(|r| json!({
+                "interval_s": r.interval_s,
+                "requests_per_s": r.requests_per_s,
+                "bytes_per_s": r.bytes_per_s,
+                "hit_ratio": r.hit_ratio,
+                "memory_per_s": r.tiers_per_s[0],
+                "disk_per_s": r.tiers_per_s[1],
+                "origin_per_s": r.tiers_per_s[2],
+                "shed_per_s": r.shed_per_s,
+            })),
+            "latency": latency,
+            "history": history,
+            "sites_total": deploys.len(),
             "sites": sites,
             "hosts": hosts,
             "tiers": {
@@ -272,11 +470,14 @@ impl Admin {
                 "disk": t.disk().map(|d| json!({
                     "bytes": d.bytes(), "capacity": d.capacity(), "objects": d.len(),
                     "evictions": d.evictions(), "hits": disk, "hit_ratio": disk as f64 / lookups,
+                    "filesystem_avail": last.and_then(|s| s.filesystem).map(|f| f.0),
+                    "filesystem_size": last.and_then(|s| s.filesystem).map(|f| f.1),
                 })),
                 "origin": { "fetches": origin, "ratio": origin as f64 / lookups },
                 "tree_bytes": h.trees().bytes(),
             },
             "breakers": breakers,
+            "origin": origin_faces,
         })
     }
 }
@@ -287,7 +488,11 @@ struct NodeStats {
     handler: Arc<Handler>,
     origin: Option<Arc<ResilientStore>>,
     started: Instant,
+    samples: Arc<Samples>,
 }
+
+/// The origin's faces, in the order samples and the status list them.
+const FACES: [Face; 2] = [Face::Meta, Face::Objects];
 
 impl fmt::Debug for NodeStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -370,14 +575,46 @@ impl Collector for NodeStats {
             "Pointer refreshes that failed (the cached pointer was kept).",
             rs.refresh_failures.load(Relaxed),
         )?;
+        let pointers = h.pointers();
+        let deploys = pointers.deploys();
         gauge(
             &mut enc,
             "edge_sites",
             "Sites with a cached deploy.",
-            h.pointers().deploys().len() as f64,
+            deploys.len() as f64,
         )?;
+        let ages = deploys.iter().map(|d| pointers.age(d));
+        let stale_after = pointers.stale_after();
+        let (oldest, stale) = ages.fold((0.0f64, 0u64), |(m, n), a| {
+            (m.max(a.as_secs_f64()), n + u64::from(a > stale_after))
+        });
+        gauge(
+            &mut enc,
+            "edge_pointer_max_age_seconds",
+            "Age of the oldest cached deploy pointer: seconds since the origin last confirmed it.",
+            oldest,
+        )?;
+        gauge(
+            &mut enc,
+            "edge_pointers_stale",
+            "Cached deploy pointers older than the stale bound (served, but not confirmed lately).",
+            stale as f64,
+        )?;
+        if let Some((avail, size)) = self.samples.latest().and_then(|s| s.filesystem) {
+            gauge(
+                &mut enc,
+                "edge_disk_filesystem_avail_bytes",
+                "Bytes available to the node on the disk cache's filesystem (read once a second).",
+                avail as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "edge_disk_filesystem_size_bytes",
+                "Size of the disk cache's filesystem.",
+                size as f64,
+            )?;
+        }
         if let Some(o) = &self.origin {
-            const FACES: [Face; 2] = [Face::Meta, Face::Objects];
             // Both faces of one family, then both of the next: a family is one group.
             let outcomes = FACES.into_iter().flat_map(|face| {
                 let s = o.stats(face);
@@ -428,72 +665,248 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A small self-contained page (no external assets) from the status JSON.
+/// A number for an attribute: the JSON text of `v` (`null` for none), so the page and
+/// `/status` carry the very same value.
+fn num(v: &serde_json::Value) -> String {
+    esc(&v.to_string())
+}
+
+/// A line chart of `values` (`null`s are gaps), `w` x `h`, from 0 to the larger of the
+/// largest value and `min_top`, with the top value written in the corner.
+fn svg_line(id: &str, values: &[serde_json::Value], min_top: f64, unit: &str) -> String {
+    const W: f64 = 300.0;
+    const H: f64 = 60.0;
+    let xs: Vec<Option<f64>> = values.iter().map(serde_json::Value::as_f64).collect();
+    let top = xs.iter().flatten().fold(min_top, |m, &x| m.max(x));
+    let step = if xs.len() > 1 {
+        W / (samples::RING - 1) as f64
+    } else {
+        0.0
+    };
+    // Right-aligned: the newest sample at the right edge.
+    let x0 = W - step * xs.len().saturating_sub(1) as f64;
+    let mut paths = String::new();
+    let mut pen_down = false;
+    for (i, x) in xs.iter().enumerate() {
+        match x {
+            Some(x) => {
+                let px = x0 + step * i as f64;
+                let py = H - 2.0 - (x / top).clamp(0.0, 1.0) * (H - 14.0);
+                let _ = write!(
+                    paths,
+                    "{}{px:.1},{py:.1}",
+                    if pen_down { " L" } else { " M" }
+                );
+                pen_down = true;
+            }
+            None => pen_down = false,
+        }
+    }
+    format!(
+        "<svg id=\"{id}\" class=\"chart\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" data-points=\"{}\"><rect width=\"{W}\" height=\"{H}\" fill=\"#fafafa\" stroke=\"#ddd\"/><path d=\"{}\" fill=\"none\" stroke=\"#2a6fdb\" stroke-width=\"1.5\"/><text x=\"4\" y=\"11\" font-size=\"10\" fill=\"#666\">max {} {unit}</text></svg>",
+        xs.len(),
+        paths.trim_start(),
+        esc(&samples::human_rate(top))
+    )
+}
+
+/// A strip of the breaker's state, one bar per sample: green closed, amber half-open, red open.
+fn svg_breaker(id: &str, states: &[serde_json::Value]) -> String {
+    const W: f64 = 300.0;
+    const H: f64 = 12.0;
+    let step = W / samples::RING as f64;
+    let x0 = W - step * states.len() as f64;
+    let mut bars = String::new();
+    for (i, s) in states.iter().enumerate() {
+        let color = match s.as_str() {
+            Some("closed") => "#3a3",
+            Some("open") => "#d33",
+            _ => "#e90",
+        };
+        let _ = write!(
+            bars,
+            "<rect x=\"{:.2}\" width=\"{:.2}\" height=\"{H}\" fill=\"{color}\"/>",
+            x0 + step * i as f64,
+            step + 0.05
+        );
+    }
+    format!(
+        "<svg id=\"{id}\" class=\"strip\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\"><rect width=\"{W}\" height=\"{H}\" fill=\"#eee\"/>{bars}</svg>"
+    )
+}
+
+/// The status page, from the status JSON: human units, charts of the last minutes drawn
+/// here as inline SVG (no script, no external asset: it works offline), refreshed every
+/// two seconds. Every figure also carries its JSON value in `data-v`, and the page names
+/// the sample it shows (`id="sample"`), so a test can compare it with `/status`.
 pub fn status_html(v: &serde_json::Value) -> String {
-    let mut h = String::with_capacity(4096);
-    h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>edge status</title><style>body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:0 0 1.5rem}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}th{background:#f3f3f3}.stale{color:#b00}.ok{color:#070}h1{font-size:1.4rem}</style></head><body><h1>edge status</h1>");
+    use samples::{human_age, human_bytes, human_ms, human_pct, human_rate};
+    let f = |x: &serde_json::Value| x.as_f64().unwrap_or(0.0);
+    let mut h = String::with_capacity(16384);
+    h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\"><title>edge status</title><style>body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}table{border-collapse:collapse;margin:0 0 1.2rem}td,th{border:1px solid #ccc;padding:.25rem .55rem;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}.stale,.open{color:#b00}.ok,.closed{color:#070}.half_open{color:#b60}h1{font-size:1.4rem;margin:0 0 .5rem}h2{font-size:1.1rem;margin:1rem 0 .4rem}.charts{display:flex;flex-wrap:wrap;gap:1rem}.charts figure{margin:0}figcaption{font-size:.85rem;color:#555}.big{font-size:1.3rem;font-weight:600}</style></head><body><h1>edge status</h1>");
     let _ = write!(
         h,
-        "<p id=\"summary\">uptime <span id=\"uptime\">{}</span> s, ready <span id=\"ready\">{}</span>, requests <span id=\"requests\">{}</span></p>",
-        v["uptime_s"], v["ready"], v["requests"]
+        "<p id=\"summary\">uptime <span id=\"uptime\" data-v=\"{}\">{}</span>, ready <span id=\"ready\">{}</span>, requests <span id=\"requests\">{}</span>, sample <span id=\"sample\">{}</span></p>",
+        num(&v["uptime_s"]),
+        human_age(v["uptime_s"].as_u64().unwrap_or(0)),
+        v["ready"],
+        v["requests"],
+        num(&v["sample"]["seq"]),
     );
-    h.push_str("<h2>Sites</h2><table id=\"sites\"><tr><th>site</th><th>deploy</th><th>seq</th><th>pointer age (s)</th><th>state</th></tr>");
+    let r = &v["rates"];
+    let l = &v["latency"];
+    let _ = write!(
+        h,
+        "<table id=\"now\"><tr><th>requests/s</th><th>bytes/s</th><th>hit ratio</th><th>shed/s</th><th>latency p50</th><th>latency p99</th></tr><tr><td class=\"n big\" id=\"rps\" data-v=\"{}\">{}</td><td class=\"n big\" id=\"bps\" data-v=\"{}\">{}/s</td><td class=\"n big\" id=\"hit-ratio\" data-v=\"{}\">{}</td><td class=\"n big\" id=\"shed\" data-v=\"{}\">{}</td><td class=\"n big\" id=\"p50\" data-v=\"{}\">{}</td><td class=\"n big\" id=\"p99\" data-v=\"{}\">{}</td></tr></table>",
+        num(&r["requests_per_s"]),
+        human_rate(f(&r["requests_per_s"])),
+        num(&r["bytes_per_s"]),
+        human_bytes(f(&r["bytes_per_s"])),
+        num(&r["hit_ratio"]),
+        human_pct(r["hit_ratio"].as_f64()),
+        num(&r["shed_per_s"]),
+        human_rate(f(&r["shed_per_s"])),
+        num(&l["p50_ms"]),
+        human_ms(l["p50_ms"].as_f64().map(|ms| ms / 1000.0)),
+        num(&l["p99_ms"]),
+        human_ms(l["p99_ms"].as_f64().map(|ms| ms / 1000.0)),
+    );
+    let hist = &v["history"];
+    let series = |k: &str| hist[k].as_array().cloned().unwrap_or_default();
+    let _ = write!(
+        h,
+        "<div class=\"charts\"><figure>{}<figcaption>requests/s, last {} s</figcaption></figure><figure>{}<figcaption>hit ratio (%), last {} s</figcaption></figure><figure>{}<figcaption>latency p99 (ms), per second</figcaption></figure></div>",
+        svg_line("chart-rps", &series("requests_per_s"), 1.0, "/s"),
+        series("requests_per_s").len(),
+        svg_line(
+            "chart-hit-ratio",
+            &series("hit_ratio")
+                .iter()
+                .map(|x| x
+                    .as_f64()
+                    .map_or(serde_json::Value::Null, |x| json!(x * 100.0)))
+                .collect::<Vec<_>>(),
+            100.0,
+            "%"
+        ),
+        series("hit_ratio").len(),
+        svg_line("chart-p99", &series("p99_ms"), 1.0, "ms"),
+    );
+
+    let _ = write!(
+        h,
+        "<h2>Sites</h2><p>{} sites with a deploy; the busiest {} shown.</p><table id=\"sites\"><tr><th>site</th><th>requests/s</th><th>bytes/s</th><th>hit ratio</th><th>refused (503)</th><th>deploy</th><th>seq</th><th>pointer age</th><th>state</th></tr>",
+        v["sites_total"],
+        v["sites"].as_array().map_or(0, Vec::len)
+    );
     for s in v["sites"].as_array().into_iter().flatten() {
         let stale = s["stale"].as_bool().unwrap_or(false);
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"n site-rps\" data-v=\"{}\">{}</td><td class=\"n site-bps\" data-v=\"{}\">{}/s</td><td class=\"n site-hit\" data-v=\"{}\">{}</td><td class=\"n site-refused\" data-v=\"{}\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\" data-v=\"{}\">{}</td><td class=\"{}\">{}</td></tr>",
             esc(s["site"].as_str().unwrap_or("")),
+            num(&s["requests_per_s"]),
+            human_rate(f(&s["requests_per_s"])),
+            num(&s["bytes_per_s"]),
+            human_bytes(f(&s["bytes_per_s"])),
+            num(&s["hit_ratio"]),
+            human_pct(s["hit_ratio"].as_f64()),
+            num(&s["refused"]),
+            s["refused"],
             esc(s["deploy"].as_str().unwrap_or("")),
             s["seq"],
-            s["pointer_age_s"],
+            num(&s["pointer_age_s"]),
+            human_age(s["pointer_age_s"].as_u64().unwrap_or(0)),
             if stale { "stale" } else { "ok" },
             if stale { "stale" } else { "fresh" }
         );
     }
-    h.push_str("</table><h2>Tiers</h2><table id=\"tiers\"><tr><th>tier</th><th>bytes</th><th>hits</th><th>hit ratio</th></tr>");
+    h.push_str("</table><h2>Tiers</h2><table id=\"tiers\"><tr><th>tier</th><th>holds</th><th>lookups/s</th><th>hits</th><th>share since start</th></tr>");
     let tiers = &v["tiers"];
-    let pct = |x: &serde_json::Value| format!("{:.1}%", x.as_f64().unwrap_or(0.0) * 100.0);
+    let pct = |x: &serde_json::Value| human_pct(x.as_f64());
     let _ = write!(
         h,
-        "<tr><td>memory</td><td>{}</td><td>{}</td><td id=\"memory-hit-ratio\">{}</td></tr>",
-        tiers["memory"]["bytes"],
+        "<tr><td>memory</td><td class=\"n\" data-v=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\" id=\"memory-hit-ratio\">{}</td></tr>",
+        num(&tiers["memory"]["bytes"]),
+        human_bytes(f(&tiers["memory"]["bytes"])),
+        human_rate(f(&r["memory_per_s"])),
         tiers["memory"]["hits"],
         pct(&tiers["memory"]["hit_ratio"])
     );
     if tiers["disk"].is_object() {
+        let d = &tiers["disk"];
+        let used = f(&d["bytes"]) / f(&d["capacity"]).max(1.0);
+        let fs = match (
+            d["filesystem_avail"].as_f64(),
+            d["filesystem_size"].as_f64(),
+        ) {
+            (Some(a), Some(s)) => {
+                format!("; filesystem {} free of {}", human_bytes(a), human_bytes(s))
+            }
+            _ => String::new(),
+        };
         let _ = write!(
             h,
-            "<tr><td>disk</td><td>{} of {}</td><td>{}</td><td id=\"disk-hit-ratio\">{}</td></tr>",
-            tiers["disk"]["bytes"],
-            tiers["disk"]["capacity"],
-            tiers["disk"]["hits"],
-            pct(&tiers["disk"]["hit_ratio"])
+            "<tr><td>disk</td><td class=\"n\" id=\"disk-bytes\" data-v=\"{}\">{} of {} ({}), {} objects{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\" id=\"disk-hit-ratio\">{}</td></tr>",
+            num(&d["bytes"]),
+            human_bytes(f(&d["bytes"])),
+            human_bytes(f(&d["capacity"])),
+            human_pct(Some(used)),
+            d["objects"],
+            esc(&fs),
+            human_rate(f(&r["disk_per_s"])),
+            d["hits"],
+            pct(&d["hit_ratio"])
         );
     }
     let _ = write!(
         h,
-        "<tr><td>origin</td><td></td><td>{}</td><td>{}</td></tr></table>",
+        "<tr><td>origin</td><td class=\"n\">tree nodes {}</td><td class=\"n\">{}</td><td class=\"n\">{} fetches</td><td class=\"n\">{}</td></tr></table>",
+        human_bytes(f(&tiers["tree_bytes"])),
+        human_rate(f(&r["origin_per_s"])),
         tiers["origin"]["fetches"],
         pct(&tiers["origin"]["ratio"])
     );
-    if v["breakers"].is_object() {
-        let _ = write!(
-            h,
-            "<h2>Origin breakers</h2><table id=\"breakers\"><tr><th>face</th><th>state</th><th>times opened</th></tr><tr><td>meta</td><td id=\"breaker-meta\">{}</td><td>{}</td></tr><tr><td>objects</td><td id=\"breaker-objects\">{}</td><td>{}</td></tr></table>",
-            esc(v["breakers"]["meta"].as_str().unwrap_or("")),
-            v["breakers"]["meta_opened"],
-            esc(v["breakers"]["objects"].as_str().unwrap_or("")),
-            v["breakers"]["objects_opened"]
-        );
+    if v["origin"].is_object() {
+        h.push_str("<h2>Origin</h2><table id=\"origin\"><tr><th>face</th><th>breaker</th><th>times opened</th><th>ok/s</th><th>failed/s</th><th>timeouts/s</th><th>refused while open</th><th>shed</th><th>breaker, last minutes</th></tr>");
+        for face in ["meta", "objects"] {
+            let o = &v["origin"][face];
+            let state = o["state"].as_str().unwrap_or("");
+            let _ = write!(
+                h,
+                "<tr><td>{face}</td><td id=\"breaker-{face}\" class=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+                esc(state),
+                esc(state),
+                o["opened"],
+                human_rate(f(&o["success_per_s"])),
+                human_rate(f(&o["failure_per_s"])),
+                human_rate(f(&o["timeout_per_s"])),
+                o["rejected_open"],
+                o["shed"],
+                svg_breaker(
+                    &format!("breaker-history-{face}"),
+                    o["breaker_history"]
+                        .as_array()
+                        .map_or(&[][..], Vec::as_slice)
+                ),
+            );
+        }
+        h.push_str("</table>");
     }
     h.push_str("</body></html>\n");
     h
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` resolves.
+/// The ring of samples fills once a second meanwhile.
 pub async fn run(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let sampler = tokio::spawn(
+        admin
+            .clone()
+            .sample_every(std::time::Duration::from_secs(1)),
+    );
+    let _stop_sampler = AbortOnDrop(sampler);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -517,6 +930,24 @@ pub async fn run(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Future
                 .await;
         });
     }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// (available, size) bytes of the filesystem holding `dir`.
+fn filesystem_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
 }
 
 #[cfg(test)]

@@ -15,8 +15,10 @@ pub mod path;
 pub mod pointers;
 pub mod preview;
 pub mod route;
+pub mod samples;
 pub mod sched;
 #[cfg(test)]
 mod testing;
 pub mod tiers;
+pub mod top;
 pub mod trees;

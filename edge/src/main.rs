@@ -62,6 +62,8 @@ enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// A live view of a running node from its admin listener (`q` quits).
+    Top(edge::top::TopArgs),
     /// Serve a local folder for development, rebuilding it when files change.
     Preview {
         /// The folder to serve.
@@ -132,5 +134,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_listen,
         } => edge::cli::preview(&dir, &listen, tls.then_some(tls_listen.as_str())).await,
         Command::CheckConfig { file } => edge::cli::check_config(&file),
+        Command::Top(args) => edge::top::run(args).await,
     }
 }

@@ -63,6 +63,15 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
+    /// The per-bucket counts (not cumulative), [`LATENCY_BUCKETS`] then `+Inf`.
+    pub fn bucket_counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .chain(std::iter::once(&self.inf))
+            .map(|n| n.load(Relaxed))
+            .collect()
+    }
+
     /// Writes the histogram as family `name`: the per-bucket counts (prometheus-client makes
     /// them cumulative), `+Inf` last; the count is the sum of the buckets, so it always
     /// equals the `+Inf` bucket even while observations land.
@@ -93,6 +102,135 @@ pub struct Metrics {
     pub stale_serves: AtomicU64,
     /// Access-log lines dropped because the log writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Body bytes of the responses sent (as announced; HEAD and 304 count 0).
+    pub response_bytes: AtomicU64,
+    /// Per-site counters, a bounded table.
+    pub sites: SiteTable,
+}
+
+/// What one response adds to its site's counters (from the handler's `Facts`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SiteFacts {
+    pub bytes: u64,
+    /// `Some(true)`: served from memory, disk or the tree alone; `Some(false)`: fetched from
+    /// the origin; `None`: no blob lookup (a redirect, an error before the tiers).
+    pub hit: Option<bool>,
+    /// Refused with 503 + Retry-After (a full site bulkhead or origin queue, an open breaker).
+    pub shed: bool,
+}
+
+/// One site's counters.
+#[derive(Debug, Default)]
+pub struct SiteCounters {
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub shed: AtomicU64,
+}
+
+/// A copy of one site's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SiteCounts {
+    pub requests: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub shed: u64,
+}
+
+impl SiteCounters {
+    fn add(&self, f: SiteFacts) {
+        self.requests.fetch_add(1, Relaxed);
+        if f.bytes > 0 {
+            self.bytes.fetch_add(f.bytes, Relaxed);
+        }
+        match f.hit {
+            Some(true) => self.hits.fetch_add(1, Relaxed),
+            Some(false) => self.misses.fetch_add(1, Relaxed),
+            None => 0,
+        };
+        if f.shed {
+            self.shed.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn counts(&self) -> SiteCounts {
+        SiteCounts {
+            requests: self.requests.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            shed: self.shed.load(Relaxed),
+        }
+    }
+}
+
+/// The label of the counters of sites beyond [`MAX_SITES`].
+pub const OTHER_SITES: &str = "(other)";
+
+/// At most this many sites get counters of their own; the rest share [`OTHER_SITES`].
+pub const MAX_SITES: usize = 1024;
+
+/// Per-site counters. The request path reads the map with one atomic load (`ArcSwap`) and
+/// adds with atomics; a site seen for the first time copies the map under a lock (at most
+/// [`MAX_SITES`] times in the life of the process).
+#[derive(Debug, Default)]
+pub struct SiteTable {
+    map: arc_swap::ArcSwap<HashMap<std::sync::Arc<str>, std::sync::Arc<SiteCounters>>>,
+    grow: std::sync::Mutex<()>,
+    other: SiteCounters,
+    cap: Option<usize>,
+}
+
+impl SiteTable {
+    /// A table that tracks at most `cap` sites by name.
+    pub fn with_cap(cap: usize) -> SiteTable {
+        SiteTable {
+            cap: Some(cap),
+            ..SiteTable::default()
+        }
+    }
+
+    fn cap(&self) -> usize {
+        self.cap.unwrap_or(MAX_SITES)
+    }
+
+    pub fn record(&self, site: &std::sync::Arc<str>, f: SiteFacts) {
+        if let Some(c) = self.map.load().get(site) {
+            return c.add(f);
+        }
+        // A new site: copy the map with it added, unless it is full.
+        let _g = self.grow.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.map.load_full();
+        if let Some(c) = cur.get(site) {
+            return c.add(f);
+        }
+        if cur.len() >= self.cap() {
+            return self.other.add(f);
+        }
+        let c = std::sync::Arc::new(SiteCounters::default());
+        c.add(f);
+        let mut next = HashMap::clone(&cur);
+        next.insert(site.clone(), c);
+        self.map.store(std::sync::Arc::new(next));
+    }
+
+    /// Every tracked site's counts, by name, then [`OTHER_SITES`] when it has counted any.
+    pub fn counts(&self) -> Vec<(std::sync::Arc<str>, SiteCounts)> {
+        let mut v: Vec<_> = self
+            .map
+            .load()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.counts()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        let other = self.other.counts();
+        if other.requests > 0 {
+            v.push((OTHER_SITES.into(), other));
+        }
+        v
+    }
 }
 
 pub fn protocol_index(v: Version) -> usize {
@@ -108,6 +246,16 @@ impl Metrics {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[protocol_index(version)][class].fetch_add(1, Relaxed);
         self.latency.observe(elapsed);
+    }
+
+    /// Accounts a response's body bytes and, when it was for a site, the site's counters.
+    pub fn record_site(&self, site: Option<&std::sync::Arc<str>>, f: SiteFacts) {
+        if f.bytes > 0 {
+            self.response_bytes.fetch_add(f.bytes, Relaxed);
+        }
+        if let Some(site) = site {
+            self.sites.record(site, f);
+        }
     }
 
     pub fn requests(&self, proto: usize, class: usize) -> u64 {
@@ -159,6 +307,41 @@ impl Collector for Metrics {
             "edge_worker_yields_total",
             "Times a serving thread busy for server.yield_after gave its CPU up between requests.",
             crate::sched::yields(),
+        )?;
+        counter(
+            &mut enc,
+            "edge_response_bytes_total",
+            "Body bytes of the responses sent (HEAD and 304: none).",
+            self.response_bytes.load(Relaxed),
+        )?;
+        let sites = self.sites.counts();
+        counter_family(
+            &mut enc,
+            "edge_site_requests_total",
+            "Responses sent per site (at most 1024 sites by name, the rest as \"(other)\").",
+            sites.iter().map(|(s, c)| ([("site", &**s)], c.requests)),
+        )?;
+        counter_family(
+            &mut enc,
+            "edge_site_response_bytes_total",
+            "Body bytes sent per site.",
+            sites.iter().map(|(s, c)| ([("site", &**s)], c.bytes)),
+        )?;
+        let lookups = sites.iter().flat_map(|(s, c)| {
+            [("hit", c.hits), ("miss", c.misses)]
+                .map(|(result, v)| ([("site", &**s), ("result", result)], v))
+        });
+        counter_family(
+            &mut enc,
+            "edge_site_lookups_total",
+            "Blob lookups per site: hit (memory, disk, tree) or miss (origin).",
+            lookups,
+        )?;
+        counter_family(
+            &mut enc,
+            "edge_site_refused_total",
+            "Responses per site refused with 503 + Retry-After (site bulkhead or origin queue full, breaker open).",
+            sites.iter().map(|(s, c)| ([("site", &**s)], c.shed)),
         )
     }
 }
@@ -511,6 +694,55 @@ mod tests {
             );
         }
         assert_eq!(m.total_requests(), 3);
+    }
+
+    #[test]
+    fn the_site_table_is_bounded_and_counts_the_rest_as_other() {
+        let t = SiteTable::with_cap(2);
+        let hit = SiteFacts {
+            bytes: 10,
+            hit: Some(true),
+            shed: false,
+        };
+        let shed = SiteFacts {
+            bytes: 0,
+            hit: None,
+            shed: true,
+        };
+        for site in ["b", "a", "b", "c", "d"] {
+            t.record(&site.into(), hit);
+        }
+        t.record(&"a".into(), shed);
+        let got = t.counts();
+        let names: Vec<&str> = got.iter().map(|(s, _)| &**s).collect();
+        assert_eq!(names, ["a", "b", OTHER_SITES]);
+        assert_eq!(
+            got[0].1,
+            SiteCounts {
+                requests: 2,
+                bytes: 10,
+                hits: 1,
+                misses: 0,
+                shed: 1
+            }
+        );
+        assert_eq!(got[1].1.requests, 2);
+        assert_eq!(got[2].1.requests, 2, "c and d share (other)");
+        let m = Arc::new(Metrics::default());
+        m.record_site(Some(&"s".into()), hit);
+        m.record_site(None, hit);
+        assert_eq!(m.response_bytes.load(Relaxed), 20);
+        let out = render(m, Format::Prometheus);
+        assert!(
+            out.contains("edge_site_requests_total{site=\"s\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("edge_site_lookups_total{site=\"s\",result=\"hit\"} 1\n"));
+        assert!(out.contains("edge_response_bytes_total 20\n"));
+        assert_eq!(
+            exposition_problems(&out, Format::Prometheus),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

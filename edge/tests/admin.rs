@@ -619,85 +619,662 @@ fn sigterm_drains_requests_in_flight() {
     assert!(status.success(), "exit status {status:?}");
 }
 
-/// Renders `/status.html` in headless Chromium, saves a screenshot under
-/// `target/test-artifacts/`, and reads the key figures back from the rendered page.
-#[test]
-fn status_page_renders_in_chromium() {
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find(|c| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {c}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(chromium) = chromium else {
-        if std::env::var("EDGE_SKIP_BROWSER_TESTS").is_ok() {
-            eprintln!("EDGE_SKIP_BROWSER_TESTS set and no chromium: skipped");
+/// The first of `names` on PATH.
+fn which(names: &[&'static str]) -> Option<&'static str> {
+    names.iter().copied().find(|c| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// `tool` (a Debian package .ci/run installs), or a panic naming the variable that skips.
+fn need(names: &[&'static str], skip: &str) -> Option<&'static str> {
+    match which(names) {
+        Some(t) => Some(t),
+        None if std::env::var(skip).is_ok() => {
+            eprintln!("{skip} set and no {}: skipped", names[0]);
+            None
+        }
+        None => panic!(
+            "{} is not installed (.ci/run installs it; {skip}=1 skips)",
+            names[0]
+        ),
+    }
+}
+
+/// Open-loop load at `rate` requests/s on `/` for `secs` (bounded), from the loadtest
+/// library on a thread of its own. Returns the requests it completed.
+fn load(addr: &str, rate: f64, secs: u64) -> std::thread::JoinHandle<u64> {
+    let target: http::Uri = format!("http://{addr}/").parse().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut opts = loadtest::loadgen::RunOptions::new(target.clone());
+            opts.mode = loadtest::loadgen::Mode::Open { rate };
+            opts.connections = 8;
+            opts.warmup = Duration::from_millis(200);
+            opts.duration = Duration::from_secs(secs);
+            let host = target.authority().unwrap().clone();
+            let w = loadtest::loadgen::Workload::from_list("/", &host).unwrap();
+            let report = loadtest::loadgen::run(&opts, std::sync::Arc::new(w))
+                .await
+                .unwrap();
+            report.responses
+        })
+    })
+}
+
+fn status_json(node: &Node) -> serde_json::Value {
+    serde_json::from_slice(&get(&node.admin, "/status").body).unwrap()
+}
+
+/// Waits (bounded) until the node's last sample shows at least `rps` requests/s.
+fn wait_for_rate(node: &Node, rps: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status_json(node);
+        if s["rates"]["requests_per_s"].as_f64().unwrap_or(0.0) >= rps {
             return;
         }
-        panic!("chromium is not installed (.ci/run installs it; EDGE_SKIP_BROWSER_TESTS=1 skips)");
+        assert!(Instant::now() < deadline, "no load seen: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of the first `data-v` after `marker` in a dumped DOM, as JSON.
+fn data_v(dom: &str, marker: &str) -> serde_json::Value {
+    let rest = dom
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {marker} in {dom}"));
+    let v = rest
+        .split("data-v=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no data-v after {marker}"));
+    serde_json::from_str(v).unwrap_or_else(|e| panic!("{e}: data-v {v:?} after {marker}"))
+}
+
+fn text_of(dom: &str, id: &str) -> String {
+    dom.split(&format!("id=\"{id}\""))
+        .nth(1)
+        .and_then(|r| r.split('>').nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"))
+        .to_owned()
+}
+
+/// The `d` of the chart's path: what moves when the chart does.
+fn chart_path(dom: &str, id: &str) -> String {
+    dom.split(&format!("<svg id=\"{id}\""))
+        .nth(1)
+        .and_then(|r| r.split("<path d=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no chart {id} in {dom}"))
+        .to_owned()
+}
+
+struct Browser {
+    chromium: &'static str,
+    profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn run(&self, args: &[String]) -> std::process::Output {
+        Command::new(self.chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1100,900",
+            ])
+            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn screenshot(&self, url: &str, shot: &Path) {
+        let _ = std::fs::remove_file(shot);
+        let out = self.run(&[format!("--screenshot={}", shot.display()), url.to_owned()]);
+        assert!(
+            shot.exists(),
+            "no screenshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let png = std::fs::read(shot).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(
+            png.len() > 5_000,
+            "a blank page is tiny: {} bytes",
+            png.len()
+        );
+    }
+
+    fn dom(&self, url: &str) -> String {
+        let out = self.run(&["--dump-dom".to_owned(), url.to_owned()]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Renders `/status.html` in headless Chromium under load: screenshots saved under
+/// `target/test-artifacts/` (two, seconds apart: the charts move), and the figures read
+/// back from the rendered DOM equal `/status` JSON of the sample the page names.
+#[test]
+fn status_page_under_load_renders_in_chromium_and_matches_the_json() {
+    let Some(chromium) = need(
+        &["chromium", "chromium-browser", "google-chrome"],
+        "EDGE_SKIP_BROWSER_TESTS",
+    ) else {
+        return;
     };
     let site = Site::new();
     let node = site.start(None, None);
-    for _ in 0..3 {
-        assert_eq!(get(&node.addr, "/").status, 200);
-    }
+    let loader = load(&node.addr, 200.0, 14);
+    wait_for_rate(&node, 100.0);
     let url = format!("http://{}/status.html", node.admin);
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    let profile = tempfile::tempdir().unwrap();
-    let common = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1000,700",
-    ];
-    let out = Command::new(chromium)
-        .args(common)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(&url)
+    let browser = Browser {
+        chromium,
+        profile: tempfile::tempdir().unwrap(),
+    };
+    browser.screenshot(&url, &artifacts.join("status-page-1.png"));
+
+    // DOM against the JSON: the totals of the sample the page shows are in the history of
+    // a later /status; the windowed figures and the sites are compared when the page's
+    // sample is the one a /status before or after it reports.
+    let mut compared_sites = false;
+    let mut first_dom = String::new();
+    for _attempt in 0..6 {
+        let before = status_json(&node);
+        let dom = browser.dom(&url);
+        let after = status_json(&node);
+        let seq: u64 = text_of(&dom, "sample").parse().unwrap();
+        let (b, a) = (
+            before["sample"]["seq"].as_u64().unwrap(),
+            after["sample"]["seq"].as_u64().unwrap(),
+        );
+        assert!(b <= seq && seq <= a, "page sample {seq} not in [{b}, {a}]");
+        let first = after["history"]["first_seq"].as_u64().unwrap();
+        let i = (seq - first) as usize;
+        let hist = &after["history"];
+        assert_eq!(
+            data_v(&dom, "id=\"rps\""),
+            hist["requests_per_s"][i],
+            "sample {seq}"
+        );
+        assert_eq!(
+            data_v(&dom, "id=\"bps\""),
+            hist["bytes_per_s"][i],
+            "sample {seq}"
+        );
+        assert_eq!(
+            data_v(&dom, "id=\"hit-ratio\""),
+            hist["hit_ratio"][i],
+            "sample {seq}"
+        );
+        assert!(
+            hist["requests_per_s"][i].as_f64().unwrap() > 50.0,
+            "under load: {hist}"
+        );
+        assert!(dom.contains("<td>main</td>"), "{dom}");
+        assert_eq!(text_of(&dom, "breaker-objects"), "closed");
+        assert_eq!(text_of(&dom, "ready"), "true");
+        if first_dom.is_empty() {
+            first_dom = dom.clone();
+        }
+        let same = [&before, &after]
+            .into_iter()
+            .find(|j| j["sample"]["seq"].as_u64() == Some(seq));
+        if let Some(j) = same {
+            assert_eq!(data_v(&dom, "id=\"p50\""), j["latency"]["p50_ms"]);
+            assert_eq!(data_v(&dom, "id=\"p99\""), j["latency"]["p99_ms"]);
+            assert_eq!(data_v(&dom, "site-rps"), j["sites"][0]["requests_per_s"]);
+            assert_eq!(data_v(&dom, "site-bps"), j["sites"][0]["bytes_per_s"]);
+            assert_eq!(data_v(&dom, "site-hit"), j["sites"][0]["hit_ratio"]);
+            assert!(j["sites"][0]["requests_per_s"].as_f64().unwrap() > 50.0);
+            compared_sites = true;
+            break;
+        }
+    }
+    assert!(
+        compared_sites,
+        "the page never showed the sample of a /status beside it"
+    );
+    // Seconds later, the charts have moved.
+    let seq0 = status_json(&node)["sample"]["seq"].as_u64().unwrap();
+    while status_json(&node)["sample"]["seq"].as_u64().unwrap() < seq0 + 2 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let later = browser.dom(&url);
+    assert_ne!(
+        chart_path(&first_dom, "chart-rps"),
+        chart_path(&later, "chart-rps"),
+        "the requests/s chart did not move"
+    );
+    browser.screenshot(&url, &artifacts.join("status-page-2.png"));
+    assert!(loader.join().unwrap() > 0);
+    eprintln!("status page screenshots: {}", artifacts.display());
+}
+
+/// The sum of the samples named `name` (any labels) in Prometheus text.
+fn sum_of(samples: &[(String, f64)], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(s, _)| s == name || s.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn scrape(node: &Node) -> (Instant, Vec<(String, f64)>) {
+    let body = get(&node.admin, "/metrics").body;
+    (
+        Instant::now(),
+        parse_prometheus(&String::from_utf8(body).unwrap()),
+    )
+}
+
+/// The number after `key ` in `edge top --once` output.
+fn figure(out: &str, key: &str) -> f64 {
+    out.split(&format!("{key} "))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in\n{out}"))
+}
+
+#[test]
+fn top_once_under_load_shows_the_rates_of_metrics_deltas() {
+    let site = Site::new();
+    let node = site.start(None, None);
+    let loader = load(&node.addr, 300.0, 10);
+    // Steady state: two samples in a row at the offered rate (the first second ramps up).
+    wait_for_rate(&node, 270.0);
+    let seq = status_json(&node)["sample"]["seq"].as_u64().unwrap();
+    while status_json(&node)["sample"]["seq"].as_u64().unwrap() <= seq {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_rate(&node, 270.0);
+    let (t0, m0) = scrape(&node);
+    let out = edge()
+        .args(["top", "--once", "--admin", &node.admin])
         .output()
         .unwrap();
     assert!(
-        shot.exists(),
-        "no screenshot: {}",
+        out.status.success(),
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let png = std::fs::read(&shot).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let out = String::from_utf8(out.stdout).unwrap();
+    std::thread::sleep((t0 + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
+    let (t1, m1) = scrape(&node);
+    let secs = t1.duration_since(t0).as_secs_f64();
+    let per_s = |name: &str| (sum_of(&m1, name) - sum_of(&m0, name)) / secs;
+    for (key, metric) in [
+        ("requests/s", "edge_requests_total"),
+        ("bytes/s", "edge_response_bytes_total"),
+        ("memory", "edge_tier_hits_total{tier=\"memory\"}"),
+    ] {
+        let (shown, measured) = (figure(&out, key), per_s(metric));
+        assert!(shown > 0.0, "{key} in\n{out}");
+        assert!(
+            (shown - measured).abs() <= 0.10 * measured,
+            "{key}: top shows {shown}, /metrics says {measured:.1} over {secs:.2} s\n{out}"
+        );
+    }
+    let main = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("main "))
+        .unwrap_or_else(|| panic!("no site row in\n{out}"));
+    let site_rps: f64 = main.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(site_rps > 0.0, "{main}");
+    assert!(out.contains("origin objects breaker closed"), "{out}");
     assert!(
-        png.len() > 5_000,
-        "a blank page is tiny: {} bytes",
-        png.len()
+        out.contains("hit ratio 9") || out.contains("hit ratio 100"),
+        "{out}"
     );
-    let dom = Command::new(chromium)
-        .args(common)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(&url)
+    // A node that is not there: a clear error, not a panic.
+    let gone = edge()
+        .args(["top", "--once", "--admin", "127.0.0.1:1"])
         .output()
         .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
-    assert!(dom.contains("<td>main</td>"), "{dom}");
-    assert!(dom.contains("id=\"breaker-objects\">closed<"), "{dom}");
-    assert!(dom.contains("id=\"ready\">true<"), "{dom}");
-    let requests: u64 = dom
-        .split("id=\"requests\">")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .and_then(|n| n.parse().ok())
+    assert!(!gone.status.success());
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        err.starts_with("error: reading http://127.0.0.1:1/status"),
+        "{err}"
+    );
+    assert!(loader.join().unwrap() > 0);
+}
+
+/// Kills a tmux server (its own socket) when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.0]);
+        c
+    }
+
+    fn pane(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "top"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let pane = self.pane();
+            if ok(&pane) {
+                return pane;
+            }
+            assert!(Instant::now() < deadline, "{what}; the pane:\n{pane}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+#[test]
+fn top_runs_in_a_terminal_under_tmux_and_q_quits() {
+    if need(&["tmux"], "EDGE_SKIP_TUI_TESTS").is_none() {
+        return;
+    }
+    let site = Site::new();
+    let node = site.start(None, None);
+    for _ in 0..20 {
+        assert_eq!(get(&node.addr, "/").status, 200);
+    }
+    let tmux = Tmux(format!("edge-top-test-{}", std::process::id()));
+    let script = format!(
+        "'{}' top --admin {}; echo \"top exited $?\"; sleep 60",
+        env!("CARGO_BIN_EXE_edge"),
+        node.admin
+    );
+    let started = tmux
+        .cmd()
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "140",
+            "-y",
+            "40",
+            &script,
+        ])
+        .status()
         .unwrap();
-    assert!(requests >= 3, "{dom}");
-    eprintln!("status page screenshot: {}", shot.display());
+    assert!(started.success());
+    let pane = tmux.wait_for("the view did not draw", |p| {
+        p.contains("requests/s") && p.contains("main") && p.contains("q quits")
+    });
+    assert!(pane.contains("breaker closed"), "{pane}");
+    assert!(pane.contains("SITE"), "{pane}");
+    assert!(pane.contains("20261") || pane.contains("deploy"), "{pane}");
+    // Traffic shows up on the next refresh.
+    let before = figure(&pane, "requests");
+    for _ in 0..10 {
+        assert_eq!(get(&node.addr, "/").status, 200);
+    }
+    tmux.wait_for("the view did not refresh", |p| {
+        p.contains("requests ") && figure(p, "requests") >= before + 10.0
+    });
+    let q = tmux
+        .cmd()
+        .args(["send-keys", "-t", "top", "q"])
+        .status()
+        .unwrap();
+    assert!(q.success());
+    let pane = tmux.wait_for("q did not quit", |p| p.contains("top exited"));
+    assert!(pane.contains("top exited 0"), "{pane}");
+}
+
+/// The metric names a PromQL expression reads: identifiers that are not functions,
+/// keywords, label names in `by (...)`, matchers, ranges, strings or Grafana variables.
+fn promql_metrics(expr: &str) -> Vec<String> {
+    let mut s = String::new();
+    // Strings, matchers and ranges out.
+    let (mut in_str, mut depth_brace, mut depth_bracket) = (false, 0, 0);
+    for c in expr.chars() {
+        match c {
+            '"' => in_str = !in_str,
+            _ if in_str => {}
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => depth_bracket += 1,
+            ']' => depth_bracket -= 1,
+            _ if depth_brace > 0 || depth_bracket > 0 => {}
+            c => s.push(c),
+        }
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    let mut skip_group = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '$' {
+            i += 1;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            const KEYWORDS: [&str; 18] = [
+                "and",
+                "or",
+                "unless",
+                "bool",
+                "offset",
+                "inf",
+                "sum",
+                "min",
+                "max",
+                "avg",
+                "count",
+                "stddev",
+                "stdvar",
+                "topk",
+                "bottomk",
+                "quantile",
+                "count_values",
+                "group",
+            ];
+            const GROUPING: [&str; 6] = [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ];
+            if GROUPING.contains(&word.as_str()) {
+                skip_group = next == Some(&'(');
+            } else if next != Some(&'(') && !KEYWORDS.contains(&word.as_str()) {
+                names.push(word);
+            }
+            continue;
+        }
+        if c.is_ascii_digit() || c == '.' {
+            // A number (0.99, 1e3): digits, dots and an exponent.
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            continue;
+        }
+        if c == '(' && skip_group {
+            while i < chars.len() && chars[i] != ')' {
+                i += 1;
+            }
+            skip_group = false;
+        }
+        i += 1;
+    }
+    names
+}
+
+#[test]
+fn the_promql_reader_finds_metric_names() {
+    assert_eq!(
+        promql_metrics(
+            "histogram_quantile(0.99, sum by (le) (rate(edge_x_bucket{a=\"b\",instance=~\"$instance\"}[$__rate_interval])))"
+        ),
+        ["edge_x_bucket"]
+    );
+    assert_eq!(
+        promql_metrics("a / b > 0.05 and on (site) topk(10, sum without (x, y) (c)) == bool 2"),
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        promql_metrics("label_values(edge_up, instance)"),
+        ["edge_up", "instance"]
+    );
+}
+
+/// Every query of config/grafana-dashboard.json and config/alerts.yml names only metrics a
+/// real node's /metrics has; the dashboard has the shape Grafana imports.
+#[test]
+fn dashboard_and_alerts_name_only_metrics_the_node_exports() {
+    let site = Site::new();
+    let node = site.start(None, None);
+    assert_eq!(get(&node.addr, "/").status, 200);
+    assert_eq!(get(&node.addr, "/missing").status, 404);
+    // The filesystem gauges come with the first sample.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = String::from_utf8(get(&node.admin, "/metrics").body).unwrap();
+        if t.contains("edge_disk_filesystem_avail_bytes ") {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no filesystem gauge in\n{t}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("config/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dash["title"].is_string() && dash["uid"].is_string());
+    assert!(dash["schemaVersion"].as_u64().unwrap() >= 30);
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or("?").to_owned();
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel id twice: {title}"
+        );
+        assert!(
+            ["timeseries", "stat"].contains(&p["type"].as_str().unwrap()),
+            "{title}"
+        );
+        let g = &p["gridPos"];
+        for k in ["h", "w", "x", "y"] {
+            assert!(g[k].is_u64(), "{title}: gridPos.{k}");
+        }
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{title}"
+        );
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert!(t["refId"].is_string(), "{title}");
+            queries.push((title.clone(), t["expr"].as_str().unwrap().to_owned()));
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        let q = v["query"]["query"].as_str().unwrap();
+        // label_values(METRIC, LABEL): the metric only.
+        let metric = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.split(',').next())
+            .unwrap();
+        queries.push(("templating".into(), metric.to_owned()));
+    }
+    let alerts = std::fs::read_to_string(root.join("config/alerts.yml")).unwrap();
+    for (n, line) in alerts.lines().enumerate() {
+        if let Some(expr) = line.trim().strip_prefix("expr: ") {
+            queries.push((format!("config/alerts.yml:{}", n + 1), expr.to_owned()));
+        }
+    }
+    assert!(queries.len() >= 30, "{queries:?}");
+    for (title, expr) in &queries {
+        let names = promql_metrics(expr);
+        assert!(!names.is_empty(), "{title}: no metric in {expr}");
+        for name in names {
+            if !exported.contains(&name) {
+                problems.push(format!("{title}: {name} (in {expr})"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "queries name metrics the node does not export:\n{}\nexported: {exported:?}",
+        problems.join("\n")
+    );
+}
+
+/// `promtool check rules` and the rules' unit tests (config/alerts.test.yml).
+#[test]
+fn alert_rules_pass_promtool() {
+    let Some(promtool) = need(&["promtool"], "EDGE_SKIP_PROMTOOL") else {
+        return;
+    };
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new(promtool)
+            .args(args)
+            .current_dir(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

@@ -36,8 +36,11 @@ const LAYERS: &[(&str, Option<&[&str]>)] = &[
             "error",
             "accesslog",
             "sched",
+            "samples",
         ]),
     ),
+    // `edge top`: a client of the admin listener; formats with the sample ring's units.
+    ("top", Some(&["samples"])),
     ("preview", Some(&["http", "pointers", "error"])),
     // The handler: the only layer that speaks HTTP.
     (
@@ -60,6 +63,8 @@ const LAYERS: &[(&str, Option<&[&str]>)] = &[
     ("trees", Some(&["tiers", "coalesce", "error"])),
     ("tiers", Some(&["coalesce", "error"])),
     ("accesslog", Some(&["metrics"])),
+    // The per-second sample ring of the status page: pure, over the metrics' counters.
+    ("samples", Some(&["metrics"])),
     // exception: `Metrics::render` prints `sched::yields()` (edge_worker_yields_total); it
     // goes when the count is passed in by the caller. `sched` uses nothing from the crate.
     ("metrics", Some(&["sched"])),

@@ -200,6 +200,14 @@ impl Handler {
         let elapsed = now.saturating_duration_since(started);
         let status = resp.status().as_u16();
         self.metrics.record(req.version, status, elapsed);
+        self.metrics.record_site(
+            facts.site.as_ref(),
+            crate::metrics::SiteFacts {
+                bytes: facts.bytes.unwrap_or(0),
+                hit: facts.cache.map(|c| c != CacheStatus::Tier(Source::Origin)),
+                shed: status == 503 && resp.headers().contains_key(header::RETRY_AFTER),
+            },
+        );
         crate::sched::after_request(now);
         if !span.is_disabled() {
             span.record("http.response.status_code", status);
