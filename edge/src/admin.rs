@@ -10,7 +10,6 @@
 //! | `POST /sites/{site}/refresh` | yes | re-read the site's pointer now |
 //! | `POST /sites/{site}/purge` | yes | drop the site's pointer and cached tree nodes |
 
-use std::convert::Infallible;
 use std::fmt::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -19,12 +18,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use origin_client::records::validate_site;
 use origin_client::resilience::{Face, ResilientStore};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -895,50 +891,6 @@ pub fn status_html(v: &serde_json::Value) -> String {
     }
     h.push_str("</body></html>\n");
     h
-}
-
-/// Serves the admin endpoints on `listener` until `shutdown` resolves.
-/// The ring of samples fills once a second meanwhile.
-pub async fn run(admin: Arc<Admin>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    let sampler = tokio::spawn(
-        admin
-            .clone()
-            .sample_every(std::time::Duration::from_secs(1)),
-    );
-    let _stop_sampler = AbortOnDrop(sampler);
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// (available, size) bytes of the filesystem holding `dir`.

@@ -220,8 +220,19 @@ pub async fn serve(
             .await
             .context("`admin.listen` (--admin-listen; \"\" turns the admin listener off)")?;
         admin_banner = Some(format!("edge admin on http://{}/", listener.local_addr()?));
+        // One sample a second for the status page and `edge top`, while the listener runs.
+        tokio::spawn(admin.clone().sample_every(Duration::from_secs(1)));
         let admin = admin.clone();
-        tokio::spawn(crate::admin::run(admin, listener, std::future::pending()));
+        let handle = move |req| {
+            let admin = admin.clone();
+            async move { admin.handle(req).await }
+        };
+        tokio::spawn(listen::plain::serve(
+            listener,
+            handle,
+            Duration::from_secs(10),
+            std::future::pending(),
+        ));
     }
     // Installed now, before the banner is printed: a SIGHUP that came before its handler
     // would kill the process.

@@ -8,6 +8,7 @@
 //! HTTPS, `Strict-Transport-Security` and `Alt-Svc` on secure responses, and for HTTP/3 the
 //! `Date` header that hyper adds for HTTP/1.1 and HTTP/2.
 
+pub mod plain;
 pub mod quic;
 pub mod tcp;
 pub mod tls;
