@@ -905,16 +905,12 @@ fn filesystem_space(dir: &std::path::Path) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Routes;
-    use crate::http::{HttpConfig, RequestHead};
+    use crate::http::RequestHead;
     use crate::metrics::exposition_problems;
-    use crate::pointers::{Pointers, PointersConfig};
-    use crate::tiers::{DiskTier, TierConfig, Tiers};
-    use crate::trees::Trees;
+    use crate::tiers::DiskTier;
     use origin_client::publish::{PublishOptions, publish};
     use origin_client::resilience::ResilienceConfig;
     use origin_client::store::MemoryStore;
-    use std::time::Duration;
 
     /// A whole node's handler over a published site, with a disk tier and both origin faces,
     /// so every family the admin listener writes is there.
@@ -932,38 +928,7 @@ mod tests {
             ResilienceConfig::default(),
         ));
         let disk = Arc::new(DiskTier::open(&dir.path().join("cache"), 64 << 20).unwrap());
-        let trees = Trees::new(origin.clone(), 1 << 20, Some(disk.clone()));
-        let pointers = Pointers::new(
-            origin.clone(),
-            trees.clone(),
-            PointersConfig {
-                refresh_interval: Duration::from_secs(60),
-                negative_ttl: Duration::from_secs(60),
-                default_site: Some("main".into()),
-                max_pointers: 1000,
-                state_file: None,
-                stale_after: Duration::from_secs(60),
-            },
-        );
-        let tiers = Tiers::new(
-            origin.clone(),
-            &TierConfig {
-                memory_bytes: 8 << 20,
-                memory_max_object: 1 << 20,
-                site_concurrency: 4,
-                site_queue: 16,
-            },
-            Some(disk),
-        );
-        let handler = Arc::new(Handler::new(
-            pointers,
-            Routes::new(trees, 1 << 20),
-            tiers,
-            HttpConfig {
-                cache_control_html: header::HeaderValue::from_static("no-cache"),
-                cache_control_other: header::HeaderValue::from_static("max-age=60"),
-            },
-        ));
+        let handler = crate::testing::handler(origin.clone(), "main", Some(disk));
         (Admin::new(handler, Some(origin), None), dir)
     }
 
