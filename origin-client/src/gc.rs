@@ -409,8 +409,9 @@ async fn sweep(
         if let Some(lease) = lease {
             lease.heartbeat(store).await?;
         }
-        futures_util::stream::iter(chunk)
-            .map(|o| store.delete_object(&o.hash))
+        let hashes: Vec<Hash> = chunk.iter().map(|o| o.hash).collect();
+        futures_util::stream::iter(hashes)
+            .map(|h| async move { store.delete_object(&h).await })
             .buffer_unordered(opts.concurrency.max(1))
             .inspect_ok(|_| bar.inc(1))
             .try_collect::<Vec<()>>()
@@ -593,8 +594,8 @@ pub async fn is_whole(
         .filter(|(_, k)| **k == EntryKind::File)
         .map(|(h, _)| *h)
         .collect();
-    let present: Vec<bool> = futures_util::stream::iter(blobs.iter())
-        .map(|h| store.has_object(h))
+    let present: Vec<bool> = futures_util::stream::iter(blobs)
+        .map(|h| async move { store.has_object(&h).await })
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;

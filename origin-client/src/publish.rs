@@ -326,8 +326,8 @@ async fn diff_top_down(
     let mut level = vec![root];
     seen_nodes.insert(nodes[root].hash);
     while !level.is_empty() {
-        let present: Vec<bool> = futures_util::stream::iter(level.iter())
-            .map(|&n| store.has_object(&nodes[n].hash))
+        let present: Vec<bool> = futures_util::stream::iter(level.clone())
+            .map(|n| async move { store.has_object(&nodes[n].hash).await })
             .buffered(concurrency)
             .try_collect()
             .await?;
@@ -396,8 +396,12 @@ async fn write_nodes(
     }
     let mut new = 0;
     for level in by_height.values() {
-        new += futures_util::stream::iter(level.iter())
-            .map(|&n| store.put_object(&nodes[n].hash, nodes[n].bytes.clone()))
+        new += futures_util::stream::iter(level.clone())
+            .map(|n| async move {
+                store
+                    .put_object(&nodes[n].hash, nodes[n].bytes.clone())
+                    .await
+            })
             .buffer_unordered(concurrency)
             .try_fold(
                 0u64,

@@ -156,11 +156,18 @@ impl Store for MemoryStore {
 
     async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
         super::check("deploy record", record.validate())?;
-        self.state()
-            .deploys
-            .entry(record.site.clone())
-            .or_default()
-            .insert(record.id.clone(), record.clone());
+        let mut st = self.state();
+        let log = st.deploys.entry(record.site.clone()).or_default();
+        if log.get(&record.id).is_some_and(|old| old != record) {
+            return Err(StoreError::Record {
+                key: super::layout::deploy(&record.site, &record.id),
+                source: crate::records::RecordError::Mismatch {
+                    expected: "a new deploy id".into(),
+                    found: record.id.clone(),
+                },
+            });
+        }
+        log.insert(record.id.clone(), record.clone());
         Ok(())
     }
 

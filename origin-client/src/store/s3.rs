@@ -64,6 +64,8 @@ pub struct S3Options {
     pub part_size: usize,
     /// Parts in flight per upload.
     pub part_concurrency: usize,
+    /// Static credentials given in code (tests, embedding); `None`: from `AWS_*`.
+    pub credentials: Option<(String, String)>,
 }
 
 impl Default for S3Options {
@@ -79,6 +81,7 @@ impl Default for S3Options {
             multipart_threshold: 32 * 1024 * 1024,
             part_size: 8 * 1024 * 1024,
             part_concurrency: 4,
+            credentials: None,
         }
     }
 }
@@ -100,6 +103,9 @@ struct Inner {
     requests: Arc<AtomicU64>,
     /// Set once the service has shown that it honours conditional writes.
     probed: tokio::sync::OnceCell<()>,
+    /// Set once a listing has shown that the bucket exists (some services answer a key in a
+    /// missing bucket with NoSuchKey, which must not read as "not found").
+    bucket_seen: tokio::sync::OnceCell<()>,
     opts: S3Options,
 }
 
@@ -188,8 +194,9 @@ impl S3Store {
         // Credentials: static keys, or a source the S3 client resolves itself. Checked here so
         // that a publish without them fails before it reads or writes anything.
         let anonymous = env_true("AWS_SKIP_SIGNATURE");
-        let has_key = env_set("AWS_ACCESS_KEY_ID");
-        let has_secret = env_set("AWS_SECRET_ACCESS_KEY");
+        let given = opts.credentials.is_some();
+        let has_key = given || env_set("AWS_ACCESS_KEY_ID");
+        let has_secret = given || env_set("AWS_SECRET_ACCESS_KEY");
         let other_source = env_set("AWS_WEB_IDENTITY_TOKEN_FILE")
             || env_set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
             || env_set("AWS_CONTAINER_CREDENTIALS_FULL_URI");
@@ -219,6 +226,9 @@ impl S3Store {
         let _ = rustls::crypto::ring::default_provider().install_default();
 
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some((key, secret)) = &opts.credentials {
+            b = b.with_access_key_id(key).with_secret_access_key(secret);
+        }
         if let Some(e) = &opts.endpoint {
             b = b.with_endpoint(e);
         }
@@ -280,6 +290,7 @@ impl S3Store {
                 endpoint,
                 requests,
                 probed: tokio::sync::OnceCell::new(),
+                bucket_seen: tokio::sync::OnceCell::new(),
                 opts,
             }),
         })
@@ -345,15 +356,8 @@ impl Inner {
             ),
             E::NotFound { .. } => Fault::NotFound,
             E::AlreadyExists { .. } | E::Precondition { .. } => Fault::Condition,
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                let detail = code.map(|c| format!(" ({c})")).unwrap_or_default();
-                remote(
-                    format!(
-                        "access denied{detail}: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) and the bucket's policy"
-                    ),
-                    e,
-                )
-            }
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => remote(denied(code), e),
+            e if matches!(status_of(&text), Some(401 | 403)) => remote(denied(code), e),
             e => match http_kind(&e) {
                 Some(HttpErrorKind::Timeout) => {
                     Fault::Other(StoreError::Timeout { url, after: None })
@@ -371,6 +375,36 @@ impl Inner {
                 },
             },
         }
+    }
+
+    /// "Not found" for `rel`, once the bucket is known to exist (one listing per handle).
+    async fn not_found<T>(&self, v: T) -> Result<T, StoreError> {
+        self.bucket_seen
+            .get_or_try_init(|| async {
+                let prefix = self.key("sites");
+                match self.s3.list_with_delimiter(Some(&prefix)).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let text = e.to_string();
+                        if matches!(e, object_store::Error::NotFound { .. })
+                            || s3_code(&text).as_deref() == Some("NoSuchBucket")
+                        {
+                            return Err(StoreError::Remote {
+                                op: "LIST",
+                                url: self.url(""),
+                                why: format!(
+                                    "bucket {:?} does not exist at {}",
+                                    self.bucket, self.endpoint
+                                ),
+                                source: Some(Box::new(e)),
+                            });
+                        }
+                        Err(self.error("LIST", "sites/", e))
+                    }
+                }
+            })
+            .await?;
+        Ok(v)
     }
 
     fn error(&self, op: &'static str, rel: &str, e: object_store::Error) -> StoreError {
@@ -398,7 +432,7 @@ impl Inner {
             Ok(r) => r,
             Err(e) => {
                 return match self.fault("GET", rel, e) {
-                    Fault::NotFound => Ok(None),
+                    Fault::NotFound => self.not_found(None).await,
                     Fault::Other(e) => Err(e),
                     Fault::Condition => Err(self.error_status(rel, 412)),
                 };
@@ -452,7 +486,10 @@ impl Inner {
             Ok(_) => Ok(true),
             Err(e) => match self.fault("PUT", rel, e) {
                 Fault::Condition => Ok(false),
-                Fault::NotFound => Err(self.error_status(rel, 404)),
+                Fault::NotFound => self
+                    .not_found(())
+                    .await
+                    .and(Err(self.error_status(rel, 404))),
                 Fault::Other(e) => Err(e),
             },
         }
@@ -464,6 +501,9 @@ impl Inner {
     async fn probe(&self) -> Result<(), StoreError> {
         self.probed
             .get_or_try_init(|| async {
+                // A service may create a missing bucket on a PUT, or answer NoSuchKey for
+                // it: make sure it is there first.
+                self.not_found(()).await?;
                 let rel = format!("tmp/cas-probe-{:016x}", fastrand::u64(..));
                 let refuse = |why: &str| StoreError::NoConditionalWrites {
                     store: self.url(""),
@@ -577,6 +617,13 @@ impl Inner {
     }
 }
 
+fn denied(code: Option<String>) -> String {
+    let detail = code.map(|c| format!(" ({c})")).unwrap_or_default();
+    format!(
+        "access denied{detail}: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) and the bucket's policy"
+    )
+}
+
 /// The kind of transport error behind `e`, if it is one.
 fn http_kind(e: &object_store::Error) -> Option<HttpErrorKind> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -635,7 +682,7 @@ impl Store for S3Store {
             Ok(r) => r,
             Err(e) => {
                 return match self.inner.fault("GET", &rel, e) {
-                    Fault::NotFound => Ok(None),
+                    Fault::NotFound => self.inner.not_found(None).await,
                     Fault::Other(e) => Err(e),
                     Fault::Condition => Err(self.inner.error_status(&rel, 412)),
                 };
@@ -662,7 +709,7 @@ impl Store for S3Store {
         match self.inner.s3.head(&self.inner.key(&rel)).await {
             Ok(_) => Ok(true),
             Err(e) => match self.inner.fault("HEAD", &rel, e) {
-                Fault::NotFound => Ok(false),
+                Fault::NotFound => self.inner.not_found(false).await,
                 Fault::Other(e) => Err(e),
                 Fault::Condition => Err(self.inner.error_status(&rel, 412)),
             },
