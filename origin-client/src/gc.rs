@@ -346,12 +346,21 @@ pub struct GcReport {
 
 /// Collects garbage: see the module docs.
 pub async fn collect(store: &dyn Store, opts: &GcOptions) -> Result<GcReport, GcError> {
+    collect_at(store, opts, unix_now()).await
+}
+
+/// [`collect`] as if the clock read `now` (Unix seconds) for the grace period.
+pub async fn collect_at(
+    store: &dyn Store,
+    opts: &GcOptions,
+    now: u64,
+) -> Result<GcReport, GcError> {
     let lease = if opts.dry_run {
         None
     } else {
         Some(Lease::take(store, opts.rule).await?)
     };
-    let result = sweep(store, opts, lease.as_ref()).await;
+    let result = sweep(store, opts, lease.as_ref(), now).await;
     if let Some(lease) = lease {
         let ended = lease.end(store).await;
         // The sweep's error is the one to report; a failed end is reported when all else
@@ -367,8 +376,8 @@ async fn sweep(
     store: &dyn Store,
     opts: &GcOptions,
     lease: Option<&Lease>,
+    now: u64,
 ) -> Result<GcReport, GcError> {
-    let now = unix_now();
     let kept = kept_deploys(store, None, Some(opts.rule), now).await?;
     let roots: Vec<Hash> = kept.iter().map(|k| k.root).collect();
     let marked = mark(store, &roots, Depth::Trees, opts.concurrency, opts.progress).await?;
