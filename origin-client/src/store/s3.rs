@@ -532,13 +532,10 @@ impl Inner {
                     _ => Ok(false),
                 };
                 let _ = self.s3.delete(&self.key(&rel)).await;
-                match second? {
-                    true => {
-                        return Err(refuse(
-                            "`If-None-Match: *` was ignored: an existing key was overwritten",
-                        ));
-                    }
-                    false => {}
+                if second? {
+                    return Err(refuse(
+                        "`If-None-Match: *` was ignored: an existing key was overwritten",
+                    ));
                 }
                 if third? {
                     return Err(refuse(
