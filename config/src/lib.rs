@@ -141,6 +141,18 @@ pub struct ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub location: Option<String>,
+    pub s3: S3Section,
+}
+
+/// `[store.s3]`: how to reach an `s3://` store. Unset keys fall back to the standard
+/// `AWS_*` variables; credentials come only from those.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Section {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub path_style: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -178,8 +190,10 @@ pub struct Config {
     /// A serving thread busy this long without going idle yields its CPU between two
     /// requests; zero: never.
     pub yield_after: Duration,
-    /// Where deploys come from: a path, `file://` or `http(s)://` URL.
+    /// Where deploys come from: a path, `file://`, `http(s)://` or `s3://` URL.
     pub store: String,
+    /// `[store.s3]`: endpoint, region and request style for an `s3://` store.
+    pub store_s3: StoreS3,
     /// The disk tier's folder; `None` turns the disk tier off.
     pub cache_dir: Option<PathBuf>,
     /// Byte bound of the memory tier (blobs).
@@ -209,6 +223,16 @@ pub struct Config {
     pub log_level: String,
     pub access_log: AccessLog,
     pub access_log_queue: usize,
+}
+
+/// `[store.s3]`, validated. `None`: not set in the file (the `AWS_*` variables decide).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreS3 {
+    /// `http(s)://host[:port]`, without a path.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub path_style: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +381,51 @@ impl Config {
         if store.is_empty() {
             return Err(invalid("store.location", "must not be empty".into()));
         }
+        let s3 = &f.store.s3;
+        if let Some(e) = &s3.endpoint {
+            let rest = e
+                .strip_prefix("https://")
+                .or_else(|| e.strip_prefix("http://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.trim_end_matches('/').contains('/') => {}
+                _ => {
+                    return Err(invalid(
+                        "store.s3.endpoint",
+                        format!(
+                            "{e:?} is not an endpoint like https://s3.eu-west-1.amazonaws.com or http://127.0.0.1:9000 (scheme and host, no path)"
+                        ),
+                    ));
+                }
+            }
+            if e.starts_with("http://") && s3.allow_http != Some(true) {
+                return Err(invalid(
+                    "store.s3.endpoint",
+                    format!(
+                        "{e:?} is plain http: set `store.s3.allow_http = true` (for a loopback or private endpoint only)"
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = &s3.region
+            && (r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'))
+        {
+            return Err(invalid(
+                "store.s3.region",
+                format!("{r:?} is not a region like eu-west-1 or auto"),
+            ));
+        }
+        let store_s3 = StoreS3 {
+            endpoint: s3
+                .endpoint
+                .as_ref()
+                .map(|e| e.trim_end_matches('/').to_owned()),
+            region: s3.region.clone(),
+            allow_http: s3.allow_http,
+            path_style: s3.path_style,
+        };
         let cache_dir = match f.cache.dir.as_deref() {
             None => Some(PathBuf::from(DEFAULT_CACHE_DIR)),
             Some("") => None,
@@ -561,6 +630,7 @@ impl Config {
             header_read_timeout,
             yield_after,
             store,
+            store_s3,
             cache_dir,
             memory_size,
             memory_max_object,
@@ -756,5 +826,41 @@ mod example_file {
         let parsed = super::Config::parse(text, Some("config/edge.toml")).unwrap();
         // The example's empty default_site means "none", as the default does.
         assert_eq!(parsed, super::Config::default());
+    }
+
+    #[test]
+    fn store_s3_keys_are_read_and_checked() {
+        let c = super::Config::parse(
+            "[store]\nlocation = \"s3://b/p\"\n[store.s3]\nendpoint = \"http://127.0.0.1:9000/\"\nregion = \"auto\"\nallow_http = true\npath_style = false\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.store, "s3://b/p");
+        assert_eq!(
+            c.store_s3,
+            super::StoreS3 {
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("auto".into()),
+                allow_http: Some(true),
+                path_style: Some(false),
+            }
+        );
+        for (text, key) in [
+            (
+                "[store.s3]\nendpoint = \"127.0.0.1:9000\"\n",
+                "store.s3.endpoint",
+            ),
+            (
+                "[store.s3]\nendpoint = \"http://h/x\"\nallow_http = true\n",
+                "store.s3.endpoint",
+            ),
+            ("[store.s3]\nendpoint = \"http://h\"\n", "store.s3.endpoint"),
+            ("[store.s3]\nregion = \"EU West\"\n", "store.s3.region"),
+            ("[store.s3]\nbucket = \"b\"\n", "store.s3.bucket"),
+        ] {
+            let e = super::Config::parse(text, Some("edge.toml")).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains("line"), "{e}");
+        }
     }
 }

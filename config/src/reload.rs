@@ -31,6 +31,9 @@ impl Config {
         if next.store != self.store {
             restart.push("store.location");
         }
+        if next.store_s3 != self.store_s3 {
+            restart.push("store.s3.*");
+        }
         if next.cache_dir != self.cache_dir || next.disk_size != self.disk_size {
             restart.push("cache.dir/disk_size");
         }

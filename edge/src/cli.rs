@@ -1,13 +1,15 @@
 //! The command-line operations behind `edge`'s subcommands: publish, rollback, deploys,
-//! hosts add, check-config, the configuration from flags and logging. Serving and preview are
+//! hosts add, gc, fsck, check-config, the configuration from flags and logging. Serving and preview are
 //! wired by [`crate::node`].
 
 use std::path::Path;
 
 use anyhow::Context;
+use origin_client::gc::{self, GcOptions, KeepRule};
 use origin_client::publish::{self, PublishOptions};
 use origin_client::records::{HostRecord, normalize_host, utc_display, validate_site};
-use origin_client::{Access, open_store};
+use origin_client::store::CountingStore;
+use origin_client::{Access, Store, open_store};
 
 pub async fn publish(
     dir: &Path,
@@ -17,13 +19,14 @@ pub async fn publish(
     progress: bool,
 ) -> anyhow::Result<()> {
     validate_site(site)?;
-    let store = open_store(store, Access::Write)?;
+    let store = CountingStore::new(open_store(store, Access::Write)?);
     let opts = PublishOptions {
         include_skipped,
         progress,
         ..PublishOptions::default()
     };
-    let report = publish::publish(store.as_ref(), dir, site, &opts)
+    let started = std::time::Instant::now();
+    let report = publish::publish(&store, dir, site, &opts)
         .await
         .with_context(|| format!("publishing {} to site {site}", dir.display()))?;
     let d = &report.deploy;
@@ -38,7 +41,118 @@ pub async fn publish(
         report.objects,
         d.root
     );
+    if report.repaired > 0 {
+        println!(
+            "{} objects removed by a concurrent gc were put back",
+            report.repaired
+        );
+    }
+    let http = store
+        .requests()
+        .map(|n| format!(", {n} HTTP requests"))
+        .unwrap_or_default();
+    println!(
+        "store operations: {}{http}; {:.2}s",
+        store.ops(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// `edge gc`: deletes the objects no kept deploy reaches; prints counts and bytes.
+pub async fn gc(
+    store: &str,
+    keep: usize,
+    grace: &str,
+    dry_run: bool,
+    progress: bool,
+) -> anyhow::Result<()> {
+    let grace = edge_config::parse_duration(grace).map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
+    let store = open_store(store, Access::Write)?;
+    let opts = GcOptions {
+        rule: KeepRule { keep, grace },
+        dry_run,
+        concurrency: 32,
+        progress,
+    };
+    let r = gc::collect(store.as_ref(), &opts)
+        .await
+        .with_context(|| format!("collecting garbage in {}", store.location()))?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{} sites, {} kept deploys; {} objects: {} reachable, {} unreachable but within the grace period, {verb} {} ({} bytes); {} bytes kept",
+        r.sites,
+        r.kept_deploys,
+        r.objects,
+        r.reachable,
+        r.young,
+        r.deleted,
+        r.deleted_bytes,
+        r.kept_bytes
+    );
+    Ok(())
+}
+
+/// `edge fsck`: checks every object every kept deploy reaches; fails when any is missing or
+/// corrupt, naming it with the sites, deploys and paths that reach it.
+pub async fn fsck(store: &str, site: Option<&str>, progress: bool) -> anyhow::Result<()> {
+    let store = open_store(store, Access::Read)?;
+    let r = gc::fsck(store.as_ref(), site, 32, progress)
+        .await
+        .with_context(|| format!("checking {}", store.location()))?;
+    let sites: std::collections::BTreeSet<&str> =
+        r.deploys.iter().map(|d| d.site.as_str()).collect();
+    println!(
+        "checked {} deploys of {} sites: {} objects",
+        r.deploys.len(),
+        sites.len(),
+        r.objects
+    );
+    if r.damage.is_empty() {
+        println!("ok");
+        return Ok(());
+    }
+    let mut by_deploy: std::collections::BTreeMap<(&str, &str), Vec<String>> =
+        std::collections::BTreeMap::new();
+    for d in &r.damage {
+        let kind = match d.kind {
+            origin_client::EntryKind::Dir => "tree node",
+            origin_client::EntryKind::File => "blob",
+        };
+        let what = match &d.fault {
+            gc::Fault::Missing => "missing".to_owned(),
+            gc::Fault::Corrupt(why) => format!("corrupt ({why})"),
+        };
+        for (site, deploy, path) in &d.reached_from {
+            by_deploy
+                .entry((site, deploy))
+                .or_default()
+                .push(format!("{what} {kind} {} at {path}", d.hash));
+        }
+    }
+    for ((site, deploy), lines) in &by_deploy {
+        let current = r
+            .deploys
+            .iter()
+            .any(|k| k.site == *site && k.deploy == *deploy && k.current);
+        let mark = if current { " (current)" } else { "" };
+        println!(
+            "site {site} deploy {deploy}{mark}: {} problems",
+            lines.len()
+        );
+        for l in lines {
+            println!("  {l}");
+        }
+    }
+    let damaged_sites: std::collections::BTreeSet<&str> =
+        by_deploy.keys().map(|(s, _)| *s).collect();
+    anyhow::bail!(
+        "{} damaged objects in {} deploys of {} sites ({})",
+        r.damage.len(),
+        by_deploy.len(),
+        damaged_sites.len(),
+        damaged_sites.into_iter().collect::<Vec<_>>().join(", ")
+    )
 }
 
 pub async fn rollback(site: &str, store: &str, to: &str) -> anyhow::Result<()> {
@@ -105,7 +219,7 @@ pub struct ServeArgs {
     /// Address to listen on for HTTP/1.1 and cleartext HTTP/2 [default: 127.0.0.1:8080].
     #[arg(long)]
     pub listen: Option<String>,
-    /// The store: a path, file:// or http(s):// URL [default: ./store].
+    /// The store: a path, file://, http(s):// or s3://BUCKET/PREFIX URL [default: ./store].
     #[arg(long)]
     pub store: Option<String>,
     /// The disk cache folder [default: ./edge-cache]; "" turns the disk tier off.

@@ -26,7 +26,8 @@ enum Command {
         /// The site name (lowercase letters, digits, `-`, `_`).
         #[arg(long)]
         site: String,
-        /// The store: a path, a file:// URL (http(s):// stores are read-only).
+        /// The store: a path, a file:// URL or s3://BUCKET/PREFIX (http(s):// stores are
+        /// read-only).
         #[arg(long)]
         store: String,
         /// Also publish `.git`, `.hg`, `.svn` and `.DS_Store`, which are skipped by default.
@@ -49,6 +50,30 @@ enum Command {
         site: String,
         #[arg(long)]
         store: String,
+    },
+    /// Delete the objects no kept deploy reaches: for every site, the current deploy, the
+    /// newest --keep, and every deploy newer than --grace are kept.
+    Gc {
+        #[arg(long)]
+        store: String,
+        /// Deploys kept per site besides the current one (the newest N).
+        #[arg(long, default_value_t = 10)]
+        keep: usize,
+        /// Deploys created and objects written within this long are kept (ms, s, m, h).
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        /// Count what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Verify every object that every kept deploy reaches; exit non-zero naming what is
+    /// missing or corrupt, with the sites, deploys and paths that reach it.
+    Fsck {
+        #[arg(long)]
+        store: String,
+        /// Check only this site.
+        #[arg(long)]
+        site: Option<String>,
     },
     /// Manage host names.
     Hosts {
@@ -95,6 +120,9 @@ enum HostsCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One rustls provider for the whole process (the S3 client's reqwest has none of its own
+    // and uses this default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,6 +151,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rollback { site, store, to } => edge::cli::rollback(&site, &store, &to).await,
         Command::Deploys { site, store } => edge::cli::deploys(&site, &store).await,
+        Command::Gc {
+            store,
+            keep,
+            grace,
+            dry_run,
+        } => {
+            let progress = std::io::stderr().is_terminal();
+            edge::cli::gc(&store, keep, &grace, dry_run, progress).await
+        }
+        Command::Fsck { store, site } => {
+            let progress = std::io::stderr().is_terminal();
+            edge::cli::fsck(&store, site.as_deref(), progress).await
+        }
         Command::Hosts {
             command: HostsCommand::Add { host, site, store },
         } => edge::cli::hosts_add(&host, &site, &store).await,

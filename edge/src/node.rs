@@ -14,8 +14,8 @@ use http::HeaderValue;
 use origin_client::resilience::{
     BreakerConfig, FaceConfig, ResilienceConfig, ResilientStore, RetryConfig,
 };
-use origin_client::store::HttpStoreOptions;
-use origin_client::{Access, Store, open_store_with};
+use origin_client::store::{HttpStoreOptions, S3Options, StoreOptions};
+use origin_client::{Access, Store, open_store_opts};
 
 use crate::admin::Admin;
 use crate::http::{Handler, HttpConfig, Routes};
@@ -157,7 +157,18 @@ pub async fn build(cfg: &Config) -> anyhow::Result<Node> {
         body_timeout: cfg.origin.total_timeout + cfg.origin.first_byte_timeout,
         ..HttpStoreOptions::default()
     };
-    let raw = open_store_with(&cfg.store, Access::Serve, http)
+    let s3 = S3Options {
+        endpoint: cfg.store_s3.endpoint.clone(),
+        region: cfg.store_s3.region.clone(),
+        allow_http: cfg.store_s3.allow_http,
+        path_style: cfg.store_s3.path_style,
+        connect_timeout: cfg.origin.connect_timeout,
+        read_timeout: cfg.origin.total_timeout + cfg.origin.first_byte_timeout,
+        // The origin's own retries (budgeted, with backoff) wrap the store.
+        retries: 0,
+        ..S3Options::default()
+    };
+    let raw = open_store_opts(&cfg.store, Access::Serve, &StoreOptions { http, s3 })
         .with_context(|| format!("opening store {}", cfg.store))?;
     let origin = Arc::new(ResilientStore::new(raw, resilience_config(&cfg.origin)));
     let handler = build_handler(cfg, origin.clone(), true).await?;

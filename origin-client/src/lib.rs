@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod gc;
 mod hash;
 pub mod publish;
 pub mod records;
@@ -22,5 +23,7 @@ pub mod tree;
 
 pub use hash::{Hash, ParseHashError};
 pub use records::{CurrentPointer, DeployRecord, HostRecord};
-pub use store::{Access, Store, StoreError, open_store, open_store_with};
+pub use store::{
+    Access, Store, StoreError, StoreOptions, open_store, open_store_opts, open_store_with,
+};
 pub use tree::{Entry, EntryKind, TreeError, TreeNode};

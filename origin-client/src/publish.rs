@@ -3,12 +3,18 @@
 //! 1. Walk the folder (symbolic links followed only when they stay inside it; version-control
 //!    folders and `.DS_Store` skipped unless asked; sockets, FIFOs and devices refused).
 //! 2. Hash every file, in parallel, bounded.
-//! 3. Ask the store which blobs it lacks, upload only those (bounded); each upload is checked
-//!    against the hash taken in step 2, so a file edited mid-publish is refused, not stored.
-//! 4. Write tree nodes bottom-up (a parent only after all its children).
-//! 5. Write the deploy record, then move `current` with a compare-and-swap on the sequence
+//! 3. Diff top-down: ask the store for the root node, then for the children of each node it
+//!    lacks, a level at a time; a node it has is skipped with its whole subtree (objects are
+//!    written bottom-up, so a node present implies its subtree). An unchanged re-publish
+//!    costs one lookup, not one per file.
+//! 4. Upload the missing blobs (bounded, parallel; large files in parts on S3); each upload
+//!    is checked against the hash taken in step 2, so a file edited mid-publish is refused.
+//! 5. Write the missing tree nodes bottom-up (a parent only after all its children).
+//! 6. Write the deploy record, then move `current` with a compare-and-swap on the sequence
 //!    number read in step 1. A publish that dies before this leaves the previous deploy
 //!    serving; its uploaded objects are reused by the next run.
+//! 7. If a garbage collection ran meanwhile (the store's gc state changed), wait for it to
+//!    finish, then check every object of the deploy and put back any it removed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -21,7 +27,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use crate::Hash;
 use crate::records::{CurrentPointer, DeployRecord, unix_now, validate_site};
-use crate::store::{Store, StoreError};
+use crate::store::{GcState, Store, StoreError};
 use crate::tree::{self, EntryKind, OwnedEntry, TreeError};
 
 /// Names skipped by default (a flag includes them).
@@ -99,6 +105,9 @@ pub struct PublishReport {
     pub new_trees: u64,
     /// Distinct objects (blobs and trees) the deploy references.
     pub objects: u64,
+    /// Objects put back after a garbage collection that overlapped the publish removed
+    /// them (normally 0).
+    pub repaired: u64,
 }
 
 impl PublishReport {
@@ -230,17 +239,40 @@ fn hash_file(path: &Path) -> Result<(Hash, u64), PublishError> {
     Ok((hasher.finalize().into(), hasher.count()))
 }
 
-/// Builds the tree nodes of `dir`, children before parents. Returns the root's entry data.
+/// One directory node as built: its encoding, its hash, and what it holds.
+struct BuiltNode {
+    hash: Hash,
+    bytes: Bytes,
+    /// Files (indices into the file list) and sub-folders (indices into the node list).
+    files: Vec<usize>,
+    dirs: Vec<usize>,
+    /// Longest chain of sub-folders below it (0: none): a node is written after every node
+    /// of a smaller height, so children always land before their parents.
+    height: usize,
+}
+
+/// Builds the tree nodes of `dir` into `nodes`, children before parents. Returns the node's
+/// index (the root is the last node).
 fn build_nodes(
     dir: &ScanDir,
     hashes: &[(Hash, u64)],
-    nodes: &mut Vec<(Hash, Bytes)>,
-) -> Result<(Hash, u64), TreeError> {
+    nodes: &mut Vec<BuiltNode>,
+) -> Result<usize, TreeError> {
     let mut entries = Vec::with_capacity(dir.entries.len());
+    let (mut files, mut dirs, mut height) = (Vec::new(), Vec::new(), 0);
     for (name, node) in &dir.entries {
         let (kind, (hash, size)) = match node {
-            ScanNode::File(i) => (EntryKind::File, hashes[*i]),
-            ScanNode::Dir(sub) => (EntryKind::Dir, build_nodes(sub, hashes, nodes)?),
+            ScanNode::File(i) => {
+                files.push(*i);
+                (EntryKind::File, hashes[*i])
+            }
+            ScanNode::Dir(sub) => {
+                let n = build_nodes(sub, hashes, nodes)?;
+                dirs.push(n);
+                height = height.max(nodes[n].height + 1);
+                let child = &nodes[n];
+                (EntryKind::Dir, (child.hash, child.bytes.len() as u64))
+            }
         };
         entries.push(OwnedEntry {
             name: name.clone(),
@@ -250,10 +282,161 @@ fn build_nodes(
         });
     }
     let bytes = tree::encode(entries)?;
-    let hash = Hash::of(&bytes);
-    let len = bytes.len() as u64;
-    nodes.push((hash, bytes));
-    Ok((hash, len))
+    nodes.push(BuiltNode {
+        hash: Hash::of(&bytes),
+        bytes,
+        files,
+        dirs,
+        height,
+    });
+    Ok(nodes.len() - 1)
+}
+
+/// Files at most this large are sent without asking first whether the store has them: the
+/// store skips an object it holds (a create-only write), so one request does both.
+const DIRECT_PUT_MAX: u64 = 64 * 1024;
+
+/// Files hashed per blocking task.
+const HASH_BATCH: usize = 64;
+
+/// What the top-down diff found missing from the store.
+struct Missing {
+    /// Node indices to write, each once.
+    nodes: Vec<usize>,
+    /// File indices to upload, one per distinct hash.
+    files: Vec<usize>,
+}
+
+/// Walks the tree from the root, a level at a time, asking the store for each node. A node
+/// the store has is skipped with its whole subtree (objects are written bottom-up, so its
+/// subtree is there); a missing node is to be written and its children are looked at.
+async fn diff_top_down(
+    store: &dyn Store,
+    nodes: &[BuiltNode],
+    hashes: &[(Hash, u64)],
+    concurrency: usize,
+) -> Result<Missing, StoreError> {
+    let root = nodes.len() - 1;
+    let mut seen_nodes = HashSet::new();
+    let mut seen_blobs = HashSet::new();
+    let mut missing = Missing {
+        nodes: Vec::new(),
+        files: Vec::new(),
+    };
+    let mut level = vec![root];
+    seen_nodes.insert(nodes[root].hash);
+    while !level.is_empty() {
+        let present: Vec<bool> = futures_util::stream::iter(level.clone())
+            .map(|n| async move { store.has_object(&nodes[n].hash).await })
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
+        let mut next = Vec::new();
+        for (&n, present) in level.iter().zip(present) {
+            if present {
+                continue;
+            }
+            missing.nodes.push(n);
+            for &f in &nodes[n].files {
+                if seen_blobs.insert(hashes[f].0) {
+                    missing.files.push(f);
+                }
+            }
+            for &d in &nodes[n].dirs {
+                if seen_nodes.insert(nodes[d].hash) {
+                    next.push(d);
+                }
+            }
+        }
+        level = next;
+    }
+    Ok(missing)
+}
+
+/// Uploads the files (bounded, parallel). Returns how many were new to the store.
+async fn upload_files(
+    store: &dyn Store,
+    files: &[PathBuf],
+    hashes: &[(Hash, u64)],
+    which: &[usize],
+    opts: &PublishOptions,
+) -> Result<u64, StoreError> {
+    let bar = progress_bar(opts.progress, which.len() as u64, "uploading");
+    let new = futures_util::stream::iter(which.iter().copied())
+        .map(|i| {
+            let ((hash, size), path, bar) = (hashes[i], &files[i], &bar);
+            async move {
+                let new = if size > DIRECT_PUT_MAX && store.has_object(&hash).await? {
+                    false
+                } else {
+                    store.put_object_file(&hash, path).await?
+                };
+                bar.inc(1);
+                Ok::<u64, StoreError>(u64::from(new))
+            }
+        })
+        .buffer_unordered(opts.upload_concurrency.max(1))
+        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .await?;
+    bar.finish_and_clear();
+    Ok(new)
+}
+
+/// Writes tree nodes lowest first (every node of height h after all of height h-1), each
+/// height in parallel. Returns how many were new.
+async fn write_nodes(
+    store: &dyn Store,
+    nodes: &[BuiltNode],
+    which: &[usize],
+    concurrency: usize,
+) -> Result<u64, StoreError> {
+    let mut by_height: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &n in which {
+        by_height.entry(nodes[n].height).or_default().push(n);
+    }
+    let mut new = 0;
+    for level in by_height.values() {
+        new += futures_util::stream::iter(level.clone())
+            .map(|n| async move {
+                store
+                    .put_object(&nodes[n].hash, nodes[n].bytes.clone())
+                    .await
+            })
+            .buffer_unordered(concurrency)
+            .try_fold(
+                0u64,
+                |acc, was_new| async move { Ok(acc + u64::from(was_new)) },
+            )
+            .await?;
+    }
+    Ok(new)
+}
+
+/// How long a publish or rollback that overlapped a garbage collection waits for it to
+/// finish before checking its own objects.
+pub const GC_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// Whether a collection may have run between two reads of the gc state.
+fn gc_overlapped(before: &Option<GcState>, after: &Option<GcState>) -> bool {
+    before.as_ref().is_some_and(|s| s.running)
+        || after.as_ref().is_some_and(|s| s.running)
+        || before.as_ref().map(|s| s.version) != after.as_ref().map(|s| s.version)
+}
+
+/// Waits (bounded by [`GC_WAIT`]) until no collection is running, or the one marked as
+/// running is stale ([`crate::gc::STALE`]).
+pub async fn wait_for_gc(store: &dyn Store) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + GC_WAIT;
+    loop {
+        match store.get_gc_state().await? {
+            Some(s) if s.running && !crate::gc::is_stale(&s, unix_now()) => {}
+            _ => return Ok(()),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// Publishes `dir` as a new deploy of `site` and makes it current.
@@ -268,6 +451,9 @@ pub async fn publish(
     // anyone moved the pointer in between.
     let previous = store.get_current(site).await?;
     let previous_seq = previous.as_ref().map(|c| c.seq);
+    // A collection that overlaps this publish may delete an object the diff below finds
+    // present; read its state now and again at the end to know.
+    let gc_before = store.get_gc_state().await?;
 
     let dir_owned = dir.to_owned();
     let include = opts.include_skipped;
@@ -282,67 +468,48 @@ pub async fn publish(
 
     let bar = progress_bar(opts.progress, files.len() as u64, "hashing");
     let mut hashes: Vec<(Hash, u64)> = vec![(Hash::from_bytes([0; 32]), 0); files.len()];
-    let mut hashed = futures_util::stream::iter(0..files.len())
-        .map(|i| {
+    let mut hashed = futures_util::stream::iter((0..files.len()).step_by(HASH_BATCH))
+        .map(|start| {
             let files = files.clone();
             async move {
-                let r = tokio::task::spawn_blocking(move || hash_file(&files[i])).await;
-                (i, r)
+                let end = (start + HASH_BATCH).min(files.len());
+                let r = tokio::task::spawn_blocking(move || {
+                    (start..end)
+                        .map(|i| hash_file(&files[i]))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await;
+                (start, r)
             }
         })
         .buffer_unordered(opts.hash_concurrency.max(1));
-    while let Some((i, r)) = hashed.next().await {
-        hashes[i] = r.map_err(|e| PublishError::Io {
-            path: files[i].clone(),
+    while let Some((start, r)) = hashed.next().await {
+        let batch = r.map_err(|e| PublishError::Io {
+            path: files[start].clone(),
             source: io::Error::other(e),
         })??;
-        bar.inc(1);
+        bar.inc(batch.len() as u64);
+        for (k, h) in batch.into_iter().enumerate() {
+            hashes[start + k] = h;
+        }
     }
     bar.finish_and_clear();
 
     let mut nodes = Vec::new();
-    let (root_hash, _) =
+    let root_index =
         build_nodes(&root, &hashes, &mut nodes).map_err(|source| PublishError::BadName {
             path: dir.to_owned(),
             source,
         })?;
-
-    // Blobs: one upload per distinct hash, from the first file that has it.
-    let mut seen = HashSet::new();
-    let unique: Vec<usize> = (0..files.len())
-        .filter(|&i| seen.insert(hashes[i].0))
-        .collect();
+    let root_hash = nodes[root_index].hash;
     let total_bytes: u64 = hashes.iter().map(|h| h.1).sum();
-    let bar = progress_bar(opts.progress, unique.len() as u64, "uploading");
-    let new_blobs: u64 = futures_util::stream::iter(unique.iter().copied())
-        .map(|i| {
-            let (hash, path, bar) = (hashes[i].0, &files[i], &bar);
-            async move {
-                let new = if store.has_object(&hash).await? {
-                    false
-                } else {
-                    store.put_object_file(&hash, path).await?
-                };
-                bar.inc(1);
-                Ok::<u64, StoreError>(u64::from(new))
-            }
-        })
-        .buffer_unordered(opts.upload_concurrency.max(1))
-        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-        .await?;
-    bar.finish_and_clear();
+    let concurrency = opts.upload_concurrency.max(1);
 
-    // Trees, in post-order: every child is stored before its parent.
-    let mut new_trees = 0;
-    let mut tree_seen = HashSet::new();
-    for (hash, bytes) in nodes {
-        if !tree_seen.insert(hash) || seen.contains(&hash) {
-            continue;
-        }
-        if !store.has_object(&hash).await? && store.put_object(&hash, bytes).await? {
-            new_trees += 1;
-        }
-    }
+    // Top-down: only the subtrees the store lacks are looked into; blobs first, then the
+    // missing nodes bottom-up, so a node in the store always has its whole subtree.
+    let missing = diff_top_down(store, &nodes, &hashes, concurrency).await?;
+    let new_blobs = upload_files(store, &files, &hashes, &missing.files, opts).await?;
+    let new_trees = write_nodes(store, &nodes, &missing.nodes, concurrency).await?;
 
     let now = std::time::SystemTime::now();
     let record = DeployRecord {
@@ -356,13 +523,69 @@ pub async fn publish(
     };
     store.put_deploy(&record).await?;
     move_current(store, site, previous_seq, &record).await?;
+
+    // From here on every collection that starts keeps this deploy (it is current, and new).
+    // One that overlapped may have deleted something the diff relied on: once it is done,
+    // check every object of the deploy and put back what is missing.
+    let gc_after = store.get_gc_state().await?;
+    let mut repaired = 0;
+    if gc_overlapped(&gc_before, &gc_after) {
+        wait_for_gc(store).await?;
+        repaired = repair(store, &files, &hashes, &nodes, opts).await?;
+    }
+
+    let distinct_blobs: HashSet<Hash> = hashes.iter().map(|h| h.0).collect();
+    let distinct_nodes: HashSet<Hash> = nodes.iter().map(|n| n.hash).collect();
     Ok(PublishReport {
-        objects: (seen.len() + tree_seen.difference(&seen).count()) as u64,
+        objects: distinct_blobs.union(&distinct_nodes).count() as u64,
         deploy: record,
         previous_seq,
         new_blobs,
         new_trees,
+        repaired,
     })
+}
+
+/// Checks every object of a deploy being published and stores what is missing: blobs
+/// first, then nodes lowest first. Returns how many objects were put back.
+async fn repair(
+    store: &dyn Store,
+    files: &[PathBuf],
+    hashes: &[(Hash, u64)],
+    nodes: &[BuiltNode],
+    opts: &PublishOptions,
+) -> Result<u64, StoreError> {
+    let concurrency = opts.upload_concurrency.max(1);
+    let mut seen = HashSet::new();
+    let blobs: Vec<usize> = (0..files.len())
+        .filter(|&i| seen.insert(hashes[i].0))
+        .collect();
+    let lost_blobs: Vec<usize> = futures_util::stream::iter(blobs)
+        .map(|i| async move { Ok::<_, StoreError>((i, store.has_object(&hashes[i].0).await?)) })
+        .buffer_unordered(concurrency)
+        .try_filter_map(|(i, present)| async move { Ok((!present).then_some(i)) })
+        .try_collect()
+        .await?;
+    let mut seen = HashSet::new();
+    let all_nodes: Vec<usize> = (0..nodes.len())
+        .filter(|&n| seen.insert(nodes[n].hash))
+        .collect();
+    let lost_nodes: Vec<usize> = futures_util::stream::iter(all_nodes)
+        .map(|n| async move { Ok::<_, StoreError>((n, store.has_object(&nodes[n].hash).await?)) })
+        .buffer_unordered(concurrency)
+        .try_filter_map(|(n, present)| async move { Ok((!present).then_some(n)) })
+        .try_collect()
+        .await?;
+    if !lost_blobs.is_empty() || !lost_nodes.is_empty() {
+        tracing::warn!(
+            blobs = lost_blobs.len(),
+            nodes = lost_nodes.len(),
+            "a garbage collection overlapped this publish and removed objects it reuses; putting them back"
+        );
+    }
+    upload_files(store, files, hashes, &lost_blobs, opts).await?;
+    write_nodes(store, nodes, &lost_nodes, concurrency).await?;
+    Ok((lost_blobs.len() + lost_nodes.len()) as u64)
 }
 
 async fn move_current(
@@ -382,13 +605,16 @@ async fn move_current(
     Ok(pointer)
 }
 
-/// Makes an earlier deploy current again. Its root must still be in the store.
+/// Makes an earlier deploy current again. Its root must still be in the store. If a garbage
+/// collection overlapped the move, waits for it and checks the deploy is still whole; if it
+/// is not, the pointer is moved back and the rollback fails.
 pub async fn rollback(
     store: &dyn Store,
     site: &str,
     to: &str,
 ) -> Result<CurrentPointer, PublishError> {
     validate_site(site).map_err(StoreError::from)?;
+    let gc_before = store.get_gc_state().await?;
     let record = store
         .get_deploy(site, to)
         .await?
@@ -403,10 +629,35 @@ pub async fn rollback(
         });
     }
     let current = store.get_current(site).await?;
-    Ok(move_current(store, site, current.map(|c| c.seq), &record).await?)
+    let moved = move_current(store, site, current.as_ref().map(|c| c.seq), &record).await?;
+    let gc_after = store.get_gc_state().await?;
+    if gc_overlapped(&gc_before, &gc_after) {
+        wait_for_gc(store).await?;
+        if !crate::gc::is_whole(store, &record.root, 16).await? {
+            let mut why = format!(
+                "a garbage collection that ran at the same time removed objects of deploy {to}"
+            );
+            if let Some(prev) = current {
+                let back = CurrentPointer {
+                    seq: moved.seq + 1,
+                    updated: unix_now(),
+                    ..prev
+                };
+                match store.swap_current(Some(moved.seq), &back).await {
+                    Ok(()) => why.push_str(&format!("; current is back on {}", back.deploy)),
+                    Err(e) => why.push_str(&format!("; moving current back failed: {e}")),
+                }
+            }
+            return Err(PublishError::Source {
+                path: PathBuf::from(crate::store::layout::current(site)),
+                why,
+            });
+        }
+    }
+    Ok(moved)
 }
 
-fn progress_bar(show: bool, len: u64, what: &'static str) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(show: bool, len: u64, what: &'static str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
-    Access, ObjectBody, Store, StoreError, check_current, check_deploy, check_host, layout,
-    parse_record, sort_deploys,
+    Access, GcState, ObjectBody, ObjectInfo, Store, StoreError, check_current, check_deploy,
+    check_host, layout, parse_record, sort_deploys,
 };
 use crate::Hash;
 use crate::records::{
@@ -482,6 +482,141 @@ impl Store for LocalStore {
         let inner = self.inner.clone();
         let site = site.to_owned();
         blocking(move || list_deploys_blocking(&inner, &site)).await
+    }
+
+    async fn list_sites(&self) -> Result<Vec<String>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let dir = inner.path("sites");
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return inner.not_found(Vec::new());
+                }
+                Err(e) => return Err(StoreError::io("list", dir, e)),
+            };
+            let mut out = Vec::new();
+            for ent in rd {
+                let ent = ent.map_err(|e| StoreError::io("list", &dir, e))?;
+                if let Some(name) = ent.file_name().to_str()
+                    && validate_site(name).is_ok()
+                    && ent.path().is_dir()
+                {
+                    out.push(name.to_owned());
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let dir = inner.path("objects");
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return inner.not_found(Vec::new());
+                }
+                Err(e) => return Err(StoreError::io("list", dir, e)),
+            };
+            let mut out = Vec::new();
+            for sub in rd {
+                let sub = sub.map_err(|e| StoreError::io("list", &dir, e))?.path();
+                if !sub.is_dir() {
+                    continue;
+                }
+                for ent in fs::read_dir(&sub).map_err(|e| StoreError::io("list", &sub, e))? {
+                    let ent = ent.map_err(|e| StoreError::io("list", &sub, e))?;
+                    let Some(hash) = ent
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<Hash>().ok())
+                    else {
+                        continue;
+                    };
+                    let meta = match ent.metadata() {
+                        Ok(m) => m,
+                        // Removed since the listing (a concurrent gc): not there.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(StoreError::io("stat", ent.path(), e)),
+                    };
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    out.push(ObjectInfo {
+                        hash,
+                        size: meta.len(),
+                        modified,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_object(&self, hash: &Hash) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let hash = *hash;
+        blocking(move || {
+            let path = inner.path(&layout::object(&hash));
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::io("remove", path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || read_gc_state(&inner)).await
+    }
+
+    async fn swap_gc_state(
+        &self,
+        expected: Option<u64>,
+        new: &GcState,
+    ) -> Result<bool, StoreError> {
+        let inner = self.inner.clone();
+        let new = new.clone();
+        blocking(move || {
+            let dir = inner.path("gc");
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+            let lock_path = dir.join("lock");
+            let lock = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock_path)
+                .map_err(|e| StoreError::io("open", &lock_path, e))?;
+            lock.lock()
+                .map_err(|e| StoreError::io("lock", &lock_path, e))?;
+            if read_gc_state(&inner)?.map(|s| s.version) != expected {
+                return Ok(false);
+            }
+            let json = serde_json::to_vec_pretty(&new).map_err(|e| StoreError::Record {
+                key: layout::GC_STATE.into(),
+                source: e.into(),
+            })?;
+            inner.write_atomic(&inner.path(layout::GC_STATE), &json)?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+fn read_gc_state(inner: &Inner) -> Result<Option<GcState>, StoreError> {
+    match inner.read_opt(layout::GC_STATE)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(parse_record(layout::GC_STATE, &b)?)),
     }
 }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{ObjectBody, Store, StoreError, sort_deploys};
+use super::{GcState, ObjectBody, ObjectInfo, Store, StoreError, sort_deploys};
 use crate::Hash;
 use crate::records::{CurrentPointer, DeployRecord, HostRecord, normalize_host};
 
@@ -39,6 +39,9 @@ struct State {
     hosts: HashMap<String, HostRecord>,
     current: HashMap<String, CurrentPointer>,
     deploys: HashMap<String, BTreeMap<String, DeployRecord>>,
+    /// When each object was stored (Unix seconds), for listing.
+    stored_at: HashMap<Hash, u64>,
+    gc: Option<GcState>,
 }
 
 impl MemoryStore {
@@ -75,7 +78,9 @@ impl MemoryStore {
 
     /// Drops every object not in `keep` (used by preview to forget old files).
     pub fn retain_objects(&self, keep: &std::collections::HashSet<Hash>) {
-        self.state().objects.retain(|h, _| keep.contains(h));
+        let mut st = self.state();
+        st.objects.retain(|h, _| keep.contains(h));
+        st.stored_at.retain(|h, _| keep.contains(h));
     }
 }
 
@@ -106,7 +111,11 @@ impl Store for MemoryStore {
         if Hash::of(&data) != *hash {
             return Err(StoreError::Corrupt { hash: *hash });
         }
-        Ok(self.state().objects.insert(*hash, data).is_none())
+        let mut st = self.state();
+        st.stored_at
+            .entry(*hash)
+            .or_insert_with(crate::records::unix_now);
+        Ok(st.objects.insert(*hash, data).is_none())
     }
 
     async fn get_host(&self, host: &str) -> Result<Option<HostRecord>, StoreError> {
@@ -147,11 +156,18 @@ impl Store for MemoryStore {
 
     async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
         super::check("deploy record", record.validate())?;
-        self.state()
-            .deploys
-            .entry(record.site.clone())
-            .or_default()
-            .insert(record.id.clone(), record.clone());
+        let mut st = self.state();
+        let log = st.deploys.entry(record.site.clone()).or_default();
+        if log.get(&record.id).is_some_and(|old| old != record) {
+            return Err(StoreError::Record {
+                key: super::layout::deploy(&record.site, &record.id),
+                source: crate::records::RecordError::Mismatch {
+                    expected: "a new deploy id".into(),
+                    found: record.id.clone(),
+                },
+            });
+        }
+        log.insert(record.id.clone(), record.clone());
         Ok(())
     }
 
@@ -173,5 +189,56 @@ impl Store for MemoryStore {
             .unwrap_or_default();
         sort_deploys(&mut v);
         Ok(v)
+    }
+
+    async fn list_sites(&self) -> Result<Vec<String>, StoreError> {
+        let st = self.state();
+        let mut v: Vec<String> = st
+            .deploys
+            .keys()
+            .chain(st.current.keys())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn list_objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        let st = self.state();
+        Ok(st
+            .objects
+            .iter()
+            .map(|(h, b)| ObjectInfo {
+                hash: *h,
+                size: b.len() as u64,
+                modified: st.stored_at.get(h).copied().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn delete_object(&self, hash: &Hash) -> Result<(), StoreError> {
+        let mut st = self.state();
+        st.objects.remove(hash);
+        st.stored_at.remove(hash);
+        Ok(())
+    }
+
+    async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {
+        Ok(self.state().gc.clone())
+    }
+
+    async fn swap_gc_state(
+        &self,
+        expected: Option<u64>,
+        new: &GcState,
+    ) -> Result<bool, StoreError> {
+        let mut st = self.state();
+        if st.gc.as_ref().map(|s| s.version) != expected {
+            return Ok(false);
+        }
+        st.gc = Some(new.clone());
+        Ok(true)
     }
 }

@@ -15,13 +15,17 @@ use futures_util::Stream;
 use crate::Hash;
 use crate::records::{CurrentPointer, DeployRecord, HostRecord, NameError, RecordError};
 
+mod counting;
 mod http;
 mod local;
 mod memory;
+mod s3;
 
+pub use self::counting::CountingStore;
 pub use self::http::{HttpStore, HttpStoreOptions};
 pub use self::local::LocalStore;
 pub use self::memory::MemoryStore;
+pub use self::s3::{S3Options, S3Store};
 
 /// A stream of an object's bytes. Not verified: whoever consumes it checks the hash.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -61,8 +65,22 @@ pub enum StoreError {
     },
     #[error("store location {location:?} {why}")]
     Location { location: String, why: String },
-    #[error("store {store} is read-only: {op} needs a local (path or file://) store")]
+    #[error("store {store} is read-only: {op} needs a local (path or file://) or s3:// store")]
     ReadOnly { store: String, op: &'static str },
+    #[error("store {store} cannot {op}")]
+    Unsupported { store: String, op: &'static str },
+    #[error(
+        "store {store} does not honour conditional writes ({why}); refusing to write to it, since two publishes could silently overwrite each other's pointer"
+    )]
+    NoConditionalWrites { store: String, why: String },
+    #[error("{op} {url}: {why}")]
+    Remote {
+        op: &'static str,
+        url: String,
+        why: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error(
         "conflict on site {site:?}: expected sequence {expected:?} but the store has {found:?} (another publish or rollback moved it first)"
     )]
@@ -118,6 +136,8 @@ impl StoreError {
         match self {
             // The request itself was wrong, or asked for something this store cannot do.
             StoreError::ReadOnly { .. }
+            | StoreError::Unsupported { .. }
+            | StoreError::NoConditionalWrites { .. }
             | StoreError::Conflict { .. }
             | StoreError::Name(_)
             | StoreError::Location { .. }
@@ -126,6 +146,7 @@ impl StoreError {
             StoreError::Io { .. }
             | StoreError::Status { .. }
             | StoreError::Http { .. }
+            | StoreError::Remote { .. }
             | StoreError::Timeout { .. }
             | StoreError::Truncated { .. }
             | StoreError::Record { .. }
@@ -256,6 +277,78 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn get_deploy(&self, site: &str, id: &str) -> Result<Option<DeployRecord>, StoreError>;
     /// Every deploy record of the site, oldest first.
     async fn list_deploys(&self, site: &str) -> Result<Vec<DeployRecord>, StoreError>;
+
+    /// Requests sent to the service so far, for a store that counts them (S3: every HTTP
+    /// request). `None` for the others.
+    fn requests(&self) -> Option<u64> {
+        None
+    }
+
+    /// Every site that has a folder under `sites/`, sorted. Garbage collection and fsck
+    /// start here; readers that cannot list (HTTP) refuse.
+    async fn list_sites(&self) -> Result<Vec<String>, StoreError> {
+        Err(self.unsupported("list sites"))
+    }
+
+    /// Every object in the store, with its size and last-modified time.
+    async fn list_objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        Err(self.unsupported("list objects"))
+    }
+
+    /// Removes an object (garbage collection only). Removing a missing one is not an error.
+    async fn delete_object(&self, _hash: &Hash) -> Result<(), StoreError> {
+        Err(self.unsupported("delete objects"))
+    }
+
+    /// The store-wide garbage-collection state (`gc/state`), which publish and rollback read
+    /// to notice a collection that overlapped them.
+    async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {
+        Ok(None)
+    }
+
+    /// Replaces the gc state if its `version` is still `expected` (`None`: no state yet).
+    /// `Ok(false)` when someone else changed it first.
+    async fn swap_gc_state(
+        &self,
+        _expected: Option<u64>,
+        _new: &GcState,
+    ) -> Result<bool, StoreError> {
+        Err(self.unsupported("collect garbage"))
+    }
+
+    #[doc(hidden)]
+    fn unsupported(&self, op: &'static str) -> StoreError {
+        StoreError::Unsupported {
+            store: self.location(),
+            op,
+        }
+    }
+}
+
+/// One object as listed: its hash, size and last-modified time (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub hash: Hash,
+    pub size: u64,
+    pub modified: u64,
+}
+
+/// `gc/state`: whether a garbage collection is running. Every change (start, finish)
+/// increments `version`, so a publish that reads the same version, not running, before and
+/// after its work knows no collection overlapped it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcState {
+    pub version: u64,
+    pub running: bool,
+    /// Unix time the running (or last) collection started.
+    pub started: u64,
+    /// Unix time of this change (a running collection refreshes it as a heartbeat).
+    pub updated: u64,
+    /// The rule the collection kept deploys by, for `fsck`.
+    #[serde(default)]
+    pub keep: Option<u64>,
+    #[serde(default)]
+    pub grace_secs: Option<u64>,
 }
 
 /// Whether a store is opened to read or to write (a local store is created for writing).
@@ -268,9 +361,17 @@ pub enum Access {
     Serve,
 }
 
-/// Opens a store from a location: a path, a `file://` URL, or an `http(s)://` URL (read-only).
+/// Opens a store from a location: a path, a `file://` URL, an `http(s)://` URL (read-only),
+/// or `s3://BUCKET/PREFIX`.
 pub fn open_store(location: &str, access: Access) -> Result<Arc<dyn Store>, StoreError> {
-    open_store_with(location, access, HttpStoreOptions::default())
+    open_store_opts(location, access, &StoreOptions::default())
+}
+
+/// Options for the remote backends.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    pub http: HttpStoreOptions,
+    pub s3: S3Options,
 }
 
 /// [`open_store`] with options for HTTP stores.
@@ -279,6 +380,23 @@ pub fn open_store_with(
     access: Access,
     http: HttpStoreOptions,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    open_store_opts(
+        location,
+        access,
+        &StoreOptions {
+            http,
+            ..StoreOptions::default()
+        },
+    )
+}
+
+/// [`open_store`] with options for HTTP and S3 stores.
+pub fn open_store_opts(
+    location: &str,
+    access: Access,
+    opts: &StoreOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let http = opts.http.clone();
     let loc_err = |why: &str| StoreError::Location {
         location: location.to_owned(),
         why: why.to_owned(),
@@ -313,8 +431,9 @@ pub fn open_store_with(
                 }
                 Ok(Arc::new(HttpStore::new(location, http)?))
             }
+            "s3" => Ok(Arc::new(S3Store::open(rest, opts.s3.clone())?)),
             other => Err(loc_err(&format!(
-                "has unknown scheme {other:?} (expected a path, file://, http:// or https://)"
+                "has unknown scheme {other:?} (expected a path, file://, http://, https:// or s3://)"
             ))),
         }
     } else {
@@ -363,6 +482,8 @@ pub mod layout {
     pub fn history(site: &str) -> String {
         format!("sites/{site}/history")
     }
+    /// The garbage-collection state record.
+    pub const GC_STATE: &str = "gc/state";
 }
 
 /// Validates a fetched pointer against the site it was fetched for.
@@ -431,6 +552,9 @@ mod tests {
             StoreError::Io { .. } => "Io",
             StoreError::Location { .. } => "Location",
             StoreError::ReadOnly { .. } => "ReadOnly",
+            StoreError::Unsupported { .. } => "Unsupported",
+            StoreError::NoConditionalWrites { .. } => "NoConditionalWrites",
+            StoreError::Remote { .. } => "Remote",
             StoreError::Conflict { .. } => "Conflict",
             StoreError::Status { .. } => "Status",
             StoreError::Http { .. } => "Http",
@@ -446,7 +570,7 @@ mod tests {
         }
     }
 
-    const VARIANTS: usize = 15;
+    const VARIANTS: usize = 18;
 
     #[test]
     fn every_variant_has_a_blame() {
@@ -471,6 +595,29 @@ mod tests {
                     op: "writing",
                 },
                 Caller,
+            ),
+            (
+                StoreError::Unsupported {
+                    store: url(),
+                    op: "list objects",
+                },
+                Caller,
+            ),
+            (
+                StoreError::NoConditionalWrites {
+                    store: "s3://b/p".into(),
+                    why: "If-Match was ignored".into(),
+                },
+                Caller,
+            ),
+            (
+                StoreError::Remote {
+                    op: "GET",
+                    url: "s3://b/p/sites/s/current".into(),
+                    why: "access denied".into(),
+                    source: None,
+                },
+                Upstream,
             ),
             (
                 StoreError::Conflict {

@@ -307,3 +307,4 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+pub mod s3;
