@@ -13,10 +13,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compress;
 mod hash;
 pub mod publish;
 pub mod records;
 pub mod resilience;
+pub mod rules;
 pub mod store;
 pub mod tree;
 

@@ -10,7 +10,7 @@
 //!    number read in step 1. A publish that dies before this leaves the previous deploy
 //!    serving; its uploaded objects are reused by the next run.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,8 @@ pub struct PublishOptions {
     pub upload_concurrency: usize,
     /// Draw a progress bar on standard error.
     pub progress: bool,
+    /// Store compressed variants of compressible files at these levels (None: do not).
+    pub compress: Option<crate::compress::Levels>,
 }
 
 impl Default for PublishOptions {
@@ -47,6 +49,7 @@ impl Default for PublishOptions {
             hash_concurrency: cores * 2,
             upload_concurrency: 16,
             progress: false,
+            compress: Some(crate::compress::Levels::PUBLISH),
         }
     }
 }
@@ -80,6 +83,9 @@ pub enum PublishError {
     Store(#[from] StoreError),
     #[error("site {site:?} has no deploy {id:?}")]
     NoSuchDeploy { site: String, id: String },
+    /// A `_redirects` or `_headers` line that cannot be published.
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
@@ -97,13 +103,18 @@ pub struct PublishReport {
     pub previous_seq: Option<u64>,
     pub new_blobs: u64,
     pub new_trees: u64,
-    /// Distinct objects (blobs and trees) the deploy references.
+    /// Distinct objects (blobs, variants, rules and trees) the deploy references.
     pub objects: u64,
+    /// Compressed variants (and the compiled rules) the store did not have.
+    pub new_variants: u64,
+    /// Files compressed in this publish, and files whose variants the previous deploy had.
+    pub compressed: u64,
+    pub reused_variants: u64,
 }
 
 impl PublishReport {
     pub fn new_objects(&self) -> u64 {
-        self.new_blobs + self.new_trees
+        self.new_blobs + self.new_trees + self.new_variants
     }
 }
 
@@ -230,26 +241,37 @@ fn hash_file(path: &Path) -> Result<(Hash, u64), PublishError> {
     Ok((hasher.finalize().into(), hasher.count()))
 }
 
-/// Builds the tree nodes of `dir`, children before parents. Returns the root's entry data.
+/// Builds the tree nodes of `dir`, children before parents, recording each compressible
+/// file's variants and, on the root, the compiled rules. Returns the root's entry data.
 fn build_nodes(
     dir: &ScanDir,
     hashes: &[(Hash, u64)],
+    variants: &HashMap<Hash, Vec<tree::Variant>>,
+    rules: Option<Hash>,
     nodes: &mut Vec<(Hash, Bytes)>,
 ) -> Result<(Hash, u64), TreeError> {
     let mut entries = Vec::with_capacity(dir.entries.len());
     for (name, node) in &dir.entries {
         let (kind, (hash, size)) = match node {
             ScanNode::File(i) => (EntryKind::File, hashes[*i]),
-            ScanNode::Dir(sub) => (EntryKind::Dir, build_nodes(sub, hashes, nodes)?),
+            ScanNode::Dir(sub) => (
+                EntryKind::Dir,
+                build_nodes(sub, hashes, variants, None, nodes)?,
+            ),
         };
-        entries.push(OwnedEntry {
+        let v = match variants.get(&hash) {
+            Some(v) if kind == EntryKind::File && crate::compress::compressible(name) => v.clone(),
+            _ => Vec::new(),
+        };
+        let e = OwnedEntry {
             name: name.clone(),
             kind,
             size,
             hash,
-        });
+        };
+        entries.push((e, v));
     }
-    let bytes = tree::encode(entries)?;
+    let bytes = tree::encode_node(entries, rules)?;
     let hash = Hash::of(&bytes);
     let len = bytes.len() as u64;
     nodes.push((hash, bytes));
@@ -278,6 +300,8 @@ pub async fn publish(
             source: io::Error::other(e),
         })??;
     let Scan { root, files } = scan;
+    // Site rules are checked before anything is written: a bad line fails the publish.
+    let rules = crate::rules::compile_dir(dir).await?;
     let files = Arc::new(files);
 
     let bar = progress_bar(opts.progress, files.len() as u64, "hashing");
@@ -300,9 +324,32 @@ pub async fn publish(
     }
     bar.finish_and_clear();
 
+    let made = match opts.compress {
+        Some(levels) => {
+            let known = match &previous {
+                Some(p) => crate::compress::recorded(store, p.root).await,
+                None => HashMap::new(),
+            };
+            let concurrency = opts.hash_concurrency.max(1);
+            crate::compress::make(store, &files, &hashes, known, levels, concurrency).await?
+        }
+        None => crate::compress::Made::default(),
+    };
+    let mut new_variants = made.new_blobs;
+    let rules_hash = match rules {
+        Some(bytes) => {
+            let h = Hash::of(&bytes);
+            if !store.has_object(&h).await? && store.put_object(&h, bytes).await? {
+                new_variants += 1;
+            }
+            Some(h)
+        }
+        None => None,
+    };
+
     let mut nodes = Vec::new();
-    let (root_hash, _) =
-        build_nodes(&root, &hashes, &mut nodes).map_err(|source| PublishError::BadName {
+    let (root_hash, _) = build_nodes(&root, &hashes, &made.variants, rules_hash, &mut nodes)
+        .map_err(|source| PublishError::BadName {
             path: dir.to_owned(),
             source,
         })?;
@@ -357,11 +404,16 @@ pub async fn publish(
     store.put_deploy(&record).await?;
     move_current(store, site, previous_seq, &record).await?;
     Ok(PublishReport {
-        objects: (seen.len() + tree_seen.difference(&seen).count()) as u64,
+        objects: (seen.len() + tree_seen.difference(&seen).count()) as u64
+            + made.blobs
+            + u64::from(rules_hash.is_some()),
         deploy: record,
         previous_seq,
         new_blobs,
         new_trees,
+        new_variants,
+        compressed: made.compressed,
+        reused_variants: made.reused,
     })
 }
 

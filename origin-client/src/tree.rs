@@ -732,7 +732,10 @@ mod tests {
     fn version_2_decoder_is_strict() {
         let d = |v: Vec<u8>| TreeNode::decode(Bytes::from(v)).unwrap_err();
         let good = encode_node(
-            vec![(file("a", &[0; 50]), vec![v(Coding::Br, 10), v(Coding::Gzip, 20)])],
+            vec![(
+                file("a", &[0; 50]),
+                vec![v(Coding::Br, 10), v(Coding::Gzip, 20)],
+            )],
             None,
         )
         .unwrap()
