@@ -14,6 +14,7 @@ pub async fn publish(
     site: &str,
     store: &str,
     include_skipped: bool,
+    compress: bool,
     progress: bool,
 ) -> anyhow::Result<()> {
     validate_site(site)?;
@@ -21,6 +22,7 @@ pub async fn publish(
     let opts = PublishOptions {
         include_skipped,
         progress,
+        compress: compress.then_some(origin_client::compress::Levels::PUBLISH),
         ..PublishOptions::default()
     };
     let report = publish::publish(store.as_ref(), dir, site, &opts)
@@ -29,15 +31,22 @@ pub async fn publish(
     let d = &report.deploy;
     println!("deploy {}", d.id);
     println!(
-        "site {site}: {} files, {} bytes, {} new objects ({} blobs, {} trees) of {}, root {}",
+        "site {site}: {} files, {} bytes, {} new objects ({} blobs, {} trees, {} variants) of {}, root {}",
         d.files,
         d.bytes,
         report.new_objects(),
         report.new_blobs,
         report.new_trees,
+        report.new_variants,
         report.objects,
         d.root
     );
+    if compress {
+        println!(
+            "compressed {} files ({} unchanged since the previous deploy)",
+            report.compressed, report.reused_variants
+        );
+    }
     Ok(())
 }
 
