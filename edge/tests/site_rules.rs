@@ -24,7 +24,7 @@ fn site_size() -> usize {
 
 /// A site of `n` files: HTML, CSS, JS, JSON, SVG and text with the repetition real ones
 /// have, plus PNG-like and WOFF2-like binaries that must be served as they are. Sizes from
-/// 200 B to 12 KiB; every file's bytes differ.
+/// 200 B to 4 KiB; every file's bytes differ.
 fn gen_site(n: usize) -> Vec<(String, Vec<u8>, bool)> {
     let mut x = 0x9e37_79b9_u32;
     let mut noise = move |len: usize| -> Vec<u8> {
@@ -52,7 +52,7 @@ fn gen_site(n: usize) -> Vec<(String, Vec<u8>, bool)> {
     };
     (0..n)
         .map(|i| {
-            let len = 200 + (i * 977) % 12_000;
+            let len = 200 + (i * 977) % 4_000;
             match i % 8 {
                 0 => (
                     format!("pages/p{i}/index.html"),
@@ -369,6 +369,7 @@ const REDIRECTS: &str = "# moved blog, SPA, shop closed
 /old-blog/*      /blog/:splat          301
 /store id=:id    /items/:id            302
 /go              https://example.com/  307
+/café            /café-new             308
 /forced.html     /index.html           200!
 /shadowed.html   /index.html           200
 /shop/*          /shop-closed.html     404
@@ -454,6 +455,7 @@ async fn redirects_rewrites_and_headers() {
         ("/old-blog/a%20b?ref=x", 301, b"/blog/a%20b?ref=x", None),
         ("/store?id=42", 302, b"/items/42", None),
         ("/go", 307, b"https://example.com/", None),
+        ("/caf%C3%A9", 308, b"/caf%C3%A9-new", None),
         ("/forced.html", 200, &spa, None),
         ("/shadowed.html", 200, b"shadowed file wins\n", None),
         (

@@ -303,7 +303,19 @@ impl Routes {
     ) -> EdgeResult<Target> {
         let status = StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
         if !action.rewrite {
-            return Ok(match HeaderValue::from_str(&action.to) {
+            // Literal parts of a target may be UTF-8: sent percent-encoded, as browsers do.
+            let to: String = action
+                .to
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_graphic() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            return Ok(match HeaderValue::from_str(&to) {
                 Ok(location) => Target::Redirect {
                     status,
                     location,
