@@ -433,7 +433,8 @@ async fn redirects_rewrites_and_headers() {
     let spa = b"<main id=app>spa</main>\n".repeat(20);
 
     // (path, status, body or Location, a header that must be there)
-    let table: &[(&str, u16, &[u8], Option<(&str, &str)>)] = &[
+    type Row<'a> = (&'a str, u16, &'a [u8], Option<(&'a str, &'a str)>);
+    let table: &[Row<'_>] = &[
         (
             "/dashboard/settings",
             200,
