@@ -11,6 +11,9 @@
 #
 #   scripts/bench-site-rules.sh [ROUNDS] [SECONDS]
 #
+# EDGE_BIN and LOADTEST_BIN override the binaries, FILES the site's size (a smoke test of the
+# script itself: FILES=100 EDGE_BIN=target/debug/edge LOADTEST_BIN=target/debug/loadtest).
+#
 # Needs release builds of `edge` and `loadtest` (built when missing), python3 and curl.
 # Everything listens on 127.0.0.1; every process started is stopped by PID. Numbers on a
 # shared 2-core machine are relative: run it when nothing else is benchmarking.
@@ -19,8 +22,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${1:-3}
 SECS=${2:-8}
-EDGE=$ROOT/target/release/edge
-LOADTEST=$ROOT/target/release/loadtest
+EDGE=${EDGE_BIN:-$ROOT/target/release/edge}
+LOADTEST=${LOADTEST_BIN:-$ROOT/target/release/loadtest}
+FILES=${FILES:-2000}
 [ -x "$EDGE" ] || (cd "$ROOT" && cargo build --release -p edge)
 [ -x "$LOADTEST" ] || (cd "$ROOT" && cargo build --release -p loadtest)
 
@@ -37,9 +41,9 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 
 # ---- a 2,000-file site: 1,500 text files (html, css, js, json, svg, txt) and 500 binaries --
-python3 - "$WORK/site" <<'EOF'
+python3 - "$WORK/site" "$FILES" <<'EOF'
 import os, random, sys
-root = sys.argv[1]
+root, files = sys.argv[1], int(sys.argv[2])
 rnd = random.Random(15)
 words = "edge cache deploy static site request header content tree blob origin compress".split()
 def text(i, n, line):
@@ -56,7 +60,7 @@ kinds = [
     ("docs/t{i}.txt", lambda i, k, w: f"{w} line {k} of file {i}\n"),
 ]
 texts = open(os.path.join(root + ".texts"), "w")
-for i in range(2000):
+for i in range(files):
     n = 200 + (i * 977) % 24000
     if i % 4 == 3:
         path, data = (f"img/p{i}.png", b"\x89PNG\r\n\x1a\n" + rnd.randbytes(n)) if i % 8 == 3 else (f"fonts/f{i}.woff2", rnd.randbytes(n))
@@ -71,7 +75,7 @@ for i in range(2000):
 open(os.path.join(root, "index.html"), "w").write("<h1>bench</h1>\n")
 EOF
 
-echo "== publish time, 2,000 files (median of $ROUNDS)"
+echo "== publish time, $FILES files (median of $ROUNDS)"
 for mode in compress no-compress; do
   times=()
   for r in $(seq 1 "$ROUNDS"); do

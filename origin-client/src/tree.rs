@@ -793,6 +793,61 @@ mod tests {
         );
     }
 
+    /// Canonical: any single-byte change to a version 2 node either fails to decode or
+    /// decodes to a node that encodes back to exactly those bytes.
+    #[test]
+    fn every_mutation_is_refused_or_canonical() {
+        let good = encode_node(
+            vec![
+                (
+                    file("a.css", &[1; 90]),
+                    vec![v(Coding::Br, 10), v(Coding::Zstd, 11)],
+                ),
+                (file("b.png", &[2; 9]), vec![]),
+                (
+                    OwnedEntry {
+                        name: "dir".into(),
+                        kind: EntryKind::Dir,
+                        size: 44,
+                        hash: Hash::of(b"d"),
+                    },
+                    vec![],
+                ),
+            ],
+            Some(Hash::of(b"r")),
+        )
+        .unwrap();
+        let reencode = |n: &TreeNode| {
+            let entries = (0..n.len())
+                .map(|i| {
+                    let e = n.entry(i);
+                    let owned = OwnedEntry {
+                        name: e.name.into(),
+                        kind: e.kind,
+                        size: e.size,
+                        hash: e.hash,
+                    };
+                    (owned, n.variants(i).collect())
+                })
+                .collect();
+            encode_node(entries, n.rules()).unwrap()
+        };
+        assert_eq!(reencode(&TreeNode::decode(good.clone()).unwrap()), good);
+        let mut accepted = 0;
+        for at in 0..good.len() {
+            for delta in [1u8, 0x80, 0xff] {
+                let mut m = good.to_vec();
+                m[at] = m[at].wrapping_add(delta);
+                if let Ok(n) = TreeNode::decode(Bytes::from(m.clone())) {
+                    accepted += 1;
+                    assert_eq!(&reencode(&n)[..], &m[..], "byte {at} + {delta}");
+                }
+            }
+        }
+        // Hashes, sizes and names' letters may change and stay canonical; structure may not.
+        assert!(accepted > 0);
+    }
+
     #[test]
     fn hundred_thousand_entries() {
         let entries: Vec<_> = (0..100_000)
