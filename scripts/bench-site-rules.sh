@@ -41,33 +41,28 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 
 # ---- a 2,000-file site: 1,500 text files (html, css, js, json, svg, txt) and 500 binaries --
-python3 - "$WORK/site" "$FILES" <<'EOF'
-import os, random, sys
-root, files = sys.argv[1], int(sys.argv[2])
+# Text content is cut from this repository's own sources and docs, so it compresses as real
+# text does (not as a generator's repetitions would).
+python3 - "$WORK/site" "$FILES" "$ROOT" <<'EOF'
+import glob, os, random, sys
+root, files, repo = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rnd = random.Random(15)
-words = "edge cache deploy static site request header content tree blob origin compress".split()
-def text(i, n, line):
-    out, k = [], 0
-    while sum(map(len, out)) < n:
-        out.append(line(k, words[(i * 7 + k * 3) % len(words)])); k += 1
-    return "".join(out).encode()
-kinds = [
-    ("pages/p{i}/index.html", lambda i, k, w: f'<div class="row r{k}"><a href="/{w}/{k}">{w} {i}</a></div>\n'),
-    ("css/s{i}.css", lambda i, k, w: f".{w}-{k} {{ margin: {k}px; color: #{i:06x}; }}\n"),
-    ("js/app.{i:04x}.js", lambda i, k, w: f"export function {w}{k}(a, b) {{ return a + b * {i}; }}\n"),
-    ("data/d{i}.json", lambda i, k, w: f'{{"id": {k}, "name": "{w}", "site": {i}}},\n'),
-    ("img/i{i}.svg", lambda i, k, w: f'<circle cx="{k}" cy="{i}" r="4"/>\n'),
-    ("docs/t{i}.txt", lambda i, k, w: f"{w} line {k} of file {i}\n"),
-]
-texts = open(os.path.join(root + ".texts"), "w")
+corpus = "".join(
+    open(f, encoding="utf-8", errors="replace").read()
+    for pat in ("*/src/**/*.rs", "*.md", "config/*.toml")
+    for f in sorted(glob.glob(os.path.join(repo, pat), recursive=True))
+).encode()
+kinds = ["pages/p{i}/index.html", "css/s{i}.css", "js/app.{i:04x}.js", "data/d{i}.json",
+         "img/i{i}.svg", "docs/t{i}.txt"]
+texts = open(root + ".texts", "w")
 for i in range(files):
     n = 200 + (i * 977) % 24000
     if i % 4 == 3:
         path, data = (f"img/p{i}.png", b"\x89PNG\r\n\x1a\n" + rnd.randbytes(n)) if i % 8 == 3 else (f"fonts/f{i}.woff2", rnd.randbytes(n))
     else:
-        pat, line = kinds[i % len(kinds)]
-        path = pat.format(i=i)
-        data = text(i, n, lambda k, w: line(i, k, w))
+        path = kinds[i % len(kinds)].format(i=i)
+        at = (i * 7919) % max(1, len(corpus) - n)
+        data = corpus[at:at + n]
         texts.write("/" + path + "\n")
     full = os.path.join(root, path)
     os.makedirs(os.path.dirname(full), exist_ok=True)
@@ -96,10 +91,13 @@ port=$(free_port)
   --listen "127.0.0.1:$port" --admin-listen "" >"$WORK/edge-big.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-sed "s|^|url = http://127.0.0.1:$port|" "$WORK/site.texts" >"$WORK/urls.cfg"
-plain=$(curl -s -K "$WORK/urls.cfg" -o /dev/null -w '%{size_download}\n' | awk '{s+=$1} END {print s}')
+# One curl for all the URLs (each with its own `output`); size_download is the bytes of the
+# body as sent (curl decodes nothing without --compressed).
+awk -v base="http://127.0.0.1:$port" '{print "url = " base $0; print "output = /dev/null"}' \
+  "$WORK/site.texts" >"$WORK/urls.cfg"
+plain=$(curl -s -K "$WORK/urls.cfg" -w '%{size_download}\n' | awk '{s+=$1} END {print s}')
 for enc in "br, zstd, gzip" "gzip"; do
-  packed=$(curl -s -K "$WORK/urls.cfg" -H "Accept-Encoding: $enc" -o /dev/null -w '%{size_download}\n' | awk '{s+=$1} END {print s}')
+  packed=$(curl -s -K "$WORK/urls.cfg" -H "Accept-Encoding: $enc" -w '%{size_download}\n' | awk '{s+=$1} END {print s}')
   printf '%-16s %10d bytes, %.1f%% of %d (identity)\n' "$enc" "$packed" "$(echo "100 * $packed / $plain" | bc -l)" "$plain"
 done
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
