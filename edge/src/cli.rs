@@ -16,6 +16,7 @@ pub async fn publish(
     site: &str,
     store: &str,
     include_skipped: bool,
+    compress: bool,
     progress: bool,
 ) -> anyhow::Result<()> {
     validate_site(site)?;
@@ -23,6 +24,7 @@ pub async fn publish(
     let opts = PublishOptions {
         include_skipped,
         progress,
+        compress: compress.then_some(origin_client::compress::Levels::PUBLISH),
         ..PublishOptions::default()
     };
     let started = std::time::Instant::now();
@@ -32,15 +34,22 @@ pub async fn publish(
     let d = &report.deploy;
     println!("deploy {}", d.id);
     println!(
-        "site {site}: {} files, {} bytes, {} new objects ({} blobs, {} trees) of {}, root {}",
+        "site {site}: {} files, {} bytes, {} new objects ({} blobs, {} trees, {} variants) of {}, root {}",
         d.files,
         d.bytes,
         report.new_objects(),
         report.new_blobs,
         report.new_trees,
+        report.new_variants,
         report.objects,
         d.root
     );
+    if compress {
+        println!(
+            "compressed {} files ({} unchanged since the previous deploy)",
+            report.compressed, report.reused_variants
+        );
+    }
     if report.repaired > 0 {
         println!(
             "{} objects removed by a concurrent gc were put back",

@@ -20,6 +20,8 @@ pub enum EdgeError {
         #[source]
         source: TreeError,
     },
+    #[error("origin sent site rules {hash} that do not decode: {why}")]
+    BadRules { hash: Hash, why: Arc<str> },
     #[error("origin has no object {hash}")]
     MissingObject { hash: Hash },
     #[error("object {hash} is {got} bytes but its tree entry says {want}")]
@@ -75,6 +77,7 @@ impl EdgeError {
             },
             EdgeError::SiteShed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::BadTree { .. }
+            | EdgeError::BadRules { .. }
             | EdgeError::MissingObject { .. }
             | EdgeError::SizeMismatch { .. }
             | EdgeError::Corrupt { .. } => StatusCode::BAD_GATEWAY,
@@ -106,6 +109,7 @@ impl EdgeError {
             },
             EdgeError::SiteShed { .. } => "too many requests waiting for the origin",
             EdgeError::BadTree { .. } => "origin sent a malformed tree",
+            EdgeError::BadRules { .. } => "origin sent malformed site rules",
             EdgeError::MissingObject { .. } => "origin is missing an object of this deploy",
             EdgeError::SizeMismatch { .. } | EdgeError::Corrupt { .. } => {
                 "origin sent bytes that fail verification"

@@ -33,6 +33,9 @@ enum Command {
         /// Also publish `.git`, `.hg`, `.svn` and `.DS_Store`, which are skipped by default.
         #[arg(long)]
         include_skipped: bool,
+        /// Do not store brotli, zstd and gzip variants of compressible files.
+        #[arg(long)]
+        no_compress: bool,
     },
     /// Make an earlier deploy current again.
     Rollback {
@@ -145,9 +148,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             site,
             store,
             include_skipped,
+            no_compress,
         } => {
             let progress = std::io::stderr().is_terminal();
-            edge::cli::publish(&dir, &site, &store, include_skipped, progress).await
+            let compress = !no_compress;
+            edge::cli::publish(&dir, &site, &store, include_skipped, compress, progress).await
         }
         Command::Rollback { site, store, to } => edge::cli::rollback(&site, &store, &to).await,
         Command::Deploys { site, store } => edge::cli::deploys(&site, &store).await,

@@ -1,5 +1,7 @@
 //! `edge preview DIR`: a local folder served through the same pointers, trees, tiers and HTTP code,
-//! from an in-memory store that is rebuilt when files change.
+//! from an in-memory store that is rebuilt when files change. Files are compressed at fast
+//! levels, and `_redirects` / `_headers` apply as in a publish (a bad line keeps the previous
+//! version serving, and says why).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,11 @@ pub const SITE: &str = "preview";
 /// Publishes `dir` into `store` as the preview site and points the pointers at it. Objects
 /// no longer referenced are dropped from the store.
 pub async fn rebuild(store: &MemoryStore, pointers: &Pointers, dir: &Path) -> anyhow::Result<()> {
-    let report = publish(store, dir, SITE, &PublishOptions::default()).await?;
+    let opts = PublishOptions {
+        compress: Some(origin_client::compress::Levels::FAST),
+        ..PublishOptions::default()
+    };
+    let report = publish(store, dir, SITE, &opts).await?;
     let d = report.deploy;
     pointers.set_deploy(SITE, &d.id, d.root, d.seq);
     let mut keep = HashSet::new();
@@ -37,11 +43,12 @@ async fn collect(store: &MemoryStore, root: Hash, keep: &mut HashSet<Hash>) -> a
             .get_object(&h)
             .await?
             .ok_or_else(|| anyhow::anyhow!("tree {h} vanished"))?;
-        for e in TreeNode::decode(bytes)?.iter() {
-            match e.kind {
-                EntryKind::Dir => stack.push(e.hash),
+        // Blobs, child nodes, compressed variants and the rules object.
+        for (hash, kind) in TreeNode::decode(bytes)?.references() {
+            match kind {
+                EntryKind::Dir => stack.push(hash),
                 EntryKind::File => {
-                    keep.insert(e.hash);
+                    keep.insert(hash);
                 }
             }
         }

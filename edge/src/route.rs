@@ -7,8 +7,16 @@
 //!
 //! The rules: `/dir/` serves `dir/index.html`; `/dir` (a folder) asks for the trailing slash;
 //! `/about` serves `about.html` when there is no `about`; a file with a trailing slash, or a
-//! path through a file, is not found. The deploy's `404.html` is [`not_found_page`].
+//! path through a file, is not found. The deploy's `404.html` is [`not_found_page`]. When the
+//! deploy has site rules, its root `_redirects` and `_headers` are not served (they were
+//! compiled at publish; the rules themselves are matched by `origin_client::rules`).
+//!
+//! A file's compressed forms are the variants publishing recorded in its tree entry and any
+//! precompressed siblings (`x.br`, `x.zst`, `x.gz`) the deploy holds; for each coding the
+//! smaller one is offered.
 
+use origin_client::rules::{HEADERS, REDIRECTS};
+use origin_client::tree::Coding;
 use origin_client::{EntryKind, Hash, TreeNode};
 
 use crate::path::RequestPath;
@@ -26,14 +34,23 @@ pub enum Target {
     NotFound,
 }
 
-/// A file a path resolved to, with its precompressed siblings from the same folder.
+/// A file a path resolved to, with its compressed forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     pub name: Box<str>,
     pub hash: Hash,
     pub size: u64,
-    /// `(index into CODINGS, hash, size)`, in CODINGS order.
+    /// `(index into CODINGS, hash, size)`, in CODINGS order, one per coding: the smaller of
+    /// the recorded variant and the precompressed sibling.
     pub siblings: Vec<(usize, Hash, u64)>,
+}
+
+/// The index into [`CODINGS`] of a recorded variant's coding.
+pub fn rank(coding: Coding) -> usize {
+    CODINGS
+        .iter()
+        .position(|(token, _)| *token == coding.token())
+        .unwrap_or(CODINGS.len())
 }
 
 impl FileEntry {
@@ -48,6 +65,17 @@ impl FileEntry {
                 Some((rank, e.hash, e.size))
             })
             .collect();
+        if let Ok(i) = dir.position(name) {
+            for v in dir.variants(i) {
+                let r = rank(v.coding);
+                match siblings.iter_mut().find(|(s, _, _)| *s == r) {
+                    Some(s) if s.2 <= v.size => {}
+                    Some(s) => *s = (r, v.hash, v.size),
+                    None if r < CODINGS.len() => siblings.push((r, v.hash, v.size)),
+                    None => {}
+                }
+            }
+        }
         siblings.sort_by_key(|(rank, _, _)| *rank);
         FileEntry {
             name: name.into(),
@@ -56,6 +84,13 @@ impl FileEntry {
             siblings,
         }
     }
+}
+
+/// Is this the root `_redirects` or `_headers` of a deploy that compiled them? They are not
+/// served.
+pub fn is_rules_file(path: &RequestPath<'_>, root: &TreeNode) -> bool {
+    root.rules().is_some()
+        && matches!(path.segments.as_slice(), [one] if one == REDIRECTS || one == HEADERS)
 }
 
 /// The next thing a walk needs, or where it ended.
@@ -86,6 +121,9 @@ impl<'p, 'a> Walk<'p, 'a> {
         let Some(seg) = segs.get(self.next) else {
             return Step::Done(file_in(dir, "index.html"));
         };
+        if self.next == 0 && is_rules_file(self.path, dir) {
+            return Step::Done(Target::NotFound);
+        }
         let last = self.next + 1 == segs.len();
         let Some(e) = dir.lookup(seg) else {
             if last && !slash {
@@ -254,6 +292,63 @@ mod tests {
         let (_, sub) = tree(&["x.html"]);
         let only = sub.values().next().unwrap();
         assert_eq!(not_found_page(only), Target::NotFound);
+    }
+
+    /// Recorded variants are offered like siblings; where both exist the smaller wins; the
+    /// rules files of a deploy with rules are not served.
+    #[test]
+    fn recorded_variants_and_rules_files() {
+        use origin_client::tree::{Variant, encode_node};
+        let f = |name: &str, size: u64| OwnedEntry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size,
+            hash: Hash::of(name.as_bytes()),
+        };
+        let v = |coding, size: u64| Variant {
+            coding,
+            size,
+            hash: Hash::of(&size.to_le_bytes()),
+        };
+        let bytes = encode_node(
+            vec![
+                (
+                    f("app.js", 100),
+                    vec![v(Coding::Br, 20), v(Coding::Gzip, 30)],
+                ),
+                (f("app.js.br", 15), vec![]),
+                (f("app.js.zst", 40), vec![]),
+                (f("plain.txt", 10), vec![]),
+                (f("_redirects", 10), vec![]),
+                (f("_headers", 10), vec![]),
+            ],
+            Some(Hash::of(b"rules")),
+        )
+        .unwrap();
+        let root = TreeNode::decode(bytes).unwrap();
+        let mut nodes = HashMap::new();
+        let h = root.hash();
+        nodes.insert(h, root);
+        let table: &[(&str, &str)] = &[
+            ("/app.js", "file app.js +br,zstd,gzip"),
+            ("/plain.txt", "file plain.txt"),
+            ("/_redirects", "not found"),
+            ("/_headers", "not found"),
+            ("/_redirects/", "not found"),
+        ];
+        for (raw, want) in table {
+            assert_eq!(run(h, &nodes, raw).0, *want, "{raw}");
+        }
+        let path = crate::path::parse("/app.js").unwrap();
+        let Step::Done(Target::File(file)) = Walk::new(&path).step(&nodes[&h]) else {
+            panic!("a file")
+        };
+        // br: the sibling (15) beats the variant (20); zstd: only the sibling; gzip: variant.
+        let sizes: Vec<u64> = file.siblings.iter().map(|s| s.2).collect();
+        assert_eq!(sizes, [15, 40, 30]);
+        // Without rules, the files are ordinary files.
+        let (plain, nodes) = tree(&["_redirects", "_headers"]);
+        assert_eq!(run(plain, &nodes, "/_redirects").0, "file _redirects");
     }
 
     /// `/about` prefers a folder or file named exactly `about` over `about.html`.

@@ -1,4 +1,6 @@
 //! Decoded tree nodes by hash: a memory front, coalesced misses, the disk tier, the origin.
+//! A deploy's compiled site rules (named by its root node) are fetched, verified and cached
+//! the same way, decoded once per deploy.
 //!
 //! Invariants: a node is decoded and cached only after its bytes matched the hash that names
 //! it; nodes are immutable, so nothing here is ever invalidated for correctness (only purged to
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
+use origin_client::rules::Rules;
 use origin_client::{EntryKind, Hash, Store, TreeNode};
 
 use crate::coalesce::Coalescer;
@@ -25,6 +28,16 @@ impl quick_cache::Weighter<Hash, TreeNode> for TreeWeight {
     }
 }
 
+/// Weighs decoded rules: their encoding, times a margin for the structures built from it.
+#[derive(Debug, Clone, Copy)]
+struct RulesWeight;
+
+impl quick_cache::Weighter<Hash, (Arc<Rules>, u64)> for RulesWeight {
+    fn weight(&self, _: &Hash, r: &(Arc<Rules>, u64)) -> u64 {
+        r.1 * 3 + 256
+    }
+}
+
 pub struct Trees {
     store: Arc<dyn Store>,
     /// The hit path: a sharded-lock hash lookup with no per-read bookkeeping.
@@ -36,6 +49,8 @@ pub struct Trees {
     /// Byte bound of the memory front (prefetches stay within half of it).
     capacity: u64,
     pub stats: TreeStats,
+    rules: quick_cache::sync::Cache<Hash, (Arc<Rules>, u64), RulesWeight>,
+    rules_fetches: Coalescer<Hash, Arc<Rules>, EdgeError>,
 }
 
 /// Counters for metrics.
@@ -72,6 +87,12 @@ impl Trees {
             disk,
             capacity: bytes,
             stats: TreeStats::default(),
+            rules: quick_cache::sync::Cache::with_weighter(
+                64,
+                (bytes / 4).max(1 << 20),
+                RulesWeight,
+            ),
+            rules_fetches: Coalescer::default(),
         })
     }
 
@@ -143,6 +164,60 @@ impl Trees {
         // Boxed so that the hit path's futures stay small: a large future is copied whenever
         // it is built or moved (see `Handler::serve`).
         Box::pin(self.fetches.run(hash, self.fill(hash))).await
+    }
+
+    /// A deploy's compiled site rules by hash (from its root node): decoded once, cached.
+    pub async fn rules(&self, hash: Hash) -> EdgeResult<Arc<Rules>> {
+        if let Some((r, _)) = self.rules.get(&hash) {
+            return Ok(r);
+        }
+        Box::pin(self.rules_fetches.run(hash, self.fill_rules(hash))).await
+    }
+
+    async fn fill_rules(&self, hash: Hash) -> EdgeResult<Arc<Rules>> {
+        if let Some((r, _)) = self.rules.get(&hash) {
+            return Ok(r);
+        }
+        let bytes = match self.read_disk(hash).await {
+            Some(b) => b,
+            None => {
+                let bytes = self
+                    .store
+                    .get_object(&hash)
+                    .await?
+                    .ok_or(EdgeError::MissingObject { hash })?;
+                if Hash::of(&bytes) != hash {
+                    return Err(EdgeError::Corrupt { hash });
+                }
+                if let Some(disk) = self.disk.clone() {
+                    let b = bytes.clone();
+                    let written = tokio::task::spawn_blocking(move || disk.write(&hash, &b)).await;
+                    if let Ok(Err(e)) = written {
+                        tracing::warn!(%hash, error = %e, "cannot cache site rules on disk");
+                    }
+                }
+                bytes
+            }
+        };
+        let len = bytes.len() as u64;
+        let decoded = tokio::task::spawn_blocking(move || Rules::decode(&bytes))
+            .await
+            .map_err(|e| EdgeError::internal(e.to_string()))?
+            .map_err(|e| EdgeError::BadRules {
+                hash,
+                why: e.to_string().into(),
+            })?;
+        let rules = Arc::new(decoded);
+        self.rules.insert(hash, (rules.clone(), len));
+        Ok(rules)
+    }
+
+    async fn read_disk(&self, hash: Hash) -> Option<bytes::Bytes> {
+        let disk = self.disk.clone()?;
+        tokio::task::spawn_blocking(move || disk.read_verified(&hash))
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn fill(&self, hash: Hash) -> EdgeResult<TreeNode> {

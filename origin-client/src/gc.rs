@@ -242,18 +242,34 @@ pub async fn mark(
                 Err(fault) => marked.problems.push(Problem { hash, kind, fault }),
                 Ok(None) => {}
                 Ok(Some(node)) => {
-                    for e in node.iter() {
-                        marked
-                            .parents
-                            .entry(e.hash)
-                            .or_default()
-                            .push((hash, e.name.to_owned()));
-                        if marked.reached.insert(e.hash, e.kind).is_some() {
+                    // Every object the node names: its entries, their compressed variants
+                    // and the deploy's compiled rules (`references` lists them all), so a
+                    // collection never removes a variant or the rules of a kept deploy.
+                    let mut named: Vec<(Hash, EntryKind, u64, String)> = Vec::new();
+                    for (i, e) in node.iter().enumerate() {
+                        named.push((e.hash, e.kind, e.size, e.name.to_owned()));
+                        for v in node.variants(i) {
+                            let name = format!("{} ({:?} variant)", e.name, v.coding);
+                            named.push((v.hash, EntryKind::File, v.size, name));
+                        }
+                    }
+                    if let Some(r) = node.rules() {
+                        named.push((
+                            r,
+                            EntryKind::File,
+                            u64::MAX,
+                            "_redirects/_headers (compiled)".into(),
+                        ));
+                    }
+                    debug_assert_eq!(named.len(), node.references().count());
+                    for (h, kind, size, name) in named {
+                        marked.parents.entry(h).or_default().push((hash, name));
+                        if marked.reached.insert(h, kind).is_some() {
                             continue;
                         }
-                        match (e.kind, depth) {
+                        match (kind, depth) {
                             (EntryKind::Dir, _) | (EntryKind::File, Depth::Everything) => {
-                                next.push((e.hash, e.kind, e.size));
+                                next.push((h, kind, size));
                             }
                             (EntryKind::File, Depth::Trees) => {}
                         }
@@ -310,7 +326,8 @@ async fn check_blob(
         got += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    if got != size {
+    // `u64::MAX`: an object whose size no entry declares (a deploy's compiled rules).
+    if size != u64::MAX && got != size {
         return Ok(Some(Fault::Corrupt(format!(
             "{got} bytes, its entry says {size}"
         ))));

@@ -13,11 +13,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compress;
 pub mod gc;
 mod hash;
 pub mod publish;
 pub mod records;
 pub mod resilience;
+pub mod rules;
 pub mod store;
 pub mod tree;
 

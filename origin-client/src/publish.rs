@@ -16,7 +16,7 @@
 //! 7. If a garbage collection ran meanwhile (the store's gc state changed), wait for it to
 //!    finish, then check every object of the deploy and put back any it removed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,8 @@ pub struct PublishOptions {
     pub upload_concurrency: usize,
     /// Draw a progress bar on standard error.
     pub progress: bool,
+    /// Store compressed variants of compressible files at these levels (None: do not).
+    pub compress: Option<crate::compress::Levels>,
 }
 
 impl Default for PublishOptions {
@@ -53,6 +55,7 @@ impl Default for PublishOptions {
             hash_concurrency: cores * 2,
             upload_concurrency: 16,
             progress: false,
+            compress: Some(crate::compress::Levels::PUBLISH),
         }
     }
 }
@@ -86,6 +89,9 @@ pub enum PublishError {
     Store(#[from] StoreError),
     #[error("site {site:?} has no deploy {id:?}")]
     NoSuchDeploy { site: String, id: String },
+    /// A `_redirects` or `_headers` line that cannot be published.
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
@@ -108,11 +114,16 @@ pub struct PublishReport {
     /// Objects put back after a garbage collection that overlapped the publish removed
     /// them (normally 0).
     pub repaired: u64,
+    /// Compressed variants (and the compiled rules) the store did not have.
+    pub new_variants: u64,
+    /// Files compressed in this publish, and files whose variants the previous deploy had.
+    pub compressed: u64,
+    pub reused_variants: u64,
 }
 
 impl PublishReport {
     pub fn new_objects(&self) -> u64 {
-        self.new_blobs + self.new_trees
+        self.new_blobs + self.new_trees + self.new_variants
     }
 }
 
@@ -251,11 +262,14 @@ struct BuiltNode {
     height: usize,
 }
 
-/// Builds the tree nodes of `dir` into `nodes`, children before parents. Returns the node's
+/// Builds the tree nodes of `dir` into `nodes`, children before parents, recording each
+/// compressible file's variants and, on the root, the compiled rules. Returns the node's
 /// index (the root is the last node).
 fn build_nodes(
     dir: &ScanDir,
     hashes: &[(Hash, u64)],
+    variants: &HashMap<Hash, Vec<tree::Variant>>,
+    rules: Option<Hash>,
     nodes: &mut Vec<BuiltNode>,
 ) -> Result<usize, TreeError> {
     let mut entries = Vec::with_capacity(dir.entries.len());
@@ -267,21 +281,26 @@ fn build_nodes(
                 (EntryKind::File, hashes[*i])
             }
             ScanNode::Dir(sub) => {
-                let n = build_nodes(sub, hashes, nodes)?;
+                let n = build_nodes(sub, hashes, variants, None, nodes)?;
                 dirs.push(n);
                 height = height.max(nodes[n].height + 1);
                 let child = &nodes[n];
                 (EntryKind::Dir, (child.hash, child.bytes.len() as u64))
             }
         };
-        entries.push(OwnedEntry {
+        let v = match variants.get(&hash) {
+            Some(v) if kind == EntryKind::File && crate::compress::compressible(name) => v.clone(),
+            _ => Vec::new(),
+        };
+        let e = OwnedEntry {
             name: name.clone(),
             kind,
             size,
             hash,
-        });
+        };
+        entries.push((e, v));
     }
-    let bytes = tree::encode(entries)?;
+    let bytes = tree::encode_node(entries, rules)?;
     nodes.push(BuiltNode {
         hash: Hash::of(&bytes),
         bytes,
@@ -464,6 +483,8 @@ pub async fn publish(
             source: io::Error::other(e),
         })??;
     let Scan { root, files } = scan;
+    // Site rules are checked before anything is written: a bad line fails the publish.
+    let rules = crate::rules::compile_dir(dir).await?;
     let files = Arc::new(files);
 
     let bar = progress_bar(opts.progress, files.len() as u64, "hashing");
@@ -495,11 +516,38 @@ pub async fn publish(
     }
     bar.finish_and_clear();
 
+    // Variants and the rules object are stored before any node that names them, so a node
+    // in the store still implies its whole subtree (what the top-down diff relies on).
+    let made = match opts.compress {
+        Some(levels) => {
+            let known = match &previous {
+                Some(p) => crate::compress::recorded(store, p.root).await,
+                None => HashMap::new(),
+            };
+            let concurrency = opts.hash_concurrency.max(1);
+            crate::compress::make(store, &files, &hashes, known, levels, concurrency).await?
+        }
+        None => crate::compress::Made::default(),
+    };
+    let mut new_variants = made.new_blobs;
+    let rules_hash = match rules {
+        Some(bytes) => {
+            let h = Hash::of(&bytes);
+            if !store.has_object(&h).await? && store.put_object(&h, bytes).await? {
+                new_variants += 1;
+            }
+            Some(h)
+        }
+        None => None,
+    };
+
     let mut nodes = Vec::new();
     let root_index =
-        build_nodes(&root, &hashes, &mut nodes).map_err(|source| PublishError::BadName {
-            path: dir.to_owned(),
-            source,
+        build_nodes(&root, &hashes, &made.variants, rules_hash, &mut nodes).map_err(|source| {
+            PublishError::BadName {
+                path: dir.to_owned(),
+                source,
+            }
         })?;
     let root_hash = nodes[root_index].hash;
     let total_bytes: u64 = hashes.iter().map(|h| h.1).sum();
@@ -537,12 +585,17 @@ pub async fn publish(
     let distinct_blobs: HashSet<Hash> = hashes.iter().map(|h| h.0).collect();
     let distinct_nodes: HashSet<Hash> = nodes.iter().map(|n| n.hash).collect();
     Ok(PublishReport {
-        objects: distinct_blobs.union(&distinct_nodes).count() as u64,
+        objects: distinct_blobs.union(&distinct_nodes).count() as u64
+            + made.blobs
+            + u64::from(rules_hash.is_some()),
         deploy: record,
         previous_seq,
         new_blobs,
         new_trees,
         repaired,
+        new_variants,
+        compressed: made.compressed,
+        reused_variants: made.reused,
     })
 }
 

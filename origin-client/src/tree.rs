@@ -1,15 +1,25 @@
 //! The canonical, versioned encoding of directory nodes.
 //!
 //! ```text
-//! node    = magic "EDGT" | version u8 (= 1) | count u32le | entry*count
-//! entry   = name_len u16le | name (UTF-8) | kind u8 (1 file, 2 dir) | size u64le | hash [u8; 32]
+//! node     = magic "EDGT" | version u8 | v1 | v2
+//! v1       = count u32le | entry*count                                  (version 1)
+//! v2       = flags u8 | [rules hash [u8; 32], when flags = 1] | count u32le | entry2*count
+//! entry    = name_len u16le | name (UTF-8) | kind u8 (1 file, 2 dir) | size u64le | hash [u8; 32]
+//! entry2   = entry | variant_count u8 | variant*variant_count
+//! variant  = coding u8 (1 br, 2 zstd, 3 gzip) | size u64le | hash [u8; 32]
 //! ```
 //!
 //! Entries are sorted by the bytes of their names, strictly (so names are unique). Names are
 //! non-empty UTF-8 of at most [`MAX_NAME_LEN`] bytes, never `.` or `..`, and contain neither
 //! `/` nor NUL. For a file, `size` is the blob's length; for a directory, the length of the
-//! child node's encoding. The decoder accepts exactly the encoder's output and nothing else, so
-//! one tree has one hash. This module does no I/O.
+//! child node's encoding.
+//!
+//! Version 2 adds what publishing derives from the files: a file's compressed variants
+//! (ordinary blobs, each smaller than the file, codings in ascending order, at most one each;
+//! directories have none) and, on a deploy's root, the hash of its compiled site rules
+//! (`_redirects`, `_headers`). A node with neither is encoded as version 1, and a version 2
+//! node that has neither is refused: the decoder accepts exactly the encoder's output and
+//! nothing else, so one tree has one hash. This module does no I/O.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::cmp::Ordering;
@@ -17,7 +27,10 @@ use std::cmp::Ordering;
 use crate::Hash;
 
 pub const MAGIC: &[u8; 4] = b"EDGT";
+/// The version of a node with neither variants nor rules.
 pub const VERSION: u8 = 1;
+/// The version of a node with compressed variants or a rules reference.
+pub const VERSION_2: u8 = 2;
 /// Longest entry name, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 /// Most entries in one directory node.
@@ -26,6 +39,50 @@ pub const MAX_ENTRIES: usize = 4_000_000;
 const HEADER_LEN: usize = 4 + 1 + 4;
 /// Fixed part of an entry: name_len + kind + size + hash.
 const ENTRY_FIXED: usize = 2 + 1 + 8 + 32;
+/// One variant: coding + size + hash.
+const VARIANT_LEN: usize = 1 + 8 + 32;
+
+/// A content coding a compressed variant is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Coding {
+    Br,
+    Zstd,
+    Gzip,
+}
+
+impl Coding {
+    /// Every coding, in the order of their codes (and of preference on ties).
+    pub const ALL: [Coding; 3] = [Coding::Br, Coding::Zstd, Coding::Gzip];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Coding::Br => 1,
+            Coding::Zstd => 2,
+            Coding::Gzip => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Coding> {
+        Coding::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// The `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Coding::Br => "br",
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+        }
+    }
+}
+
+/// A compressed form of a file: an ordinary blob, smaller than the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub coding: Coding,
+    pub size: u64,
+    pub hash: Hash,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
@@ -74,6 +131,18 @@ pub enum TreeError {
     Duplicate { index: usize, name: String },
     #[error("entry {index}: unknown kind {kind}")]
     UnknownKind { index: usize, kind: u8 },
+    #[error("unknown tree node flags {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("version 2 node with neither variants nor rules (must be version 1)")]
+    NeedlessVersion2,
+    #[error("entry {index}: unknown content coding {code}")]
+    UnknownCoding { index: usize, code: u8 },
+    #[error("entry {index}: variants not in coding order, or repeated")]
+    VariantsUnsorted { index: usize },
+    #[error("entry {index}: a variant is not smaller than the file")]
+    VariantNotSmaller { index: usize },
+    #[error("entry {index}: a folder has variants")]
+    FolderVariants { index: usize },
 }
 
 /// Checks one entry name against the canonical rules.
@@ -117,24 +186,50 @@ pub struct OwnedEntry {
     pub hash: Hash,
 }
 
-/// Encodes entries canonically (sorting them first). Fails on an invalid or duplicate name.
-pub fn encode(mut entries: Vec<OwnedEntry>) -> Result<Bytes, TreeError> {
+/// Encodes entries canonically (sorting them first), as version 1. Fails on an invalid or
+/// duplicate name.
+pub fn encode(entries: Vec<OwnedEntry>) -> Result<Bytes, TreeError> {
+    encode_node(entries.into_iter().map(|e| (e, Vec::new())).collect(), None)
+}
+
+/// Encodes entries with their compressed variants and, for a deploy's root, the hash of its
+/// compiled rules: version 2 when there is any of either, else version 1. Variants are put in
+/// coding order; a variant not smaller than its file, a repeated coding, or variants on a
+/// folder are refused.
+pub fn encode_node(
+    mut entries: Vec<(OwnedEntry, Vec<Variant>)>,
+    rules: Option<Hash>,
+) -> Result<Bytes, TreeError> {
     if entries.len() > MAX_ENTRIES {
         return Err(TreeError::TooManyEntries(entries.len() as u64));
     }
-    entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    entries.sort_unstable_by(|a, b| a.0.name.as_bytes().cmp(b.0.name.as_bytes()));
+    let v2 = rules.is_some() || entries.iter().any(|(_, v)| !v.is_empty());
     let total: usize = HEADER_LEN
+        + 33
         + entries
             .iter()
-            .map(|e| ENTRY_FIXED + e.name.len())
+            .map(|(e, v)| ENTRY_FIXED + 1 + e.name.len() + VARIANT_LEN * v.len())
             .sum::<usize>();
     let mut out = BytesMut::with_capacity(total);
     out.put_slice(MAGIC);
-    out.put_u8(VERSION);
+    if v2 {
+        out.put_u8(VERSION_2);
+        match rules {
+            Some(h) => {
+                out.put_u8(1);
+                out.put_slice(h.as_bytes());
+            }
+            None => out.put_u8(0),
+        }
+    } else {
+        out.put_u8(VERSION);
+    }
     out.put_u32_le(entries.len() as u32);
-    for (index, e) in entries.iter().enumerate() {
+    for index in 0..entries.len() {
+        let (e, variants) = &entries[index];
         validate_name(e.name.as_bytes(), index)?;
-        if index > 0 && entries[index - 1].name == e.name {
+        if index > 0 && entries[index - 1].0.name == e.name {
             return Err(TreeError::Duplicate {
                 index,
                 name: e.name.clone(),
@@ -145,6 +240,25 @@ pub fn encode(mut entries: Vec<OwnedEntry>) -> Result<Bytes, TreeError> {
         out.put_u8(e.kind.code());
         out.put_u64_le(e.size);
         out.put_slice(e.hash.as_bytes());
+        if v2 {
+            if e.kind == EntryKind::Dir && !variants.is_empty() {
+                return Err(TreeError::FolderVariants { index });
+            }
+            let mut sorted = variants.clone();
+            sorted.sort_by_key(|v| v.coding);
+            if sorted.windows(2).any(|w| w[0].coding == w[1].coding) {
+                return Err(TreeError::VariantsUnsorted { index });
+            }
+            if sorted.iter().any(|v| v.size >= e.size) {
+                return Err(TreeError::VariantNotSmaller { index });
+            }
+            out.put_u8(sorted.len() as u8);
+            for v in &sorted {
+                out.put_u8(v.coding.code());
+                out.put_u64_le(v.size);
+                out.put_slice(v.hash.as_bytes());
+            }
+        }
     }
     Ok(out.freeze())
 }
@@ -155,6 +269,9 @@ pub fn encode(mut entries: Vec<OwnedEntry>) -> Result<Bytes, TreeError> {
 pub struct TreeNode {
     bytes: Bytes,
     offsets: std::sync::Arc<[u32]>,
+    /// Version 2: entries carry a variant count.
+    v2: bool,
+    rules: Option<Hash>,
 }
 
 impl std::fmt::Debug for TreeNode {
@@ -162,12 +279,13 @@ impl std::fmt::Debug for TreeNode {
         f.debug_struct("TreeNode")
             .field("entries", &self.len())
             .field("bytes", &self.bytes.len())
+            .field("rules", &self.rules)
             .finish()
     }
 }
 
 impl TreeNode {
-    /// Decodes and checks every canonical rule. Accepts exactly what [`encode`] produces.
+    /// Decodes and checks every canonical rule. Accepts exactly what [`encode_node`] produces.
     pub fn decode(bytes: Bytes) -> Result<TreeNode, TreeError> {
         let b = &bytes[..];
         if b.len() < 5 || &b[..4] != MAGIC {
@@ -176,33 +294,53 @@ impl TreeNode {
             }
             return Err(TreeError::BadMagic);
         }
-        if b[4] != VERSION {
-            return Err(TreeError::UnknownVersion(b[4]));
+        let v2 = match b[4] {
+            VERSION => false,
+            VERSION_2 => true,
+            v => return Err(TreeError::UnknownVersion(v)),
+        };
+        let mut pos = 5;
+        let mut rules = None;
+        if v2 {
+            let flags = *b.get(pos).ok_or(TreeError::Truncated(b.len()))?;
+            pos += 1;
+            match flags {
+                0 => {}
+                1 => {
+                    let h = b.get(pos..pos + 32).ok_or(TreeError::Truncated(b.len()))?;
+                    let mut arr = [0u8; 32];
+                    arr.copy_from_slice(h);
+                    rules = Some(Hash::from_bytes(arr));
+                    pos += 32;
+                }
+                f => return Err(TreeError::UnknownFlags(f)),
+            }
         }
-        if b.len() < HEADER_LEN {
+        if b.len() < pos + 4 {
             return Err(TreeError::Truncated(b.len()));
         }
-        let count = u32::from_le_bytes([b[5], b[6], b[7], b[8]]) as usize;
+        let count = u32::from_le_bytes([b[pos], b[pos + 1], b[pos + 2], b[pos + 3]]) as usize;
+        pos += 4;
         if count > MAX_ENTRIES {
             return Err(TreeError::TooManyEntries(count as u64));
         }
         // Every entry takes at least ENTRY_FIXED bytes: refuse absurd counts before
         // allocating for them.
-        if count > (b.len() - HEADER_LEN) / ENTRY_FIXED {
+        if count > (b.len() - pos) / ENTRY_FIXED {
             return Err(TreeError::Truncated(b.len()));
         }
         if b.len() > u32::MAX as usize {
             return Err(TreeError::TooManyEntries(count as u64));
         }
         let mut offsets = Vec::with_capacity(count);
-        let mut pos = HEADER_LEN;
         let mut prev: Option<&[u8]> = None;
+        let mut any_variant = false;
         for index in 0..count {
             if b.len() < pos + 2 {
                 return Err(TreeError::Truncated(b.len()));
             }
             let name_len = u16::from_le_bytes([b[pos], b[pos + 1]]) as usize;
-            let end = pos + ENTRY_FIXED + name_len;
+            let mut end = pos + ENTRY_FIXED + name_len;
             if b.len() < end {
                 return Err(TreeError::Truncated(b.len()));
             }
@@ -224,6 +362,34 @@ impl TreeNode {
             if kind != 1 && kind != 2 {
                 return Err(TreeError::UnknownKind { index, kind });
             }
+            if v2 {
+                let n = *b.get(end).ok_or(TreeError::Truncated(b.len()))? as usize;
+                end += 1;
+                if n > 0 && kind != 1 {
+                    return Err(TreeError::FolderVariants { index });
+                }
+                if b.len() < end + n * VARIANT_LEN {
+                    return Err(TreeError::Truncated(b.len()));
+                }
+                let size = read_u64(b, pos + 3 + name_len);
+                let mut last = 0u8;
+                for k in 0..n {
+                    let at = end + k * VARIANT_LEN;
+                    let code = b[at];
+                    if Coding::from_code(code).is_none() {
+                        return Err(TreeError::UnknownCoding { index, code });
+                    }
+                    if code <= last {
+                        return Err(TreeError::VariantsUnsorted { index });
+                    }
+                    last = code;
+                    if read_u64(b, at + 1) >= size {
+                        return Err(TreeError::VariantNotSmaller { index });
+                    }
+                }
+                any_variant |= n > 0;
+                end += n * VARIANT_LEN;
+            }
             offsets.push(pos as u32);
             prev = Some(name);
             pos = end;
@@ -231,10 +397,53 @@ impl TreeNode {
         if pos != b.len() {
             return Err(TreeError::TrailingBytes(b.len() - pos));
         }
+        if v2 && rules.is_none() && !any_variant {
+            return Err(TreeError::NeedlessVersion2);
+        }
         Ok(TreeNode {
             bytes,
             offsets: offsets.into(),
+            v2,
+            rules,
         })
+    }
+
+    /// The hash of the deploy's compiled rules, recorded on its root node.
+    pub fn rules(&self) -> Option<Hash> {
+        self.rules
+    }
+
+    /// The compressed variants of the `i`th entry, in coding order. Panics when `i >= len()`.
+    pub fn variants(&self, i: usize) -> impl ExactSizeIterator<Item = Variant> + '_ {
+        let b = &self.bytes[..];
+        let pos = self.offsets[i] as usize;
+        let len = u16::from_le_bytes([b[pos], b[pos + 1]]) as usize;
+        let at = pos + ENTRY_FIXED + len;
+        // Checked by `decode`: the count and the variants fit, and codings are known.
+        let n = if self.v2 { b[at] as usize } else { 0 };
+        (0..n).map(move |k| {
+            let v = at + 1 + k * VARIANT_LEN;
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&b[v + 9..v + 41]);
+            Variant {
+                coding: Coding::from_code(b[v]).unwrap_or(Coding::Gzip),
+                size: read_u64(b, v + 1),
+                hash: Hash::from_bytes(hash),
+            }
+        })
+    }
+
+    /// Every object this node refers to: its entries' blobs and child nodes, their variants,
+    /// and its rules. (What a garbage collector marks, or a preview keeps.)
+    pub fn references(&self) -> impl Iterator<Item = (Hash, EntryKind)> + '_ {
+        let rules = self.rules.map(|h| (h, EntryKind::File));
+        (0..self.len())
+            .flat_map(move |i| {
+                let e = self.entry(i);
+                std::iter::once((e.hash, e.kind))
+                    .chain(self.variants(i).map(|v| (v.hash, EntryKind::File)))
+            })
+            .chain(rules)
     }
 
     /// The canonical encoding this node was decoded from.
@@ -325,6 +534,12 @@ impl TreeNode {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'_>> + '_ {
         (0..self.len()).map(move |i| self.entry(i))
     }
+}
+
+fn read_u64(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
 }
 
 #[cfg(test)]
@@ -437,8 +652,8 @@ mod tests {
             TreeError::NameTooLong { .. }
         ));
         let mut v = raw(&[(b"a", 1)]);
-        v[4] = 2;
-        assert_eq!(d(v), TreeError::UnknownVersion(2));
+        v[4] = 3;
+        assert_eq!(d(v), TreeError::UnknownVersion(3));
         let mut v = raw(&[(b"a", 1)]);
         v[0] = b'X';
         assert_eq!(d(v), TreeError::BadMagic);
@@ -470,6 +685,167 @@ mod tests {
         assert!(encode(vec![file("..", b"")]).is_err());
         assert!(encode(vec![file("x/y", b"")]).is_err());
         assert!(encode(vec![file("", b"")]).is_err());
+    }
+
+    fn v(coding: Coding, size: u64) -> Variant {
+        Variant {
+            coding,
+            size,
+            hash: Hash::of(&size.to_le_bytes()),
+        }
+    }
+
+    #[test]
+    fn version_2_round_trips_variants_and_rules() {
+        let page = file("index.html", &[b'x'; 100]);
+        let rules = Hash::of(b"rules");
+        // Given in any order, stored in coding order.
+        let bytes = encode_node(
+            vec![
+                (page, vec![v(Coding::Gzip, 30), v(Coding::Br, 20)]),
+                (file("a.png", b"png"), vec![]),
+            ],
+            Some(rules),
+        )
+        .unwrap();
+        assert_eq!(bytes[4], VERSION_2);
+        let node = TreeNode::decode(bytes).unwrap();
+        assert_eq!(node.rules(), Some(rules));
+        let i = node.position("index.html").unwrap();
+        let got: Vec<_> = node.variants(i).collect();
+        assert_eq!(got, [v(Coding::Br, 20), v(Coding::Gzip, 30)]);
+        assert_eq!(node.variants(node.position("a.png").unwrap()).len(), 0);
+        assert_eq!(node.lookup("index.html").unwrap().size, 100);
+        assert_eq!(node.references().count(), 2 + 2 + 1);
+        // Variants alone make version 2 too; neither keeps version 1 (and its old hashes).
+        let only = encode_node(vec![(file("a", &[0; 9]), vec![v(Coding::Zstd, 3)])], None);
+        let node = TreeNode::decode(only.unwrap()).unwrap();
+        assert_eq!(node.rules(), None);
+        assert_eq!(node.variants(0).len(), 1);
+        let plain = encode_node(vec![(file("a", b"1"), vec![])], None).unwrap();
+        assert_eq!(plain, encode(vec![file("a", b"1")]).unwrap());
+        assert_eq!(plain[4], VERSION);
+        assert_eq!(TreeNode::decode(plain).unwrap().variants(0).len(), 0);
+    }
+
+    #[test]
+    fn version_2_decoder_is_strict() {
+        let d = |v: Vec<u8>| TreeNode::decode(Bytes::from(v)).unwrap_err();
+        let good = encode_node(
+            vec![(
+                file("a", &[0; 50]),
+                vec![v(Coding::Br, 10), v(Coding::Gzip, 20)],
+            )],
+            None,
+        )
+        .unwrap()
+        .to_vec();
+        TreeNode::decode(Bytes::from(good.clone())).unwrap();
+        // header: magic 4, version, flags = 6; entry: 2 + 1 + 1 + 8 + 32 = 44 -> count at 50
+        let count_at = 6 + 4 + 2 + 1 + 1 + 8 + 32;
+        let first = count_at + 1;
+        let second = first + VARIANT_LEN;
+        let mut swapped = good.clone();
+        swapped[first] = 3;
+        swapped[second] = 1;
+        assert_eq!(d(swapped), TreeError::VariantsUnsorted { index: 0 });
+        let mut repeated = good.clone();
+        repeated[second] = 1;
+        assert_eq!(d(repeated), TreeError::VariantsUnsorted { index: 0 });
+        let mut unknown = good.clone();
+        unknown[second] = 9;
+        assert_eq!(d(unknown), TreeError::UnknownCoding { index: 0, code: 9 });
+        let mut bigger = good.clone();
+        bigger[second + 1..second + 9].copy_from_slice(&50u64.to_le_bytes());
+        assert_eq!(d(bigger), TreeError::VariantNotSmaller { index: 0 });
+        let mut flags = good.clone();
+        flags[5] = 2;
+        assert_eq!(d(flags), TreeError::UnknownFlags(2));
+        // A version 2 node with nothing version 2 about it is not canonical.
+        let mut needless = good[..count_at].to_vec();
+        needless.push(0);
+        assert_eq!(d(needless), TreeError::NeedlessVersion2);
+        // Variants on a folder.
+        let mut dir = good.clone();
+        dir[6 + 4 + 2 + 1] = 2;
+        assert_eq!(d(dir), TreeError::FolderVariants { index: 0 });
+        for cut in 0..good.len() {
+            assert!(
+                matches!(
+                    TreeNode::decode(Bytes::copy_from_slice(&good[..cut])),
+                    Err(TreeError::Truncated(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(d(trailing), TreeError::TrailingBytes(1));
+        // The encoder refuses what the decoder would.
+        let e = |vs| encode_node(vec![(file("a", &[0; 50]), vs)], None).unwrap_err();
+        assert_eq!(
+            e(vec![v(Coding::Br, 50)]),
+            TreeError::VariantNotSmaller { index: 0 }
+        );
+        assert_eq!(
+            e(vec![v(Coding::Br, 5), v(Coding::Br, 6)]),
+            TreeError::VariantsUnsorted { index: 0 }
+        );
+    }
+
+    /// Canonical: any single-byte change to a version 2 node either fails to decode or
+    /// decodes to a node that encodes back to exactly those bytes.
+    #[test]
+    fn every_mutation_is_refused_or_canonical() {
+        let good = encode_node(
+            vec![
+                (
+                    file("a.css", &[1; 90]),
+                    vec![v(Coding::Br, 10), v(Coding::Zstd, 11)],
+                ),
+                (file("b.png", &[2; 9]), vec![]),
+                (
+                    OwnedEntry {
+                        name: "dir".into(),
+                        kind: EntryKind::Dir,
+                        size: 44,
+                        hash: Hash::of(b"d"),
+                    },
+                    vec![],
+                ),
+            ],
+            Some(Hash::of(b"r")),
+        )
+        .unwrap();
+        let reencode = |n: &TreeNode| {
+            let entries = (0..n.len())
+                .map(|i| {
+                    let e = n.entry(i);
+                    let owned = OwnedEntry {
+                        name: e.name.into(),
+                        kind: e.kind,
+                        size: e.size,
+                        hash: e.hash,
+                    };
+                    (owned, n.variants(i).collect())
+                })
+                .collect();
+            encode_node(entries, n.rules()).unwrap()
+        };
+        assert_eq!(reencode(&TreeNode::decode(good.clone()).unwrap()), good);
+        let mut accepted = 0;
+        for at in 0..good.len() {
+            for delta in [1u8, 0x80, 0xff] {
+                let mut m = good.to_vec();
+                m[at] = m[at].wrapping_add(delta);
+                if let Ok(n) = TreeNode::decode(Bytes::from(m.clone())) {
+                    accepted += 1;
+                    assert_eq!(&reencode(&n)[..], &m[..], "byte {at} + {delta}");
+                }
+            }
+        }
+        // Hashes, sizes and names' letters may change and stay canonical; structure may not.
+        assert!(accepted > 0);
     }
 
     #[test]

@@ -423,3 +423,60 @@ async fn local_fsck_names_missing_and_corrupt_objects() {
 async fn s3_fsck_names_missing_and_corrupt_objects() {
     fsck_names_missing_and_corrupt_objects(s3()).await;
 }
+
+/// A deploy's compressed variants and compiled rules are objects it reaches: a collection
+/// keeps them for kept deploys (and fsck checks them), and drops those only a dropped deploy
+/// named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_keeps_the_variants_and_rules_of_kept_deploys() {
+    let b = local();
+    let store = b.store.as_ref();
+    let dir = tempfile::tempdir().unwrap();
+    let text = |v: usize| {
+        (0..200)
+            .map(|i| format!("<p>line {i} of version {v}, repeated so it compresses</p>\n"))
+            .collect::<String>()
+    };
+    write_file(dir.path(), "_redirects", b"/old /new 301\n");
+    let mut deploys = Vec::new();
+    for v in 0..3 {
+        write_file(dir.path(), "index.html", text(v).as_bytes());
+        write_file(
+            dir.path(),
+            "_redirects",
+            format!("/old{v} /new 301\n").as_bytes(),
+        );
+        let r = publish(store, dir.path(), "s", &PublishOptions::default())
+            .await
+            .unwrap();
+        assert!(r.new_variants >= 2, "variants and rules were stored: {r:?}");
+        deploys.push(r.deploy);
+    }
+    // What the current deploy's root names beyond its entries.
+    let root =
+        origin_client::TreeNode::decode(store.get_object(&deploys[2].root).await.unwrap().unwrap())
+            .unwrap();
+    let extra: Vec<Hash> = root
+        .references()
+        .map(|(h, _)| h)
+        .filter(|h| !root.iter().any(|e| e.hash == *h))
+        .collect();
+    assert!(
+        extra.len() >= 3,
+        "br/zstd/gzip of index.html and the rules: {extra:?}"
+    );
+    let reached = objects_of(store, &deploys[2].root).await;
+    assert!(extra.iter().all(|h| reached.contains(h)), "marked");
+
+    let r = gc::collect_at(store, &opts(0, false), unix_now() + HOUR)
+        .await
+        .unwrap();
+    assert!(r.deleted > 0, "the dropped deploys' own objects go: {r:?}");
+    let after = listed(store).await;
+    for h in &extra {
+        assert!(after.contains(h), "{h} of the current deploy was deleted");
+    }
+    assert!(gc::is_whole(store, &deploys[2].root, 8).await.unwrap());
+    let old_root = store.get_object(&deploys[0].root).await.unwrap();
+    assert!(old_root.is_none(), "the first deploy's root went");
+}

@@ -156,6 +156,28 @@ pub fn accept_q(header: &str, coding: &str) -> f32 {
     star.unwrap_or(0.0)
 }
 
+/// Which of the offered codings (indexes into [`CODINGS`], each at most once) to send, given
+/// the request's `Accept-Encoding`: the highest q-value above 0; ties go to the earlier in
+/// CODINGS (br, then zstd, then gzip). Returns the position in `offered`; `None` means the
+/// file as it is (no header, or nothing acceptable).
+pub fn choose_encoding(
+    accept: Option<&str>,
+    offered: impl Iterator<Item = usize>,
+) -> Option<usize> {
+    let accept = accept?;
+    let mut best: Option<(f32, usize, usize)> = None; // (q, rank, position)
+    for (pos, rank) in offered.enumerate() {
+        let Some((coding, _)) = CODINGS.get(rank) else {
+            continue;
+        };
+        let q = accept_q(accept, coding);
+        if q > 0.0 && best.is_none_or(|(bq, br, _)| q > bq || (q == bq && rank < br)) {
+            best = Some((q, rank, pos));
+        }
+    }
+    best.map(|(_, _, pos)| pos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +216,49 @@ mod tests {
         assert!(none_match("W/\"a\", \"b\"", "\"a\""));
         assert!(none_match("*", "\"a\""));
         assert!(!none_match("\"b\"", "\"a\""));
+    }
+
+    #[test]
+    fn encoding_choice_table() {
+        // (Accept-Encoding, codings offered, chosen coding or "identity")
+        let table: &[(Option<&str>, &[&str], &str)] = &[
+            (None, &["br", "zstd", "gzip"], "identity"),
+            (Some(""), &["br", "zstd", "gzip"], "identity"),
+            (
+                Some("gzip, deflate, br, zstd"),
+                &["br", "zstd", "gzip"],
+                "br",
+            ),
+            (Some("gzip, deflate, br, zstd"), &["zstd", "gzip"], "zstd"),
+            (Some("gzip"), &["br", "zstd", "gzip"], "gzip"),
+            (Some("gzip"), &["br"], "identity"),
+            (
+                Some("br;q=0.5, gzip;q=0.8"),
+                &["br", "zstd", "gzip"],
+                "gzip",
+            ),
+            (
+                Some("br;q=0.8, zstd;q=0.8, gzip;q=0.8"),
+                &["gzip", "zstd"],
+                "zstd",
+            ),
+            (Some("br;q=0, gzip"), &["br", "gzip"], "gzip"),
+            (Some("*"), &["zstd", "gzip"], "zstd"),
+            (Some("*;q=0.1, gzip;q=0.5"), &["br", "gzip"], "gzip"),
+            (Some("identity"), &["br", "zstd", "gzip"], "identity"),
+            (Some("x-gzip"), &["gzip"], "gzip"),
+            (Some("BR"), &["br"], "br"),
+            (Some("br;q=nonsense"), &["br"], "identity"),
+        ];
+        for (accept, offered, want) in table {
+            let ranks: Vec<usize> = offered
+                .iter()
+                .map(|c| CODINGS.iter().position(|(t, _)| t == c).unwrap())
+                .collect();
+            let got =
+                choose_encoding(*accept, ranks.iter().copied()).map_or("identity", |i| offered[i]);
+            assert_eq!(got, *want, "{accept:?} offering {offered:?}");
+        }
     }
 
     #[test]

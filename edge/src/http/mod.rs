@@ -115,6 +115,13 @@ fn text(status: StatusCode, reason: &str) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
+/// Sets the headers a site's `_headers` gives the request path, replacing the edge's own.
+fn add_site_headers(h: &mut HeaderMap, site: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in site {
+        h.insert(name.clone(), value.clone());
+    }
+}
+
 /// The response for a path that does not parse.
 fn refuse_path(e: PathError) -> Response<Body> {
     match e {
@@ -317,20 +324,21 @@ impl Handler {
         };
         facts.on(&deploy);
         if let Some(route) = self.routes.cached(&deploy.root, raw_path) {
-            return self
-                .file(req, &deploy, &route, StatusCode::OK, head_only, facts)
-                .await;
+            return self.file(req, &deploy, &route, head_only, facts).await;
         }
         let parsed = match path::parse(raw_path) {
             Ok(p) => p,
             Err(e) => return refuse_path(e),
         };
-        let target = match self.routes.lookup(deploy.root, raw_path, &parsed).await {
+        let lookup = self
+            .routes
+            .resolve(deploy.root, raw_path, &parsed, req.uri.query());
+        let target = match lookup.await {
             Ok(t) => t,
             Err(e) => return self.failure(&e, "tree walk"),
         };
         match target {
-            Target::AddSlash => {
+            Target::AddSlash(site) => {
                 // Built from the checked segments, re-encoded, never from the raw path: a
                 // raw `//docs` would become `//docs/`, which browsers read as another host.
                 let mut loc = String::with_capacity(req.uri.path().len() + 2);
@@ -347,32 +355,34 @@ impl Handler {
                 if let Ok(v) = HeaderValue::from_str(&loc) {
                     r.headers_mut().insert(header::LOCATION, v);
                 }
+                add_site_headers(r.headers_mut(), &site);
                 self.stamp(r.headers_mut(), &deploy, facts);
                 r
             }
-            Target::File(route) => {
-                self.file(req, &deploy, &route, StatusCode::OK, head_only, facts)
-                    .await
+            Target::Redirect {
+                status,
+                location,
+                headers: site,
+            } => {
+                let mut r = text(status, "moved (the site's _redirects)");
+                r.headers_mut().insert(header::LOCATION, location);
+                add_site_headers(r.headers_mut(), &site);
+                self.stamp(r.headers_mut(), &deploy, facts);
+                r
             }
-            Target::NotFound => match self.routes.not_found_page(deploy.root).await {
-                Ok(Some(route)) => {
-                    self.file(
-                        req,
-                        &deploy,
-                        &route,
-                        StatusCode::NOT_FOUND,
-                        head_only,
-                        facts,
-                    )
-                    .await
+            Target::File(route) => self.file(req, &deploy, &route, head_only, facts).await,
+            Target::NotFound(site) => {
+                match self.routes.not_found_page(deploy.root, site.clone()).await {
+                    Ok(Some(route)) => self.file(req, &deploy, &route, head_only, facts).await,
+                    Ok(None) => {
+                        let mut r = text(StatusCode::NOT_FOUND, "no such file in this deploy");
+                        add_site_headers(r.headers_mut(), &site);
+                        self.stamp(r.headers_mut(), &deploy, facts);
+                        r
+                    }
+                    Err(e) => self.failure(&e, "404 page"),
                 }
-                Ok(None) => {
-                    let mut r = text(StatusCode::NOT_FOUND, "no such file in this deploy");
-                    self.stamp(r.headers_mut(), &deploy, facts);
-                    r
-                }
-                Err(e) => self.failure(&e, "404 page"),
-            },
+            }
         }
     }
 
@@ -414,25 +424,21 @@ impl Handler {
         req: &RequestHead<'_>,
         deploy: &Deploy,
         route: &FileRoute,
-        status: StatusCode,
         head_only: bool,
         facts: &mut Facts,
     ) -> Response<Body> {
-        // Precompressed siblings (`name.br`, `name.zst`, `name.gz`): the best acceptable.
+        let status = route.status;
+        // Compressed forms (recorded variants, precompressed siblings): the best acceptable.
         let mut encoding = None;
         if !route.siblings.is_empty() {
             let accept = req
                 .headers
                 .get(header::ACCEPT_ENCODING)
                 .and_then(|v| v.to_str().ok());
-            let mut best = (0.0f32, usize::MAX); // (q, preference rank)
-            for (rank, variant) in &route.siblings {
-                let coding = headers::CODINGS[*rank].0;
-                let q = accept.map_or(0.0, |a| headers::accept_q(a, coding));
-                if q > 0.0 && (q > best.0 || (q == best.0 && *rank < best.1)) {
-                    best = (q, *rank);
-                    encoding = Some((coding, variant));
-                }
+            let ranks = route.siblings.iter().map(|(rank, _)| *rank);
+            if let Some(i) = headers::choose_encoding(accept, ranks) {
+                let (rank, variant) = &route.siblings[i];
+                encoding = Some((headers::CODINGS[*rank].0, variant));
             }
         }
         let variant = encoding.map_or(&route.identity, |(_, v)| v);
@@ -455,6 +461,9 @@ impl Handler {
         if let Some((coding, _)) = encoding {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
         }
+        // The site's own headers override the edge's (they were checked at publish to leave
+        // framing, validators and encoding to the edge), on 200, 206, 304 and 404 alike.
+        add_site_headers(&mut h, &route.headers);
         self.stamp(&mut h, deploy, facts);
 
         if status == StatusCode::OK

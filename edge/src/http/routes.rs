@@ -3,17 +3,23 @@
 //! (deploy root, raw request path), so a repeated hit parses no path, walks no tree and
 //! formats no header value. Derived from immutable trees, so never stale; bounded in bytes.
 //!
-//! The walk itself is [`crate::route`] (pure); this module drives it over [`Trees`].
+//! The walk itself is [`crate::route`] (pure), and so is rules matching
+//! (`origin_client::rules`); this module drives them over [`Trees`]. With site rules, a route
+//! is remembered only when its answer cannot depend on the query string: a file no forced
+//! rule's path matches, or a rewrite no query-matching rule was tried for. So a hit on a
+//! remembered path costs the same with ten thousand rules as with none.
 
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue, StatusCode};
 use origin_client::Hash;
+use origin_client::rules::{Action, Rules};
 
 use crate::error::EdgeResult;
 use crate::path::RequestPath;
 use crate::route::{self, FileEntry, Step, Walk};
 use crate::trees::Trees;
+use origin_client::TreeNode;
 
 use super::headers;
 
@@ -27,6 +33,37 @@ pub struct FileRoute {
     pub siblings: Vec<(usize, Variant)>,
     pub content_type: HeaderValue,
     pub html: bool,
+    /// 200, or the status of the rewrite rule that led here (200 or 404).
+    pub status: StatusCode,
+    /// What `_headers` sets for the request path: they override the edge's own.
+    pub headers: SiteHeaders,
+}
+
+/// Headers a site's `_headers` sets for a path, ready to insert.
+pub type SiteHeaders = Arc<[(HeaderName, HeaderValue)]>;
+
+/// The headers `rules` give `segs`, as header values. Publishing validated them; one that
+/// still does not parse is left out (and logged).
+pub fn site_headers(rules: Option<&Rules>, segs: &[&str]) -> SiteHeaders {
+    let Some(rules) = rules else {
+        return Arc::from([]);
+    };
+    rules
+        .headers(segs)
+        .into_iter()
+        .filter_map(|(n, v)| {
+            match (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                _ => {
+                    tracing::warn!(header = %n, "site header left out: not a valid header");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// One stored representation of a file: its blob, size and strong entity tag.
@@ -64,21 +101,43 @@ impl FileRoute {
                 .collect(),
             content_type,
             html: headers::is_html(&f.name),
+            status: StatusCode::OK,
+            headers: Arc::from([]),
         }
+    }
+
+    /// The route answered with `status` and the site's headers for the request path.
+    pub fn with(mut self, status: StatusCode, headers: SiteHeaders) -> FileRoute {
+        self.status = status;
+        self.headers = headers;
+        self
     }
 
     /// Roughly the memory an entry of the route cache holds.
     fn weight(&self, path: &str) -> u64 {
-        (256 + path.len() + self.name.len() + 96 * self.siblings.len()) as u64
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 48 + n.as_str().len() + v.len())
+            .sum();
+        (256 + path.len() + self.name.len() + 96 * self.siblings.len() + headers) as u64
     }
 }
 
-/// What a path resolved to, with files ready to answer from.
+/// What a path resolved to, with files ready to answer from. Every kind carries the site's
+/// headers for the request path.
 #[derive(Debug, Clone)]
 pub enum Target {
+    /// A file (at the path, or where a rewrite rule pointed), with its status.
     File(Arc<FileRoute>),
-    AddSlash,
-    NotFound,
+    AddSlash(SiteHeaders),
+    NotFound(SiteHeaders),
+    /// A redirect rule: status and `Location`.
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+        headers: SiteHeaders,
+    },
 }
 
 /// A route cache key: a deploy root and a raw request path.
@@ -160,44 +219,142 @@ impl Routes {
         })
     }
 
-    /// Walks `path` from `root`, fetching the nodes the walk needs, and remembers a file it
-    /// finds under `raw_path` (the path `path` was parsed from).
+    /// [`Routes::resolve`] for a request without a query string.
     pub async fn lookup(
         &self,
         root: Hash,
         raw_path: &str,
         path: &RequestPath<'_>,
     ) -> EdgeResult<Target> {
-        let mut walk = Walk::new(path);
-        let mut node = self.trees.get(root).await?;
-        let found = loop {
-            match walk.step(&node) {
-                Step::Need(h) => node = self.trees.get(h).await?,
-                Step::Done(t) => break t,
-            }
+        self.resolve(root, raw_path, path, None).await
+    }
+
+    /// Walks `path` from `root`, fetching the nodes the walk needs, applies the deploy's
+    /// site rules (`query` is the request's raw query), and remembers under `raw_path` (the
+    /// path `path` was parsed from) a file whose answer cannot depend on the query.
+    pub async fn resolve(
+        &self,
+        root: Hash,
+        raw_path: &str,
+        path: &RequestPath<'_>,
+        query: Option<&str>,
+    ) -> EdgeResult<Target> {
+        let root_node = self.trees.get(root).await?;
+        let rules = match root_node.rules() {
+            Some(h) => Some(self.trees.rules(h).await?),
+            None => None,
         };
+        // Boxed, like the rare paths below: a route miss keeps the handler's future small.
+        let found = Box::pin(self.walk(root_node, path)).await?;
+        let segs: Vec<&str> = path.segments.iter().map(|s| &**s).collect();
+        let headers = site_headers(rules.as_deref(), &segs);
+        let exists = !matches!(found, route::Target::NotFound);
+        if let Some(rules) = &rules {
+            let decision = rules.redirect(&segs, query, exists);
+            if let Some(action) = decision.action {
+                let remember = !decision.query_dependent;
+                // Boxed: the rare path keeps the common one's future small.
+                return Box::pin(self.apply(root, raw_path, action, headers, remember)).await;
+            }
+        }
         Ok(match found {
             route::Target::File(f) => {
-                let r = Arc::new(FileRoute::new(&f));
-                self.cache.insert(
-                    RouteKey {
-                        root,
-                        path: raw_path.into(),
-                    },
-                    r.clone(),
-                );
+                let r = Arc::new(FileRoute::new(&f).with(StatusCode::OK, headers));
+                if rules.as_ref().is_none_or(|r| !r.may_force(&segs)) {
+                    self.remember(root, raw_path, &r);
+                }
                 Target::File(r)
             }
-            route::Target::AddSlash => Target::AddSlash,
-            route::Target::NotFound => Target::NotFound,
+            route::Target::AddSlash => Target::AddSlash(headers),
+            route::Target::NotFound => Target::NotFound(headers),
         })
     }
 
-    /// The deploy's `404.html`, if it has one.
-    pub async fn not_found_page(&self, root: Hash) -> EdgeResult<Option<Arc<FileRoute>>> {
+    fn remember(&self, root: Hash, raw_path: &str, r: &Arc<FileRoute>) {
+        self.cache.insert(
+            RouteKey {
+                root,
+                path: raw_path.into(),
+            },
+            r.clone(),
+        );
+    }
+
+    async fn walk(&self, root: TreeNode, path: &RequestPath<'_>) -> EdgeResult<route::Target> {
+        let mut walk = Walk::new(path);
+        let mut node = root;
+        loop {
+            match walk.step(&node) {
+                Step::Need(h) => node = self.trees.get(h).await?,
+                Step::Done(t) => return Ok(t),
+            }
+        }
+    }
+
+    /// Carries out a matching rule: a redirect, or the content of the target path (rewrites
+    /// are not rules-matched again).
+    async fn apply(
+        &self,
+        root: Hash,
+        raw_path: &str,
+        action: Action,
+        headers: SiteHeaders,
+        remember: bool,
+    ) -> EdgeResult<Target> {
+        let status = StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+        if !action.rewrite {
+            // Literal parts of a target may be UTF-8: sent percent-encoded, as browsers do.
+            let to: String = action
+                .to
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_graphic() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            return Ok(match HeaderValue::from_str(&to) {
+                Ok(location) => Target::Redirect {
+                    status,
+                    location,
+                    headers,
+                },
+                Err(_) => {
+                    tracing::warn!(line = action.line, "redirect target is not a valid header");
+                    Target::NotFound(headers)
+                }
+            });
+        }
+        let target = action.to.split(['?', '#']).next().unwrap_or("/");
+        let Ok(parsed) = crate::path::parse(target) else {
+            return Ok(Target::NotFound(headers));
+        };
+        let node = self.trees.get(root).await?;
+        Ok(match self.walk(node, &parsed).await? {
+            route::Target::File(f) => {
+                let r = Arc::new(FileRoute::new(&f).with(status, headers));
+                if remember {
+                    self.remember(root, raw_path, &r);
+                }
+                Target::File(r)
+            }
+            _ => Target::NotFound(headers),
+        })
+    }
+
+    /// The deploy's `404.html`, if it has one, with the site's headers for the request.
+    pub async fn not_found_page(
+        &self,
+        root: Hash,
+        headers: SiteHeaders,
+    ) -> EdgeResult<Option<Arc<FileRoute>>> {
         let node = self.trees.get(root).await?;
         Ok(match route::not_found_page(&node) {
-            route::Target::File(f) => Some(Arc::new(FileRoute::new(&f))),
+            route::Target::File(f) => Some(Arc::new(
+                FileRoute::new(&f).with(StatusCode::NOT_FOUND, headers),
+            )),
             _ => None,
         })
     }
@@ -225,9 +382,11 @@ mod tests {
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
                 std::fs::write(&p, p.display().to_string()).unwrap();
             }
-            let d = publish(&store, dir.path(), "s", &PublishOptions::default())
-                .await
-                .unwrap();
+            let opts = PublishOptions {
+                compress: None,
+                ..PublishOptions::default()
+            };
+            let d = publish(&store, dir.path(), "s", &opts).await.unwrap();
             roots.push(d.deploy.root);
         }
         let (old, new) = (roots[0], roots[1]);

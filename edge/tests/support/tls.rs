@@ -442,7 +442,9 @@ impl H3 {
                 .send_request(req)
                 .await
                 .map_err(|e| format!("send_request: {e}"))?;
-            stream.finish().await.map_err(|e| format!("finish: {e}"))?;
+            // A server that has answered may stop reading the request stream before our FIN
+            // goes out (RFC 9114, 4.1): finishing then fails, but the response is there.
+            let _ = stream.finish().await;
             let resp = stream
                 .recv_response()
                 .await
