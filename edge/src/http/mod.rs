@@ -135,12 +135,13 @@ impl Handler {
         tiers: Arc<Tiers>,
         cfg: HttpConfig,
     ) -> Handler {
+        let buffered = tiers.buffered().clone();
         Handler {
             pointers,
             routes,
             tiers,
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
-            metrics: Arc::default(),
+            metrics: Arc::new(crate::metrics::Metrics::with_buffered(buffered)),
             access_log: None,
         }
     }
