@@ -8,7 +8,7 @@
 //! request is in flight on it (a request is in flight from the service call until its
 //! response body is dropped); at the cap the connection idle the longest is closed to admit
 //! a new one, and with none idle the new one is refused; the watchdog of a connection is
-//! the one timer it has, re-armed only when it fires.
+//! the one timer it has, re-armed only when it fires (at least once per `send_timeout`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -208,7 +208,13 @@ impl Conn {
             if now >= due {
                 return Check::Idle;
             }
-            Check::Wait(self.gate.at(due))
+            // A request may start meanwhile without waking the watchdog (none is sent on
+            // the request path): look again within a send timeout, so a stall is seen
+            // within twice `send_timeout`.
+            Check::Wait(
+                self.gate
+                    .at(due.min(now + l.send_timeout.as_millis() as u64)),
+            )
         } else {
             let due = self.shared.last_progress.load(Ordering::Relaxed)
                 + l.send_timeout.as_millis() as u64;
