@@ -136,7 +136,13 @@ mod tests {
         use HostError::*;
         use Version as V;
         let ok = |s: &str| Ok(Some(s.to_owned()));
-        let cases: &[(&str, &[&[u8]], Version, Result<Option<String>, HostError>)] = &[
+        type Case<'a> = (
+            &'a str,
+            &'a [&'a [u8]],
+            Version,
+            Result<Option<String>, HostError>,
+        );
+        let cases: &[Case<'_>] = &[
             ("/", &[b"example.com"], V::HTTP_11, ok("example.com")),
             (
                 "/",
