@@ -828,9 +828,15 @@ mod tests {
                 tokio::spawn(async move {
                     let (blob, _) = t.get(hash, size as u64, "s").await.unwrap();
                     let n = blob.len();
+                    // Copied out block by block, as a transport does: a stream holds at
+                    // most WINDOW blocks until they are dropped.
                     let s = blob.into_stream(0, n);
-                    let parts: Vec<Bytes> = s.try_collect().await.unwrap();
-                    parts.concat()
+                    s.try_fold(Vec::new(), |mut v, b| async move {
+                        v.extend_from_slice(&b);
+                        Ok(v)
+                    })
+                    .await
+                    .unwrap()
                 })
             })
             .collect();
