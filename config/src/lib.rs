@@ -135,6 +135,19 @@ pub struct ServerSection {
     pub default_site: Option<String>,
     pub header_read_timeout: Option<DurationText>,
     pub yield_after: Option<DurationText>,
+    pub max_buffered: Option<SizeText>,
+    pub send_timeout: Option<DurationText>,
+    pub idle_timeout: Option<DurationText>,
+    pub max_connections: Option<CountText>,
+    pub max_header_bytes: Option<SizeText>,
+}
+
+/// A count that may also be `"auto"` (derived at start).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CountText {
+    Count(u64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,6 +203,8 @@ pub struct Config {
     /// A serving thread busy this long without going idle yields its CPU between two
     /// requests; zero: never.
     pub yield_after: Duration,
+    /// What one client may hold of the node: buffers, time, connections, head bytes.
+    pub limits: Limits,
     /// Where deploys come from: a path, `file://`, `http(s)://` or `s3://` URL.
     pub store: String,
     /// `[store.s3]`: endpoint, region and request style for an `s3://` store.
@@ -246,6 +261,22 @@ pub enum AccessLog {
     Off,
     Stdout,
     File(PathBuf),
+}
+
+/// Bounds on what clients may hold (`[server]` `max_buffered`, `send_timeout`,
+/// `idle_timeout`, `max_connections`, `max_header_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Node-wide bound on response bytes buffered in memory on their way to clients.
+    pub max_buffered: u64,
+    /// A response that makes no progress this long is reset.
+    pub send_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Open client connections (TCP) at most; `None`: derived from the descriptor limit.
+    pub max_connections: Option<u64>,
+    /// The largest request head accepted (431 beyond).
+    pub max_header_bytes: u64,
 }
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -491,6 +522,65 @@ impl Config {
                 "must be at most 1s (\"0ms\" turns yielding off)".into(),
             ));
         }
+        let limits = {
+            let sv = &f.server;
+            let max_buffered = size("server.max_buffered", &sv.max_buffered, 256 << 20)?;
+            if max_buffered < 1 << 20 {
+                return Err(invalid(
+                    "server.max_buffered",
+                    "must be at least 1MiB".into(),
+                ));
+            }
+            let send_timeout = duration(
+                "server.send_timeout",
+                &sv.send_timeout,
+                Duration::from_secs(60),
+            )?;
+            let idle_timeout = duration(
+                "server.idle_timeout",
+                &sv.idle_timeout,
+                Duration::from_secs(60),
+            )?;
+            for (key, d) in [
+                ("server.send_timeout", send_timeout),
+                ("server.idle_timeout", idle_timeout),
+            ] {
+                if d < Duration::from_millis(100) {
+                    return Err(invalid(key, "must be at least 100ms".into()));
+                }
+            }
+            let max_connections = match &sv.max_connections {
+                None => None,
+                Some(CountText::Text(t)) if t == "auto" => None,
+                Some(CountText::Count(n)) if (1..=10_000_000).contains(n) => Some(*n),
+                Some(CountText::Count(n)) => {
+                    return Err(invalid(
+                        "server.max_connections",
+                        format!("{n} is outside 1..=10000000"),
+                    ));
+                }
+                Some(CountText::Text(t)) => {
+                    return Err(invalid(
+                        "server.max_connections",
+                        format!("{t:?} is neither a count nor \"auto\""),
+                    ));
+                }
+            };
+            let max_header_bytes = size("server.max_header_bytes", &sv.max_header_bytes, 32 << 10)?;
+            if !(8 << 10..=1 << 20).contains(&max_header_bytes) {
+                return Err(invalid(
+                    "server.max_header_bytes",
+                    "must be between 8KiB and 1MiB".into(),
+                ));
+            }
+            Limits {
+                max_buffered,
+                send_timeout,
+                idle_timeout,
+                max_connections,
+                max_header_bytes,
+            }
+        };
         let header_value = |key: &str, v: &Option<String>, default: &str| {
             let v = v.clone().unwrap_or_else(|| default.to_owned());
             if v.is_empty() || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
@@ -629,6 +719,7 @@ impl Config {
             default_site,
             header_read_timeout,
             yield_after,
+            limits,
             store,
             store_s3,
             cache_dir,
@@ -727,6 +818,38 @@ mod tests {
         assert_eq!(c.refresh_interval, Duration::from_secs(5));
         assert_eq!(c.cache_dir.as_deref(), Some(Path::new(DEFAULT_CACHE_DIR)));
         assert_eq!(Config::parse("", None).unwrap(), c);
+    }
+
+    #[test]
+    fn server_limits_parse_and_refuse_bad_values() {
+        let d = Config::default().limits;
+        assert_eq!(d.max_buffered, 256 << 20);
+        assert_eq!(d.send_timeout, Duration::from_secs(60));
+        assert_eq!(d.idle_timeout, Duration::from_secs(60));
+        assert_eq!(d.max_connections, None);
+        assert_eq!(d.max_header_bytes, 32 << 10);
+        let c = Config::parse(
+            "[server]\nmax_buffered = \"16MiB\"\nsend_timeout = \"2s\"\nidle_timeout = \"500ms\"\nmax_connections = 900\nmax_header_bytes = \"8KiB\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_buffered, 16 << 20);
+        assert_eq!(c.limits.send_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.limits.max_connections, Some(900));
+        assert_eq!(c.limits.max_header_bytes, 8 << 10);
+        for (text, key) in [
+            ("max_buffered = \"1KiB\"", "server.max_buffered"),
+            ("send_timeout = \"0s\"", "server.send_timeout"),
+            ("idle_timeout = \"forever\"", "server.idle_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = \"lots\"", "server.max_connections"),
+            ("max_header_bytes = \"2MiB\"", "server.max_header_bytes"),
+        ] {
+            let e = Config::parse(&format!("[server]\n{text}\n"), Some("e.toml")).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}");
+            assert_eq!(e.line(), Some(2), "{text}");
+        }
     }
 
     #[test]

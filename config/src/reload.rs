@@ -50,6 +50,11 @@ impl Config {
         {
             restart.push("cache.memory_size/memory_max_object/tree_size");
         }
+        if next.limits != self.limits {
+            restart.push(
+                "server.max_buffered/send_timeout/idle_timeout/max_connections/max_header_bytes",
+            );
+        }
         if next.default_site != self.default_site {
             restart.push("server.default_site");
         }

@@ -106,6 +106,13 @@ pub struct Metrics {
     pub response_bytes: AtomicU64,
     /// Per-site counters, a bounded table.
     pub sites: SiteTable,
+    /// Client connections: open, idle, refused, closed by the node.
+    pub conns: ConnStats,
+    /// Log lines that clients cause, rate-limited per kind.
+    pub client_logs: ClientLogs,
+    /// Response bytes held in memory on their way to clients (the `server.max_buffered`
+    /// budget in use).
+    pub buffered_bytes: std::sync::Arc<AtomicU64>,
 }
 
 /// What one response adds to its site's counters (from the handler's `Facts`).
@@ -162,6 +169,51 @@ impl SiteCounters {
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
             shed: self.shed.load(Relaxed),
+        }
+    }
+}
+
+/// Client connections over TCP (HTTP/1.1 and HTTP/2; HTTP/3 has its own bound).
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    pub open: AtomicU64,
+    /// Open with no request in flight.
+    pub idle: AtomicU64,
+    /// Refused at `server.max_connections` with no idle connection to close.
+    pub refused: AtomicU64,
+    /// Idle connections closed to admit new ones at the cap.
+    pub evicted: AtomicU64,
+    /// Closed after `server.idle_timeout` with no request in flight.
+    pub idle_timeouts: AtomicU64,
+    /// Closed after `server.send_timeout` without progress on a response.
+    pub send_timeouts: AtomicU64,
+    /// accept() failures (descriptor limits and the like).
+    pub accept_errors: AtomicU64,
+}
+
+/// Kinds of log lines a client can cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLog {
+    AcceptFailed,
+    TlsHandshake,
+    Connection,
+    Request,
+}
+
+impl ClientLog {
+    pub const ALL: [ClientLog; 4] = [
+        ClientLog::AcceptFailed,
+        ClientLog::TlsHandshake,
+        ClientLog::Connection,
+        ClientLog::Request,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientLog::AcceptFailed => "accept_failed",
+            ClientLog::TlsHandshake => "tls_handshake",
+            ClientLog::Connection => "connection",
+            ClientLog::Request => "request",
         }
     }
 }
@@ -233,6 +285,42 @@ impl SiteTable {
     }
 }
 
+/// At most [`ClientLogs::PER_SECOND`] lines per kind and second; the rest are counted, not
+/// written. Lock-free: one window start and two counters per kind.
+#[derive(Debug, Default)]
+pub struct ClientLogs {
+    /// Per kind: the second the window started (since the first use), lines in it, lines
+    /// suppressed in total.
+    kinds: [(AtomicU64, AtomicU64, AtomicU64); 4],
+    started: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl ClientLogs {
+    pub const PER_SECOND: u64 = 5;
+
+    /// Whether a line of `kind` may be written now; if not, it is counted as suppressed.
+    pub fn allow(&self, kind: ClientLog) -> bool {
+        let started = *self.started.get_or_init(std::time::Instant::now);
+        self.allow_at(kind, started.elapsed().as_secs())
+    }
+
+    fn allow_at(&self, kind: ClientLog, second: u64) -> bool {
+        let (window, lines, suppressed) = &self.kinds[kind as usize];
+        if window.swap(second, Relaxed) != second {
+            lines.store(0, Relaxed);
+        }
+        if lines.fetch_add(1, Relaxed) < Self::PER_SECOND {
+            return true;
+        }
+        suppressed.fetch_add(1, Relaxed);
+        false
+    }
+
+    pub fn suppressed(&self, kind: ClientLog) -> u64 {
+        self.kinds[kind as usize].2.load(Relaxed)
+    }
+}
+
 pub fn protocol_index(v: Version) -> usize {
     match v {
         Version::HTTP_2 => 1,
@@ -242,6 +330,14 @@ pub fn protocol_index(v: Version) -> usize {
 }
 
 impl Metrics {
+    /// Metrics whose `edge_buffered_bytes` reads `buffered` (the tiers' response budget).
+    pub fn with_buffered(buffered: std::sync::Arc<AtomicU64>) -> Metrics {
+        Metrics {
+            buffered_bytes: buffered,
+            ..Metrics::default()
+        }
+    }
+
     pub fn record(&self, version: Version, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[protocol_index(version)][class].fetch_add(1, Relaxed);
@@ -342,6 +438,49 @@ impl Collector for Metrics {
             "edge_site_refused_total",
             "Responses per site refused with 503 + Retry-After (site bulkhead or origin queue full, breaker open).",
             sites.iter().map(|(s, c)| ([("site", &**s)], c.shed)),
+        )?;
+        let c = &self.conns;
+        gauge(
+            &mut enc,
+            "edge_connections_open",
+            "Client TCP connections open.",
+            c.open.load(Relaxed) as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "edge_connections_idle",
+            "Client TCP connections open with no request in flight.",
+            c.idle.load(Relaxed) as f64,
+        )?;
+        counter_family(
+            &mut enc,
+            "edge_connections_closed_total",
+            "Client connections the node refused or closed, by reason.",
+            [
+                ("refused", &c.refused),
+                ("evicted_idle", &c.evicted),
+                ("idle_timeout", &c.idle_timeouts),
+                ("send_timeout", &c.send_timeouts),
+            ]
+            .map(|(r, v)| ([("reason", r)], v.load(Relaxed))),
+        )?;
+        counter(
+            &mut enc,
+            "edge_accept_errors_total",
+            "Failed accept() calls (descriptor limits and the like); accepting backs off.",
+            c.accept_errors.load(Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "edge_buffered_bytes",
+            "Response bytes held in memory on their way to clients (server.max_buffered).",
+            self.buffered_bytes.load(Relaxed) as f64,
+        )?;
+        counter_family(
+            &mut enc,
+            "edge_log_suppressed_total",
+            "Client-caused log lines not written (over the per-kind rate), by kind.",
+            ClientLog::ALL.map(|k| ([("kind", k.as_str())], self.client_logs.suppressed(k))),
         )
     }
 }
@@ -633,6 +772,22 @@ mod tests {
             Format::OpenMetrics => out,
             Format::Prometheus => to_prometheus_text(&out),
         }
+    }
+
+    #[test]
+    fn client_logs_are_limited_per_kind_and_second() {
+        let l = ClientLogs::default();
+        let allowed = (0..20)
+            .filter(|_| l.allow_at(ClientLog::AcceptFailed, 7))
+            .count() as u64;
+        assert_eq!(allowed, ClientLogs::PER_SECOND);
+        assert_eq!(
+            l.suppressed(ClientLog::AcceptFailed),
+            20 - ClientLogs::PER_SECOND
+        );
+        assert!(l.allow_at(ClientLog::Request, 7), "kinds are separate");
+        assert!(l.allow_at(ClientLog::AcceptFailed, 8), "a new second");
+        assert_eq!(l.suppressed(ClientLog::Request), 0);
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub async fn build_handler(
         },
         disk,
     );
+    tiers.set_max_buffered(cfg.limits.max_buffered);
     Ok(Arc::new(Handler::new(
         pointers,
         routes,

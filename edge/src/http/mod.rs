@@ -17,6 +17,7 @@ use crate::tiers::{Source, Tiers};
 
 pub mod body;
 pub mod headers;
+pub mod host;
 pub mod routes;
 
 pub use body::Body;
@@ -142,12 +143,13 @@ impl Handler {
         tiers: Arc<Tiers>,
         cfg: HttpConfig,
     ) -> Handler {
+        let buffered = tiers.buffered().clone();
         Handler {
             pointers,
             routes,
             tiers,
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
-            metrics: Arc::default(),
+            metrics: Arc::new(crate::metrics::Metrics::with_buffered(buffered)),
             access_log: None,
         }
     }
@@ -279,18 +281,9 @@ impl Handler {
         if target_len > path::MAX_URI_LEN {
             return text(StatusCode::URI_TOO_LONG, "request target too long");
         }
-        let host = match req.uri.authority() {
-            Some(a) => Some(a.as_str()),
-            None => match req.headers.get(header::HOST) {
-                Some(h) => match h.to_str() {
-                    Ok(h) => Some(h),
-                    Err(_) => return text(StatusCode::BAD_REQUEST, "Host header is not ASCII"),
-                },
-                None if req.version == Version::HTTP_11 => {
-                    return text(StatusCode::BAD_REQUEST, "missing Host header");
-                }
-                None => None,
-            },
+        let host = match host::request_host(req.uri, req.headers, req.version) {
+            Ok(h) => h,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
         };
         // A path that is in the route cache parsed before; any other is parsed (and a bad one
         // refused) before a failed host or pointer lookup is reported, as if parsed first.

@@ -8,6 +8,7 @@
 //! HTTPS, `Strict-Transport-Security` and `Alt-Svc` on secure responses, and for HTTP/3 the
 //! `Date` header that hyper adds for HTTP/1.1 and HTTP/2.
 
+pub mod conn;
 pub mod plain;
 pub mod quic;
 pub mod tcp;
@@ -242,13 +243,21 @@ pub async fn run(
                 handler.clone(),
                 Arc::new(Front::h3(cfg)),
                 cfg.http3.clone(),
+                cfg.limits,
                 shutdown.clone(),
                 drain,
             )));
         }
     }
-    let r =
-        tcp::run_workers_with(handler, services, cfg.header_read_timeout, shutdown, drain).await;
+    let settings = tcp::Settings {
+        header_read_timeout: cfg.header_read_timeout,
+        gate: conn::Gate::new(cfg.limits, handler.metrics().clone()),
+    };
+    tracing::info!(
+        max_connections = settings.gate.max(),
+        "client connections capped (server.max_connections)"
+    );
+    let r = tcp::run_workers(handler, services, settings, shutdown, drain).await;
     if let Some(t) = quic_task {
         let _ = t.await;
     }

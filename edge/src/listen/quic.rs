@@ -1,19 +1,25 @@
 //! HTTP/3: a quinn endpoint on the HTTPS port number over UDP, h3 on each connection, and
 //! every request answered by the same `Handler::serve` as HTTP/1.1 and HTTP/2.
 //!
-//! Invariants: connections are bounded (`http3.max_connections`; beyond it new ones are
+//! Invariants: a connection with no request in flight for `server.idle_timeout` gets a
+//! GOAWAY and is closed; a response that makes no progress for `server.send_timeout` is
+//! reset; what a connection's streams make the node buffer is bounded ([`SEND_WINDOW`]);
+//! connections are bounded (`http3.max_connections`; beyond it new ones are
 //! refused) and so are concurrent requests per connection (`http3.max_streams`, enforced by
 //! QUIC flow control: a client waits for a slot); a packet or request a peer controls never
 //! panics, it ends that connection or stream; a response whose body fails mid-way is reset,
 //! never finished, so a client cannot take a cut body for a whole one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use edge_config::Http3;
+use edge_config::{Http3, Limits};
 use http::header::{self, HeaderValue};
 use http_body_util::BodyExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::Front;
 use super::tls::{self, CertStore};
@@ -25,8 +31,10 @@ const MAX_UNI_STREAMS: u32 = 16;
 /// default ~200 KiB overflows under bursts from many streams, and every datagram dropped there
 /// costs a QUIC loss recovery.
 const UDP_BUFFER: usize = 4 << 20;
-/// The largest request head accepted (HTTP/3 `SETTINGS_MAX_FIELD_SECTION_SIZE`).
-const MAX_FIELD_SECTION: u64 = 64 << 10;
+/// Bytes a connection's streams may have accepted from the node and not yet had
+/// acknowledged (quinn's default is 10 MB): what a client that opens streams and never raises
+/// their windows makes the node hold, per connection. 2 MiB still fills 20 MB/s at 100 ms.
+const SEND_WINDOW: u64 = 2 << 20;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -51,6 +59,7 @@ pub fn endpoint(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut transport = quinn::TransportConfig::default();
     transport
+        .send_window(SEND_WINDOW)
         .max_concurrent_bidi_streams(cfg.max_streams.into())
         .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
         .max_idle_timeout(Some(cfg.idle_timeout.try_into()?));
@@ -68,12 +77,15 @@ pub fn endpoint(
 }
 
 /// Accepts connections until `shutdown` turns true; then asks each connection to finish
-/// (HTTP/3 GOAWAY), waits up to `drain` for them, and closes the endpoint.
+/// (HTTP/3 GOAWAY), waits up to `drain` for them, and closes the endpoint. A connection with
+/// no request in flight for `limits.idle_timeout` gets a GOAWAY and is closed; a response
+/// that makes no progress for `limits.send_timeout` has its stream reset.
 pub async fn run(
     endpoint: quinn::Endpoint,
     handler: Arc<Handler>,
     front: Arc<Front>,
     cfg: Http3,
+    limits: Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -99,6 +111,7 @@ pub async fn run(
                 handler.clone(),
                 front.clone(),
                 cfg.early_data,
+                limits,
                 shutdown.clone(),
             ),
             span,
@@ -120,6 +133,7 @@ async fn connection(
     handler: Arc<Handler>,
     front: Arc<Front>,
     early_data: bool,
+    limits: Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let connecting = match incoming.accept() {
@@ -150,8 +164,9 @@ async fn connection(
             }
         }
     };
+    let quic = conn.clone();
     let built = h3::server::builder()
-        .max_field_section_size(MAX_FIELD_SECTION)
+        .max_field_section_size(limits.max_header_bytes)
         .build(h3_quinn::Connection::new(conn))
         .await;
     let mut h3: H3Conn = match built {
@@ -165,10 +180,52 @@ async fn connection(
     if closing {
         let _ = h3.shutdown(0).await;
     }
+    // Requests in flight; `done` is told when one ends.
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let mut idle_since = Instant::now();
+    // After an idle GOAWAY: when the connection is closed if the client has not.
+    let mut close_at: Option<Instant> = None;
     loop {
-        let next = tokio::select! {
-            r = h3.accept() => Some(r),
-            _ = shutdown.wait_for(|s| *s), if !closing => None,
+        let idle = inflight.load(Ordering::Acquire) == 0;
+        let wake = close_at.unwrap_or(idle_since + limits.idle_timeout);
+        enum Event<R> {
+            Accepted(R),
+            Shutdown,
+            Ended,
+            Idle,
+        }
+        let event = tokio::select! {
+            r = h3.accept() => Event::Accepted(r),
+            _ = shutdown.wait_for(|s| *s), if !closing => Event::Shutdown,
+            () = done.notified() => Event::Ended,
+            () = tokio::time::sleep_until(wake), if idle => Event::Idle,
+        };
+        let next = match event {
+            Event::Accepted(r) => Some(r),
+            Event::Shutdown => None,
+            Event::Ended => {
+                if inflight.load(Ordering::Acquire) == 0 {
+                    idle_since = Instant::now();
+                }
+                continue;
+            }
+            Event::Idle => {
+                if close_at.is_some() {
+                    quic.close(H3_NO_ERROR.into(), b"idle");
+                    break;
+                }
+                handler
+                    .metrics()
+                    .conns
+                    .idle_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("HTTP/3 connection idle; GOAWAY");
+                closing = true;
+                let _ = h3.shutdown(0).await;
+                close_at = Some(Instant::now() + super::conn::GRACE);
+                continue;
+            }
         };
         match next {
             None => {
@@ -179,9 +236,14 @@ async fn connection(
             Some(Ok(Some(resolver))) => {
                 let handler = handler.clone();
                 let front = front.clone();
+                inflight.fetch_add(1, Ordering::AcqRel);
+                let ended = Ended(inflight.clone(), done.clone());
                 tokio::spawn(async move {
+                    let _ended = ended;
                     match resolver.resolve_request().await {
-                        Ok((req, stream)) => request(&handler, &front, req, stream).await,
+                        Ok((req, stream)) => {
+                            request(&handler, &front, req, stream, limits.send_timeout).await
+                        }
                         Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
                     }
                 });
@@ -197,9 +259,28 @@ async fn connection(
     }
 }
 
+/// HTTP/3's "no error" application close code.
+const H3_NO_ERROR: u32 = 0x100;
+
+/// Ends a request in flight on drop.
+struct Ended(Arc<AtomicUsize>, Arc<Notify>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.notify_one();
+    }
+}
+
 /// Answers one request on its stream. A request body, which GET and HEAD do not have, is
 /// not read.
-async fn request(handler: &Handler, front: &Front, req: http::Request<()>, mut stream: H3Stream) {
+async fn request(
+    handler: &Handler,
+    front: &Front,
+    req: http::Request<()>,
+    mut stream: H3Stream,
+    send_timeout: Duration,
+) {
     let head_only = req.method() == http::Method::HEAD;
     let resp = front.respond(handler, req).await;
     let (mut parts, mut body) = resp.into_parts();
@@ -255,9 +336,23 @@ async fn request(handler: &Handler, front: &Front, req: http::Request<()>, mut s
             if data.is_empty() {
                 continue;
             }
-            if let Err(e) = stream.send_data(data).await {
-                tracing::debug!(error = %e, "HTTP/3 response body not sent");
-                return;
+            match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTP/3 response body not sent");
+                    return;
+                }
+                Err(_) => {
+                    // The client took nothing for send_timeout (windows closed): reset.
+                    handler
+                        .metrics()
+                        .conns
+                        .send_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("HTTP/3 response made no progress; resetting the stream");
+                    stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                    return;
+                }
             }
         }
     }

@@ -1,13 +1,16 @@
 //! TCP listeners: binding (`SO_REUSEPORT`, one socket per worker), the accept loop (hyper-util
-//! auto: HTTP/1.1 + h2c, or a TLS handshake first), and the serving threads (one
-//! single-threaded tokio runtime per worker).
+//! auto: HTTP/1.1 + h2c; over TLS the protocol ALPN chose, and only it), and the serving
+//! threads (one single-threaded tokio runtime per worker).
 //!
-//! Invariant: a connection stays on the thread that accepted it.
+//! Invariants: a connection stays on the thread that accepted it; every connection is
+//! admitted by the node-wide [`Gate`] (cap, idle and send timeouts); accept errors back off
+//! (10 ms doubling to 1 s) and are logged at a bounded rate.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,117 +20,165 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use super::Front;
+use super::conn::{Gate, Guarded};
 use super::tls::TlsServing;
 use crate::http::Handler;
+use crate::metrics::ClientLog;
 
-/// Serves HTTP/1.1 and cleartext HTTP/2 on `listener` until `shutdown` resolves, then stops
-/// accepting and gives open connections up to `drain` to finish.
-pub async fn run(
-    handler: Arc<Handler>,
-    listener: TcpListener,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) {
-    let front = Arc::new(Front::default());
-    serve(
-        handler,
-        listener,
-        front,
-        None,
-        header_read_timeout,
-        shutdown,
-        drain,
-    )
-    .await
+/// What every TCP connection is served with.
+#[derive(Clone)]
+pub struct Settings {
+    pub header_read_timeout: Duration,
+    /// The connection table (cap, idle and send timeouts, counters), node-wide.
+    pub gate: Arc<Gate>,
 }
 
-/// Like [`run`], with `front` around the handler (redirect, HSTS, Alt-Svc) and, with `tls`,
-/// a TLS handshake (ALPN h2 or http/1.1) before HTTP on each connection.
+/// The hyper builders: cleartext (HTTP/1.1 or h2c, by the first bytes), and one per ALPN
+/// protocol over TLS.
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(s: &Settings) -> Builders {
+        let limits = s.gate.limits();
+        let make = || {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(s.header_read_timeout)
+                // Bounds the request head (431 beyond) and the response bytes hyper queues.
+                .max_buf_size(limits.max_header_bytes as usize)
+                .keep_alive(true);
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .max_concurrent_streams(256);
+            b
+        };
+        Builders {
+            auto: make(),
+            h1: make().http1_only(),
+            h2: make().http2_only(),
+        }
+    }
+
+    /// The builder for a TLS connection that negotiated `alpn`: HTTP/2 only for `h2`,
+    /// HTTP/1.1 only otherwise (RFC 9113 3.3, RFC 7301).
+    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+        match alpn {
+            Some(b"h2") => &self.h2,
+            _ => &self.h1,
+        }
+    }
+}
+
+/// Accept errors back off from this...
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// ...doubling up to this.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves `listener` with `front` around the handler (redirect, HSTS, Alt-Svc) and, with
+/// `tls`, a TLS handshake (ALPN h2 or http/1.1) before HTTP on each connection, until
+/// `shutdown` resolves; then stops accepting and gives open connections up to `drain`.
 pub async fn serve(
     handler: Arc<Handler>,
     listener: TcpListener,
     front: Arc<Front>,
     tls: Option<TlsServing>,
-    header_read_timeout: Duration,
+    settings: Settings,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builders = Arc::new(Builders::new(&settings));
+    let gate = settings.gate.clone();
+    let metrics = handler.metrics().clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let live = Arc::new(Live::default());
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(c) => c,
+                Ok(c) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    c
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Out of descriptors and the like: back off instead of spinning, and
+                    // say so at a bounded rate.
+                    metrics.conns.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if metrics.client_logs.allow(ClientLog::AcceptFailed) {
+                        tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let front = front.clone();
-        let svc = service_fn(move |req| {
-            let handler = handler.clone();
-            let front = front.clone();
-            async move { Ok::<_, Infallible>(front.respond(&handler, req).await) }
-        });
-        if let Some(tls) = &tls {
-            let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
-            let span = tracing::debug_span!("conn", peer.addr = %peer, proto = "tls");
-            tokio::spawn(tracing::Instrument::instrument(
-                async move {
-                    let stream = match tokio::time::timeout(
-                        tls.handshake_timeout,
-                        tls.acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                },
-                span,
-            ));
+        let Some(conn) = gate.admit() else {
+            // At the cap with none idle: closed at once (the client sees a reset).
+            drop(stream);
             continue;
-        }
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        // A debug-level span per connection: free unless debug logging is on.
-        let span = tracing::debug_span!("conn", peer.addr = %peer, proto = "tcp");
+        };
+        let conn = Arc::new(conn);
+        let _ = stream.set_nodelay(true);
+        let svc = {
+            let (handler, front, conn) = (handler.clone(), front.clone(), conn.clone());
+            service_fn(move |req| {
+                let (handler, front) = (handler.clone(), front.clone());
+                let inflight = conn.begin();
+                async move {
+                    let resp = front.respond(&handler, req).await;
+                    Ok::<_, Infallible>(resp.map(|b| Guarded::new(b, inflight)))
+                }
+            })
+        };
+        let (builders, stop, token) = (builders.clone(), stop_rx.clone(), live.enter());
+        let tls = tls.clone();
+        let span = tracing::debug_span!(
+            "conn",
+            peer.addr = %peer,
+            proto = if tls.is_some() { "tls" } else { "tcp" }
+        );
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = conn.await {
+                let _token = token;
+                let io = conn.io(stream);
+                let result = match tls {
+                    None => {
+                        let c = builders.auto.serve_connection(TokioIo::new(io), svc);
+                        tokio::pin!(c);
+                        conn.watch(c, |c| c.graceful_shutdown(), stop).await
+                    }
+                    Some(tls) => {
+                        let handshake =
+                            tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io));
+                        let stream = match handshake.await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let builder = builders.for_alpn(stream.get_ref().1.alpn_protocol());
+                        let c = builder.serve_connection(TokioIo::new(stream), svc);
+                        tokio::pin!(c);
+                        conn.watch(c, |c| c.graceful_shutdown(), stop).await
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             },
@@ -135,10 +186,45 @@ pub async fn serve(
         ));
     }
     drop(listener);
+    let _ = stop_tx.send(true);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = live.drained() => {}
         () = tokio::time::sleep(drain) => {
             tracing::warn!("drain deadline passed with connections still open");
+        }
+    }
+}
+
+/// Connections of one listener still running (for the drain).
+#[derive(Default)]
+struct Live {
+    n: std::sync::atomic::AtomicUsize,
+    zero: tokio::sync::Notify,
+}
+
+struct LiveToken(Arc<Live>);
+
+impl Live {
+    fn enter(self: &Arc<Self>) -> LiveToken {
+        self.n.fetch_add(1, Ordering::AcqRel);
+        LiveToken(self.clone())
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.n.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for LiveToken {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.zero.notify_waiters();
         }
     }
 }
@@ -171,26 +257,6 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net
     Ok(out)
 }
 
-/// Serves on one thread per listener, each with a single-threaded runtime: a connection
-/// stays on the thread that accepted it, with no cross-thread wake-ups or work stealing on
-/// the request path (the model nginx's workers use). Shared state (caches, pointers) is
-/// behind `Arc`s; background work (pointer refresh) runs on the caller's runtime. Returns
-/// when every worker has drained after `shutdown` fires.
-pub async fn run_workers(
-    handler: Arc<Handler>,
-    listeners: Vec<std::net::TcpListener>,
-    header_read_timeout: Duration,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    drain: Duration,
-) -> anyhow::Result<()> {
-    let service = TcpService {
-        listeners,
-        front: Front::default(),
-        tls: None,
-    };
-    run_workers_with(handler, vec![service], header_read_timeout, shutdown, drain).await
-}
-
 /// One kind of TCP listener: a socket per worker (the same count for every service), what
 /// it adds around the handler, and its TLS settings if it speaks TLS.
 pub struct TcpService {
@@ -199,12 +265,17 @@ pub struct TcpService {
     pub tls: Option<TlsServing>,
 }
 
-/// [`run_workers`] for several services (cleartext and HTTPS): worker `i` serves the `i`th
-/// socket of each.
-pub async fn run_workers_with(
+/// Serves on one thread per listener, each with a single-threaded runtime: a connection
+/// stays on the thread that accepted it, with no cross-thread wake-ups or work stealing on
+/// the request path (the model nginx's workers use). Shared state (caches, pointers, the
+/// connection table) is behind `Arc`s; background work (pointer refresh) runs on the
+/// caller's runtime. Returns when every worker has drained after `shutdown` fires.
+///
+/// Several services (cleartext and HTTPS): worker `i` serves the `i`th socket of each.
+pub async fn run_workers(
     handler: Arc<Handler>,
     services: Vec<TcpService>,
-    header_read_timeout: Duration,
+    settings: Settings,
     shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) -> anyhow::Result<()> {
@@ -224,6 +295,7 @@ pub async fn run_workers_with(
     for (i, mine) in per_worker.into_iter().enumerate() {
         let handler = handler.clone();
         let shutdown = shutdown.clone();
+        let settings = settings.clone();
         let t = std::thread::Builder::new()
             .name(format!("edge-worker-{i}"))
             .spawn(move || -> anyhow::Result<()> {
@@ -244,7 +316,7 @@ pub async fn run_workers_with(
                             listener,
                             front,
                             tls,
-                            header_read_timeout,
+                            settings.clone(),
                             stop,
                             drain,
                         ));

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use origin_client::resilience::{Bulkhead, bulkhead};
 use origin_client::store::ByteStream;
 use origin_client::{Hash, Store};
@@ -47,12 +47,14 @@ pub enum Blob {
         len: u64,
         hash: Hash,
         tier: Arc<DiskTier>,
+        budget: Budget,
     },
     /// Streaming from the origin, not cached (too large for memory, no room on disk).
     Origin {
         stream: ByteStream,
         len: u64,
         hash: Hash,
+        budget: Budget,
     },
 }
 
@@ -70,6 +72,12 @@ impl Blob {
 
     /// The bytes `start..end` as a stream. Whole disk files and every origin stream are
     /// verified as they go; a partial disk read is checked by size only.
+    ///
+    /// Back-pressure: disk and origin bytes come in blocks of at most [`BLOCK`], each
+    /// holding a share of `budget` (`server.max_buffered`, node-wide) and of this
+    /// response's window of [`WINDOW`] blocks until the transport drops it (written to the
+    /// socket, or the stream abandoned). The next block is read only when a window slot is
+    /// free, i.e. when the client has taken an earlier one.
     pub fn into_stream(self, start: u64, end: u64) -> ByteStream {
         match self {
             Blob::Bytes(b) => {
@@ -81,26 +89,10 @@ impl Blob {
                 len,
                 hash,
                 tier,
+                budget,
             } => {
                 let whole = start == 0 && end == len;
-                let mut file = tokio::fs::File::from_std(file);
-                let stream = async move {
-                    use tokio::io::AsyncSeekExt;
-                    if start > 0 {
-                        file.seek(io::SeekFrom::Start(start)).await?;
-                    }
-                    Ok::<_, io::Error>(tokio_util::io::ReaderStream::with_capacity(
-                        tokio::io::AsyncReadExt::take(file, end - start),
-                        256 * 1024,
-                    ))
-                }
-                .into_stream()
-                .map(|r| match r {
-                    Ok(s) => s.boxed(),
-                    Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
-                })
-                .flatten()
-                .boxed();
+                let stream = read_blocks(Arc::new(file), start, end, budget);
                 if whole {
                     let on_fail: FailHook = Box::new(move || {
                         tracing::error!(%hash, "disk cache file failed verification; dropped");
@@ -111,11 +103,188 @@ impl Blob {
                     stream
                 }
             }
-            Blob::Origin { stream, len, hash } => {
-                Verify::new(stream, hash, len, start, end, None).boxed()
+            Blob::Origin {
+                stream,
+                len,
+                hash,
+                budget,
+            } => Verify::new(metered(stream, budget), hash, len, start, end, None).boxed(),
+        }
+    }
+}
+
+/// The largest block a streamed response reads at a time from disk or takes from the
+/// origin before the client has it.
+pub const BLOCK: usize = 32 << 10;
+/// Blocks one response may hold at a time (read, verified, or queued in the transport).
+/// At least 2: [`Verify`] holds one back while the transport has another.
+pub const WINDOW: usize = 2;
+
+/// The node-wide bound on response bytes buffered in memory (`server.max_buffered`): bytes
+/// read from disk or the origin that the client has not taken yet.
+#[derive(Clone)]
+pub struct Budget {
+    sem: Arc<tokio::sync::Semaphore>,
+    /// The bound now.
+    max: Arc<AtomicU64>,
+    /// Bytes held now (the metric `edge_buffered_bytes` reads it).
+    held: Arc<AtomicU64>,
+}
+
+impl Budget {
+    pub fn new(max: u64, held: Arc<AtomicU64>) -> Budget {
+        let max = max.min(tokio::sync::Semaphore::MAX_PERMITS as u64);
+        Budget {
+            sem: Arc::new(tokio::sync::Semaphore::new(max as usize)),
+            max: Arc::new(AtomicU64::new(max)),
+            held,
+        }
+    }
+
+    /// Changes the bound (at least one block); bytes held stay held.
+    pub fn set_max(&self, max: u64) {
+        let max = max.clamp(BLOCK as u64, tokio::sync::Semaphore::MAX_PERMITS as u64);
+        let old = self.max.swap(max, Ordering::Relaxed);
+        if max > old {
+            self.sem.add_permits((max - old) as usize);
+        } else {
+            // Permits held now come back later and stay out then.
+            let mut left = (old - max) as usize;
+            while left > 0 {
+                let gone = self.sem.forget_permits(left);
+                left -= gone;
+                if gone == 0 {
+                    break;
+                }
+            }
+            if left > 0 {
+                // Taken back as they return: hold them in a task until all are in.
+                let sem = self.sem.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(left as u32).await {
+                        p.forget();
+                    }
+                });
             }
         }
     }
+
+    /// Waits for room for `n` bytes (at most [`BLOCK`]).
+    async fn take(&self, n: usize) -> io::Result<Held> {
+        let permit = self
+            .sem
+            .clone()
+            .acquire_many_owned(n as u32)
+            .await
+            .map_err(|_| io::Error::other("response buffer budget closed"))?;
+        self.held.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(Held {
+            _permit: permit,
+            n: n as u64,
+            held: self.held.clone(),
+        })
+    }
+}
+
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    n: u64,
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.n, Ordering::Relaxed);
+    }
+}
+
+/// A block's bytes and the budget and window shares they hold: released when the last
+/// `Bytes` (or slice) of the block is dropped.
+struct Block<T> {
+    data: T,
+    _budget: Held,
+    _window: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Block<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.data.as_ref()
+    }
+}
+
+/// Shares of the budget and of a response's window for a block of `n` bytes, waiting for
+/// both (the window first: a response waiting on its client takes no budget).
+async fn shares(
+    window: &Arc<tokio::sync::Semaphore>,
+    budget: &Budget,
+    n: usize,
+) -> io::Result<(Held, tokio::sync::OwnedSemaphorePermit)> {
+    let w = window
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| io::Error::other("response window closed"))?;
+    Ok((budget.take(n).await?, w))
+}
+
+/// Reads `start..end` of `file` in blocks on the blocking pool, each under its shares.
+fn read_blocks(file: Arc<std::fs::File>, start: u64, end: u64, budget: Budget) -> ByteStream {
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+    futures_util::stream::try_unfold(start, move |pos| {
+        let (file, window, budget) = (file.clone(), window.clone(), budget.clone());
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let n = (end - pos).min(BLOCK as u64) as usize;
+            let (held, w) = shares(&window, &budget, n).await?;
+            let data = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut v = vec![0u8; n];
+                file.read_exact_at(&mut v, pos).map(|()| v)
+            })
+            .await
+            .map_err(|e| io::Error::other(format!("disk read task: {e}")))??;
+            let block = Bytes::from_owner(Block {
+                data,
+                _budget: held,
+                _window: w,
+            });
+            Ok(Some((block, pos + n as u64)))
+        }
+    })
+    .boxed()
+}
+
+/// An origin stream with each chunk (split to at most [`BLOCK`]) under its shares.
+fn metered(inner: ByteStream, budget: Budget) -> ByteStream {
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+    let pieces = inner
+        .map(|r| match r {
+            Ok(mut chunk) => {
+                let mut v = Vec::with_capacity(chunk.len().div_ceil(BLOCK));
+                while !chunk.is_empty() {
+                    v.push(Ok(chunk.split_to(chunk.len().min(BLOCK))));
+                }
+                futures_util::stream::iter(v)
+            }
+            Err(e) => futures_util::stream::iter(vec![Err(e)]),
+        })
+        .flatten();
+    pieces
+        .then(move |r| {
+            let (window, budget) = (window.clone(), budget.clone());
+            async move {
+                let chunk = r?;
+                let (held, w) = shares(&window, &budget, chunk.len()).await?;
+                Ok(Bytes::from_owner(Block {
+                    data: chunk,
+                    _budget: held,
+                    _window: w,
+                }))
+            }
+        })
+        .boxed()
 }
 
 type FailHook = Box<dyn FnOnce() + Send>;
@@ -245,6 +414,9 @@ pub struct TierConfig {
     pub site_queue: usize,
 }
 
+/// The default of `server.max_buffered`, until [`Tiers::set_max_buffered`].
+pub const DEFAULT_MAX_BUFFERED: u64 = 256 << 20;
+
 #[derive(Debug, Clone)]
 enum Filled {
     Memory(Bytes),
@@ -270,6 +442,8 @@ pub struct Tiers {
     /// a fill (nor its size check).
     fills: Coalescer<(Hash, u64), Filled, EdgeError>,
     sites: moka::sync::Cache<String, Arc<Bulkhead>>,
+    /// Response bytes in memory on their way to clients (`server.max_buffered`).
+    budget: Budget,
     /// Per-site bulkhead size (limit, queue); a config reload may change them.
     site_limits: (
         std::sync::atomic::AtomicUsize,
@@ -291,6 +465,7 @@ impl Tiers {
             disk,
             fills: Coalescer::default(),
             sites: moka::sync::Cache::new(100_000),
+            budget: Budget::new(DEFAULT_MAX_BUFFERED, Arc::default()),
             site_limits: (cfg.site_concurrency.into(), cfg.site_queue.into()),
             stats: TierStats::default(),
         })
@@ -298,6 +473,16 @@ impl Tiers {
 
     pub fn disk(&self) -> Option<&Arc<DiskTier>> {
         self.disk.as_ref()
+    }
+
+    /// Sets `server.max_buffered`, the node-wide bound on streamed response bytes in memory.
+    pub fn set_max_buffered(&self, max: u64) {
+        self.budget.set_max(max);
+    }
+
+    /// Response bytes held now under `server.max_buffered` (read by the metrics).
+    pub fn buffered(&self) -> &Arc<AtomicU64> {
+        &self.budget.held
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -401,6 +586,7 @@ impl Tiers {
                 stream: body.stream,
                 len: size,
                 hash,
+                budget: self.budget.clone(),
             },
             Source::Origin,
         ))
@@ -471,6 +657,7 @@ impl Tiers {
                 len,
                 hash,
                 tier: disk,
+                budget: this.budget.clone(),
             })
         })
         .await
@@ -641,9 +828,15 @@ mod tests {
                 tokio::spawn(async move {
                     let (blob, _) = t.get(hash, size as u64, "s").await.unwrap();
                     let n = blob.len();
+                    // Copied out block by block, as a transport does: a stream holds at
+                    // most WINDOW blocks until they are dropped.
                     let s = blob.into_stream(0, n);
-                    let parts: Vec<Bytes> = s.try_collect().await.unwrap();
-                    parts.concat()
+                    s.try_fold(Vec::new(), |mut v, b| async move {
+                        v.extend_from_slice(&b);
+                        Ok(v)
+                    })
+                    .await
+                    .unwrap()
                 })
             })
             .collect();

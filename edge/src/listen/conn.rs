@@ -1,0 +1,481 @@
+//! What a client connection may hold of the node, and for how long (HTTP/1.1 and HTTP/2 over
+//! TCP): the node-wide connection cap (`server.max_connections`), the idle timeout for every
+//! state without a request in flight (`server.idle_timeout`: after accept, after the TLS
+//! handshake, between keep-alive requests, HTTP/2 with no open stream), and the send timeout
+//! of a response that makes no progress (`server.send_timeout`).
+//!
+//! Invariants: a connection is counted from accept to close; it is idle exactly while no
+//! request is in flight on it (a request is in flight from the service call until its
+//! response body is dropped); at the cap the connection idle the longest is closed to admit
+//! a new one, and with none idle the new one is refused; the watchdog of a connection is
+//! the one timer it has, re-armed only when it fires (at least once per `send_timeout`).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use edge_config::Limits;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// The descriptors kept back from client connections (disk tier, origin, logs, listeners)
+/// when `server.max_connections` is `auto`: a quarter of the limit, at least 256.
+pub fn derived_max_connections(fd_limit: u64) -> u64 {
+    let reserve = (fd_limit / 4).max(256);
+    fd_limit.saturating_sub(reserve).max(16)
+}
+
+/// The process's soft descriptor limit (`ulimit -n`), from /proc; 1024 when unknown.
+pub fn fd_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| parse_fd_limit(&t))
+        .unwrap_or(1024)
+}
+
+fn parse_fd_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    match soft {
+        "unlimited" => Some(1 << 20),
+        n => n.parse().ok(),
+    }
+}
+
+/// The node-wide connection table: shared by every serving thread.
+pub struct Gate {
+    max: u64,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// Idle connections by when they went idle (a sequence number: oldest first).
+    idle: Mutex<BTreeMap<u64, Arc<Shared>>>,
+    seq: AtomicU64,
+    epoch: Instant,
+}
+
+impl Gate {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Gate> {
+        let max = limits
+            .max_connections
+            .unwrap_or_else(|| derived_max_connections(fd_limit()));
+        Arc::new(Gate {
+            max,
+            limits,
+            metrics,
+            idle: Mutex::new(BTreeMap::new()),
+            seq: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    fn idle_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Shared>>> {
+        // A panic while the map is held cannot leave it inconsistent (single inserts and
+        // removes), so a poisoned lock is used as is.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new connection in, closing the oldest idle one when at the cap; `None`
+    /// (refused, counted) when at the cap with none idle.
+    pub fn admit(self: &Arc<Self>) -> Option<Conn> {
+        let c = &self.metrics.conns;
+        let open = c.open.fetch_add(1, Ordering::Relaxed) + 1;
+        if open > self.max {
+            let oldest = self.idle_map().pop_first();
+            match oldest {
+                Some((_, victim)) => {
+                    *victim.idle_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    c.idle.fetch_sub(1, Ordering::Relaxed);
+                    c.evicted.fetch_add(1, Ordering::Relaxed);
+                    victim.close.notify_one();
+                }
+                None => {
+                    c.open.fetch_sub(1, Ordering::Relaxed);
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            inflight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(self.now_ms()),
+            last_progress: AtomicU64::new(self.now_ms()),
+            idle_key: Mutex::new(None),
+            close: Notify::new(),
+        });
+        let conn = Conn {
+            gate: self.clone(),
+            shared,
+        };
+        conn.become_idle();
+        Some(conn)
+    }
+}
+
+struct Shared {
+    inflight: AtomicUsize,
+    idle_since: AtomicU64,
+    /// The last write to the socket, or request start.
+    last_progress: AtomicU64,
+    /// The key in the gate's idle map while idle.
+    idle_key: Mutex<Option<u64>>,
+    /// Told to close (evicted at the cap).
+    close: Notify,
+}
+
+/// One admitted connection: counted until dropped.
+pub struct Conn {
+    gate: Arc<Gate>,
+    shared: Arc<Shared>,
+}
+
+impl Conn {
+    fn key(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.shared
+            .idle_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn become_idle(&self) {
+        let now = self.gate.now_ms();
+        self.shared.idle_since.store(now, Ordering::Relaxed);
+        let seq = self.gate.seq.fetch_add(1, Ordering::Relaxed);
+        let mut key = self.key();
+        if key.is_none() {
+            self.gate.idle_map().insert(seq, self.shared.clone());
+            self.gate.metrics.conns.idle.fetch_add(1, Ordering::Relaxed);
+            *key = Some(seq);
+        }
+    }
+
+    fn leave_idle(&self) {
+        let mut key = self.key();
+        if let Some(k) = key.take() {
+            self.gate.idle_map().remove(&k);
+            self.gate.metrics.conns.idle.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request starts: the connection is busy until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.shared
+            .last_progress
+            .store(self.gate.now_ms(), Ordering::Relaxed);
+        if self.shared.inflight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.leave_idle();
+        }
+        InFlight { conn: self.clone() }
+    }
+
+    /// Wraps the connection's socket so that writes count as progress.
+    pub fn io<T>(self: &Arc<Self>, io: T) -> Tracked<T> {
+        Tracked {
+            io,
+            conn: self.clone(),
+        }
+    }
+
+    /// What the watchdog does next: wait until the returned instant, or act now.
+    fn check(&self) -> Check {
+        let l = &self.gate.limits;
+        let now = self.gate.now_ms();
+        if self.shared.inflight.load(Ordering::Acquire) == 0 {
+            let due =
+                self.shared.idle_since.load(Ordering::Relaxed) + l.idle_timeout.as_millis() as u64;
+            if now >= due {
+                return Check::Idle;
+            }
+            // A request may start meanwhile without waking the watchdog (none is sent on
+            // the request path): look again within a send timeout, so a stall is seen
+            // within twice `send_timeout`.
+            Check::Wait(
+                self.gate
+                    .at(due.min(now + l.send_timeout.as_millis() as u64)),
+            )
+        } else {
+            let due = self.shared.last_progress.load(Ordering::Relaxed)
+                + l.send_timeout.as_millis() as u64;
+            if now >= due {
+                return Check::Stalled;
+            }
+            Check::Wait(self.gate.at(due))
+        }
+    }
+
+    /// Drives `conn` (a hyper connection) until it ends; or until it is idle for
+    /// `idle_timeout` or evicted at the cap (then `graceful` is called: HTTP/2 GOAWAY,
+    /// HTTP/1.1 closes once idle; it is dropped if still open [`GRACE`] later with nothing
+    /// in flight); or until a response makes no progress for `send_timeout` (dropped: the
+    /// client sees the connection reset). `shutdown` turning true calls `graceful` too; the
+    /// listener's drain deadline bounds the rest.
+    pub async fn watch<F, E>(
+        &self,
+        mut conn: Pin<&mut F>,
+        graceful: impl Fn(Pin<&mut F>),
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), E>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        let c = &self.gate.metrics.conns;
+        let mut closing: Option<Instant> = None;
+        let mut shut = false;
+        loop {
+            let wake = match self.check() {
+                Check::Wait(t) => t,
+                Check::Idle => match closing {
+                    Some(deadline) if Instant::now() >= deadline => return Ok(()),
+                    Some(deadline) => deadline,
+                    None => {
+                        c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                        graceful(conn.as_mut());
+                        closing = Some(Instant::now() + GRACE);
+                        continue;
+                    }
+                },
+                Check::Stalled => {
+                    c.send_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            };
+            let wake = closing.map_or(wake, |d| d.min(wake));
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                () = self.shared.close.notified(), if closing.is_none() => {
+                    graceful(conn.as_mut());
+                    closing = Some(Instant::now() + GRACE);
+                }
+                _ = shutdown.wait_for(|s| *s), if !shut => {
+                    shut = true;
+                    if closing.is_none() {
+                        graceful(conn.as_mut());
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if closing.is_some_and(|d| Instant::now() >= d)
+                        && self.shared.inflight.load(Ordering::Acquire) == 0
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How long a connection asked to close (idle, evicted) may take to do so.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+enum Check {
+    Wait(Instant),
+    Idle,
+    Stalled,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.leave_idle();
+        self.gate.metrics.conns.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight on a connection (held by the response body).
+pub struct InFlight {
+    conn: Arc<Conn>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.conn.shared;
+        s.last_progress
+            .store(self.conn.gate.now_ms(), Ordering::Relaxed);
+        if s.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conn.become_idle();
+        }
+    }
+}
+
+/// A response body with its request's in-flight guard: the request ends when the body is
+/// dropped (sent, or abandoned by the client).
+pub struct Guarded<B> {
+    body: B,
+    _inflight: InFlight,
+}
+
+impl<B> Guarded<B> {
+    pub fn new(body: B, inflight: InFlight) -> Self {
+        Guarded {
+            body,
+            _inflight: inflight,
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's socket: every write that moves bytes counts as progress.
+pub struct Tracked<T> {
+    io: T,
+    conn: Arc<Conn>,
+}
+
+impl<T> Tracked<T> {
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    fn progress(&self, n: usize) {
+        if n > 0 {
+            self.conn
+                .shared
+                .last_progress
+                .store(self.conn.gate.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.progress(n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.progress(n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_limit_and_derived_cap() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max processes             63318                63318                processes\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_fd_limit(limits), Some(1024));
+        assert_eq!(parse_fd_limit("nothing"), None);
+        assert_eq!(derived_max_connections(1024), 768);
+        assert_eq!(derived_max_connections(65_536), 49_152);
+        assert_eq!(derived_max_connections(300), 44);
+        assert_eq!(derived_max_connections(100), 16);
+    }
+
+    fn gate(max: u64) -> Arc<Gate> {
+        let limits = Limits {
+            max_connections: Some(max),
+            ..edge_config::Config::default().limits
+        };
+        Gate::new(limits, Arc::default())
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_idle_connection_is_closed() {
+        let g = gate(2);
+        let a = Arc::new(g.admit().unwrap());
+        let b = Arc::new(g.admit().unwrap());
+        let busy = a.begin();
+        // `a` is busy, `b` idle: the third evicts `b`.
+        let c = g.admit().expect("admitted by evicting an idle one");
+        assert_eq!(g.metrics.conns.evicted.load(Ordering::Relaxed), 1);
+        tokio::time::timeout(Duration::from_secs(1), b.shared.close.notified())
+            .await
+            .expect("b told to close");
+        drop(b);
+        // Now `a` is busy and `c` idle, but c's eviction made room... `c` is the only idle.
+        let d = g.admit().expect("evicts c");
+        drop((c, d));
+        assert_eq!(g.metrics.conns.evicted.load(Ordering::Relaxed), 2);
+        // Only busy ones left at the cap: refused.
+        let e = Arc::new(g.admit().unwrap());
+        let _busy_e = e.begin();
+        assert!(g.admit().is_none(), "every connection busy: refused");
+        assert_eq!(g.metrics.conns.refused.load(Ordering::Relaxed), 1);
+        drop(busy);
+        assert_eq!(g.metrics.conns.idle.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(g.metrics.conns.idle.load(Ordering::Relaxed), 0);
+        assert_eq!(g.metrics.conns.open.load(Ordering::Relaxed), 1);
+    }
+}
