@@ -34,20 +34,21 @@ pub async fn publish(
     let d = &report.deploy;
     println!("deploy {}", d.id);
     println!(
-        "site {site}: {} files, {} bytes, {} new objects ({} blobs, {} trees, {} variants) of {}, root {}",
+        "site {site}: {} files, {} bytes, {} new objects ({} blobs, {} trees, {} variants, {} index) of {}, root {}",
         d.files,
         d.bytes,
         report.new_objects(),
         report.new_blobs,
         report.new_trees,
         report.new_variants,
+        report.new_index,
         report.objects,
         d.root
     );
     if compress {
         println!(
-            "compressed {} files ({} unchanged since the previous deploy)",
-            report.compressed, report.reused_variants
+            "compressed {} files ({} unchanged since the previous deploy); {} unchanged folders reused",
+            report.compressed, report.reused_variants, report.reused_folders
         );
     }
     if report.repaired > 0 {

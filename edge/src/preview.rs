@@ -30,6 +30,8 @@ pub async fn rebuild(store: &MemoryStore, pointers: &Pointers, dir: &Path) -> an
     pointers.set_deploy(SITE, &d.id, d.root, d.seq);
     let mut keep = HashSet::new();
     collect(store, d.root, &mut keep).await?;
+    // The index lets the next rebuild skip the folders that did not change.
+    keep.extend(d.index);
     store.retain_objects(&keep);
     tracing::info!(deploy = %d.id, files = d.files, "preview rebuilt");
     Ok(())

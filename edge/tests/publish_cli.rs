@@ -175,7 +175,11 @@ impl Fixture {
         small_site(&site, "v1", 30);
         let (deploy, _) = publish_ok(&site, &store);
         let objects = verify_objects(&store);
-        assert_eq!(objects, 30 + 11, "30 blobs, root and 10 folders");
+        assert_eq!(
+            objects,
+            30 + 11 + 1,
+            "30 blobs, root and 10 folders, the publish index"
+        );
         let fx = Fixture {
             tmp,
             site,
@@ -232,7 +236,7 @@ fn publish_killed_mid_upload_keeps_previous_deploy_and_resumes() {
     small_site(&v1, "v1", 200);
     let (previous, _) = publish_ok(&v1, &store);
     let baseline = verify_objects(&store);
-    assert_eq!(baseline, 200 + 11);
+    assert_eq!(baseline, 200 + 11 + 1, "blobs, folders, index");
 
     // v2: v1's 200 files unchanged plus 3,000 new ones of 8 to 64 KiB (about 100 MiB), so
     // the upload takes long enough to be interrupted.
@@ -299,12 +303,12 @@ fn publish_killed_mid_upload_keeps_previous_deploy_and_resumes() {
     let (next, out) = publish_ok(&v2, &store);
     let (new, of) = new_objects(&text(&out.stdout));
     let after = verify_objects(&store);
-    // Every object of v2: v1's 200 blobs and 10 folders are shared.
-    assert_eq!(of as usize, total_new + 200 + 10);
+    // Every object of v2: v1's 200 blobs and 10 folders are shared; its index is its own.
+    assert_eq!(of as usize, total_new + 200 + 10 + 1);
     assert_eq!(new as usize, after - after_kill, "reported what it wrote");
     assert_eq!(
         new as usize,
-        baseline + total_new - after_kill,
+        baseline + total_new + 1 - after_kill,
         "reused the killed run's uploads and v1's files"
     );
     assert!(new < of);
@@ -607,5 +611,6 @@ fn deploys_rollback_and_hosts_add() {
         block_on(store.get_host("www.shop.example")).unwrap(),
         Some(rec)
     );
-    assert_eq!(verify_objects(&fx.store), fx.objects + 2 * 2);
+    // Two more deploys, each a new index.html, a new root and its publish index.
+    assert_eq!(verify_objects(&fx.store), fx.objects + 2 * 3);
 }

@@ -91,6 +91,11 @@ pub fn compressible(name: &str) -> bool {
     COMPRESSIBLE.iter().any(|e| e.eq_ignore_ascii_case(ext))
 }
 
+/// Whether a publish compresses this file: a compressible name, at most [`MAX_INPUT`] bytes.
+pub fn eligible(path: &Path, size: u64) -> bool {
+    size <= MAX_INPUT && name_of(path).is_some_and(compressible)
+}
+
 /// Compresses `data` in each coding; keeps only the outputs smaller than `data`. CPU-bound.
 pub fn compress(data: &[u8], levels: Levels) -> Vec<(Coding, Vec<u8>)> {
     let mut out = Vec::with_capacity(3);
@@ -125,7 +130,8 @@ pub fn compress(data: &[u8], levels: Levels) -> Vec<(Coding, Vec<u8>)> {
 
 /// The variants recorded in the deploy under `root` (the previous deploy of the site), by the
 /// hash of the file they compress. Best effort: a node that cannot be read is skipped, and its
-/// files are compressed again.
+/// files are compressed again. Reads every node of the deploy: what a publish does when the
+/// previous deploy has no usable index ([`crate::reuse`]).
 pub async fn recorded(store: &dyn Store, root: Hash) -> HashMap<Hash, Vec<Variant>> {
     let mut out = HashMap::new();
     let mut stack = vec![root];
@@ -134,27 +140,55 @@ pub async fn recorded(store: &dyn Store, root: Hash) -> HashMap<Hash, Vec<Varian
         if !seen.insert(h) {
             continue;
         }
-        let node = match store.get_object(&h).await {
-            Ok(Some(b)) if Hash::of(&b) == h => match TreeNode::decode(b) {
-                Ok(n) => n,
-                Err(_) => continue,
-            },
-            _ => continue,
-        };
-        for i in 0..node.len() {
-            let e = node.entry(i);
-            match e.kind {
-                EntryKind::Dir => stack.push(e.hash),
-                EntryKind::File => {
-                    let v: Vec<Variant> = node.variants(i).collect();
-                    if !v.is_empty() {
-                        out.insert(e.hash, v);
-                    }
+        if let Some(node) = read_node(store, h).await {
+            stack.extend(node_variants(&node, &mut out));
+        }
+    }
+    out
+}
+
+/// The variants recorded in these nodes alone (not their sub-folders), read `concurrency`
+/// at a time. Best effort, as [`recorded`].
+pub async fn recorded_in(
+    store: &dyn Store,
+    nodes: &[Hash],
+    concurrency: usize,
+) -> HashMap<Hash, Vec<Variant>> {
+    let read: Vec<Option<TreeNode>> = futures_util::stream::iter(nodes.iter().copied())
+        .map(|h| read_node(store, h))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut out = HashMap::new();
+    for node in read.iter().flatten() {
+        node_variants(node, &mut out);
+    }
+    out
+}
+
+async fn read_node(store: &dyn Store, h: Hash) -> Option<TreeNode> {
+    match store.get_object(&h).await {
+        Ok(Some(b)) if Hash::of(&b) == h => TreeNode::decode(b).ok(),
+        _ => None,
+    }
+}
+
+/// Adds the variants `node` records to `out`; returns its sub-folders.
+fn node_variants(node: &TreeNode, out: &mut HashMap<Hash, Vec<Variant>>) -> Vec<Hash> {
+    let mut dirs = Vec::new();
+    for i in 0..node.len() {
+        let e = node.entry(i);
+        match e.kind {
+            EntryKind::Dir => dirs.push(e.hash),
+            EntryKind::File => {
+                let v: Vec<Variant> = node.variants(i).collect();
+                if !v.is_empty() {
+                    out.insert(e.hash, v);
                 }
             }
         }
     }
-    out
+    dirs
 }
 
 /// What [`make`] did.
@@ -172,14 +206,15 @@ pub struct Made {
     pub blobs: u64,
 }
 
-/// Makes (or reuses from `known`) the variants of every compressible file, uploading new
-/// ones to `store`; at most `concurrency` files at a time. `files[i]` has hash and size
-/// `hashes[i]`; a file whose bytes no longer match its hash is refused (it changed during the
-/// publish).
+/// Makes (or reuses from `known`) the variants of every compressible file of `which`,
+/// uploading new ones to `store`; at most `concurrency` files at a time. `files[i]` has hash
+/// and size `hashes[i]`; a file whose bytes no longer match its hash is refused (it changed
+/// during the publish).
 pub async fn make(
     store: &dyn Store,
     files: &[PathBuf],
     hashes: &[(Hash, u64)],
+    which: &[usize],
     known: HashMap<Hash, Vec<Variant>>,
     levels: Levels,
     concurrency: usize,
@@ -187,9 +222,9 @@ pub async fn make(
     let mut made = Made::default();
     let mut todo: Vec<usize> = Vec::new();
     let mut queued = std::collections::HashSet::new();
-    for (i, path) in files.iter().enumerate() {
-        let (hash, size) = hashes[i];
-        if size > MAX_INPUT || !name_of(path).is_some_and(compressible) {
+    for &i in which {
+        let (path, (hash, size)) = (&files[i], hashes[i]);
+        if !eligible(path, size) {
             continue;
         }
         if made.variants.contains_key(&hash) || !queued.insert(hash) {

@@ -3,8 +3,9 @@
 //! **Kept deploys**: for every site, the current deploy, the newest `keep` deploys, and
 //! every deploy created within `grace`. **Mark**: every object reachable from a kept
 //! deploy's root (tree nodes fetched, verified and decoded; `fsck` also reads and verifies
-//! every blob). **Sweep** (`gc`): every listed object that is neither marked nor younger than
-//! `grace` is deleted.
+//! every blob), and the publish index a kept deploy's record names (a hint for the next
+//! publish, see [`crate::reuse`]: kept, not checked). **Sweep** (`gc`): every listed object
+//! that is neither marked nor younger than `grace` is deleted.
 //!
 //! Publishing and rollback run alongside: a collection announces itself in `gc/state`
 //! (a compare-and-swap record, its `version` bumped on start, on every heartbeat and at the
@@ -75,6 +76,8 @@ pub struct KeptDeploy {
     pub deploy: String,
     pub root: Hash,
     pub current: bool,
+    /// The deploy's publish index ([`crate::reuse`]): kept with it, not walked.
+    pub index: Option<Hash>,
 }
 
 /// The kept deploys of `sites` (every site when `None`).
@@ -121,6 +124,7 @@ pub async fn kept_deploys(
                 deploy: c.deploy,
                 root: c.root,
                 current: true,
+                index: None,
             });
         }
     }
@@ -133,6 +137,7 @@ fn kept(site: &str, d: &DeployRecord, current: bool) -> KeptDeploy {
         deploy: d.id.clone(),
         root: d.root,
         current,
+        index: d.index,
     }
 }
 
@@ -413,9 +418,10 @@ async fn sweep(
         objects: listed.len(),
         ..GcReport::default()
     };
+    let indexes: HashSet<Hash> = kept.iter().filter_map(|k| k.index).collect();
     let mut doomed = Vec::new();
     for o in &listed {
-        if marked.reached.contains_key(&o.hash) {
+        if marked.reached.contains_key(&o.hash) || indexes.contains(&o.hash) {
             report.reachable += 1;
             report.kept_bytes += o.size;
         } else if o.modified >= cutoff {

@@ -19,6 +19,7 @@ mod hash;
 pub mod publish;
 pub mod records;
 pub mod resilience;
+pub mod reuse;
 pub mod rules;
 pub mod store;
 pub mod tree;

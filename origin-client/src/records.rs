@@ -112,6 +112,10 @@ pub struct DeployRecord {
     pub created: u64,
     pub files: u64,
     pub bytes: u64,
+    /// The deploy's publish index (see [`crate::reuse`]), when it was published with
+    /// compression: what the next publish reuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<Hash>,
 }
 
 /// `sites/<site>/current`: the active deploy. Every move (publish or rollback) increments

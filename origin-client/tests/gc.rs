@@ -119,13 +119,16 @@ async fn gc_keeps_exactly_what_kept_deploys_reach(b: Backend) {
     // Roll alpha back to its 12th deploy: the current one and the newest 3 are kept.
     rollback(store, "alpha", &a[11].id).await.unwrap();
 
+    // A deploy's objects: what its root reaches, and its publish index.
     let mut kept = HashSet::new();
     for d in a[11..].iter().chain(bb.iter()) {
         kept.extend(objects_of(store, &d.root).await);
+        kept.extend(d.index);
     }
     let mut all_reached = HashSet::new();
     for d in a.iter().chain(bb.iter()) {
         all_reached.extend(objects_of(store, &d.root).await);
+        all_reached.extend(d.index);
     }
     let before = listed(store).await;
     assert_eq!(before.len(), all_reached.len(), "nothing stray yet");

@@ -144,6 +144,7 @@ fn record(site: &str, id: &str, root: Hash, seq: u64) -> DeployRecord {
         created: 1_700_000_000 + seq,
         files: 1,
         bytes: 1,
+        index: None,
     }
 }
 
@@ -296,8 +297,9 @@ async fn concurrent_publishes_from_the_same_base_one_wins() {
         read_deploy(&first, &loser.root).await,
         read_folder(loser_dir)
     );
+    // Three deploys of blobs and 11 folders each, and each deploy's publish index.
     assert_eq!(
         verify_objects(store_dir.path()),
-        20 + 11 + 400 + 11 + 400 + 11
+        20 + 11 + 400 + 11 + 400 + 11 + 3
     );
 }

@@ -64,6 +64,7 @@ fn record(site: &str, id: &str, root: Hash, seq: u64, created: u64) -> DeployRec
         created,
         files: 1,
         bytes: 2,
+        index: None,
     }
 }
 
