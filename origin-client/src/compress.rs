@@ -258,7 +258,9 @@ pub async fn make(
                         size: bytes.len() as u64,
                         hash: Hash::of(&bytes),
                     };
-                    if !store.has_object(&v.hash).await?
+                    // Small variants are sent without asking first, as small files are.
+                    let ask = bytes.len() as u64 > crate::publish::DIRECT_PUT_MAX;
+                    if !(ask && store.has_object(&v.hash).await?)
                         && store.put_object(&v.hash, Bytes::from(bytes)).await?
                     {
                         new += 1;

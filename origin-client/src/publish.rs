@@ -485,7 +485,7 @@ fn record_reused(
 
 /// Files at most this large are sent without asking first whether the store has them: the
 /// store skips an object it holds (a create-only write), so one request does both.
-const DIRECT_PUT_MAX: u64 = 64 * 1024;
+pub(crate) const DIRECT_PUT_MAX: u64 = 64 * 1024;
 
 /// Files hashed per blocking task.
 const HASH_BATCH: usize = 64;
