@@ -290,6 +290,9 @@ impl Serve {
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when the node printed it (`edge admin on ...`) right
+    /// after its listening line.
+    pub admin: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -321,6 +324,7 @@ impl Node {
         let mut guard = Node {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
             log: log.to_owned(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -330,6 +334,12 @@ impl Node {
                 Ok(line) => {
                     if let Some(addr) = listening_addr(&line) {
                         guard.addr = addr;
+                        // The admin line, if any, comes next.
+                        if let Ok(next) = rx.recv_timeout(Duration::from_secs(2))
+                            && next.starts_with("edge admin on")
+                        {
+                            guard.admin = listening_addr(&next);
+                        }
                         return Ok(guard);
                     }
                 }

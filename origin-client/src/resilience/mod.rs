@@ -97,6 +97,9 @@ pub struct FaceStats {
     pub retries: std::sync::atomic::AtomicU64,
     pub rejected_open: std::sync::atomic::AtomicU64,
     pub timeouts: std::sync::atomic::AtomicU64,
+    /// Attempts that failed because this node ran out of descriptors or memory
+    /// ([`Blame::Local`]): counted neither for nor against the origin.
+    pub local_errors: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -292,6 +295,12 @@ impl ResilientStore {
             let failed = origin_failed(&result);
             match &result {
                 Ok(v) if streams(v) => guard.finish_head(),
+                // The origin was not reached: its permit is handed back, nothing recorded
+                // (a half-open breaker is neither closed nor reopened by it).
+                Err(e) if e.blame() == Blame::Local => {
+                    f.stats.local_errors.fetch_add(1, Relaxed);
+                    drop(guard);
+                }
                 _ => guard.finish(!failed),
             }
             match result {
@@ -696,6 +705,51 @@ mod tests {
             real.elapsed() < Duration::from_secs(5),
             "simulated, not slept"
         );
+    }
+
+    /// A store that cannot be reached because this node is out of descriptors (EMFILE)
+    /// never opens the breaker, however many reads fail; the store's own failures still do.
+    #[tokio::test(start_paused = true)]
+    async fn running_out_of_descriptors_never_opens_the_breaker() {
+        let mut cfg = ResilienceConfig::default();
+        fast(&mut cfg.objects);
+        let fail = Arc::new(AtomicU32::new(u32::MAX));
+        let f = fail.clone();
+        let inner = MemoryStore::new().with_read_hook(Arc::new(move |_| {
+            let fail = f.load(Ordering::SeqCst);
+            Box::pin(async move {
+                match fail {
+                    0 => Ok(()),
+                    1 => Err(StoreError::Status {
+                        url: "x".into(),
+                        status: 503,
+                    }),
+                    _ => Err(StoreError::io(
+                        "open",
+                        "/srv/objects/x",
+                        std::io::Error::from_raw_os_error(24),
+                    )),
+                }
+            })
+        }));
+        let h = Hash::of(b"x");
+        inner.put_object(&h, Bytes::from_static(b"x")).await.unwrap();
+        let store = ResilientStore::new(Arc::new(inner), cfg);
+        for _ in 0..20 {
+            let e = store.get_object(&h).await.unwrap_err();
+            assert_eq!(e.blame(), Blame::Local, "{e}");
+        }
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Closed);
+        assert_eq!(stat(&store, |s| &s.local_errors), 20);
+        assert_eq!(stat(&store, |s| &s.failures), 0);
+        fail.store(0, Ordering::SeqCst);
+        assert_eq!(store.get_object(&h).await.unwrap().unwrap(), &b"x"[..]);
+        // The origin's own failures still open it.
+        fail.store(1, Ordering::SeqCst);
+        for _ in 0..3 {
+            let _ = store.get_object(&h).await;
+        }
+        assert_eq!(store.breaker_state(Face::Objects), BreakerState::Open);
     }
 
     /// Each retry waits a full-jitter backoff within [0, min(cap, base * 2^n)], and retries

@@ -51,6 +51,36 @@ pub enum Blame {
     Upstream,
     /// The request itself was wrong (read-only store, conflict, bad name).
     Caller,
+    /// This node ran out of something of its own (file descriptors, memory, socket
+    /// buffers): the store was not reached, so its breaker counts neither a failure nor a
+    /// success.
+    Local,
+}
+
+/// Whether `e` or one of its sources is an I/O error saying this process or machine ran out
+/// of a resource: EMFILE, ENFILE, ENOMEM, ENOBUFS.
+pub fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(
+                io.raw_os_error(),
+                Some(libc_codes::EMFILE | libc_codes::ENFILE | libc_codes::ENOMEM | libc_codes::ENOBUFS)
+            )
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The Linux error numbers [`local_exhaustion`] looks for.
+mod libc_codes {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +163,9 @@ impl StoreError {
     /// Who is to blame. Exhaustive on purpose: a new variant must be classified here, since
     /// an upstream error counts against the origin's breaker.
     pub fn blame(&self) -> Blame {
+        if self.is_local_exhaustion() {
+            return Blame::Local;
+        }
         match self {
             // The request itself was wrong, or asked for something this store cannot do.
             StoreError::ReadOnly { .. }
@@ -157,6 +190,20 @@ impl StoreError {
             StoreError::TooLarge { .. } => Blame::Upstream,
             // The origin is considered down (breaker), or too busy to queue for (bulkhead).
             StoreError::CircuitOpen { .. } | StoreError::Shed { .. } => Blame::Upstream,
+        }
+    }
+
+    /// An I/O failure (opening a file, connecting) because this node ran out of
+    /// descriptors or memory ([`Blame::Local`]).
+    fn is_local_exhaustion(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => local_exhaustion(source),
+            StoreError::Http { source, .. } => local_exhaustion(source.as_ref()),
+            StoreError::Remote {
+                source: Some(source),
+                ..
+            } => local_exhaustion(source.as_ref()),
+            _ => false,
         }
     }
 
@@ -704,6 +751,38 @@ mod tests {
         for (e, want) in &cases {
             assert_eq!(e.blame(), *want, "{}: {e}", variant(e));
         }
+    }
+
+    /// Running out of descriptors or memory here is this node's problem, wherever in the
+    /// error's chain the I/O error sits; any other I/O error is the store's.
+    #[test]
+    fn local_exhaustion_is_blamed_on_this_node() {
+        let emfile = || io::Error::from_raw_os_error(24);
+        assert_eq!(
+            StoreError::io("open", "/srv/objects/ab/x", emfile()).blame(),
+            Blame::Local
+        );
+        assert_eq!(
+            StoreError::io("open", "/x", io::Error::from_raw_os_error(23)).blame(),
+            Blame::Local
+        );
+        let nested = StoreError::Http {
+            url: "http://origin/x".into(),
+            source: Box::new(StoreError::io("connect", "x", emfile())),
+        };
+        assert_eq!(nested.blame(), Blame::Local);
+        let remote = StoreError::Remote {
+            op: "get",
+            url: "s3://b/x".into(),
+            why: "connect".into(),
+            source: Some(Box::new(io::Error::from_raw_os_error(12))),
+        };
+        assert_eq!(remote.blame(), Blame::Local);
+        assert_eq!(
+            StoreError::io("read", "/x", io::Error::from_raw_os_error(5)).blame(),
+            Blame::Upstream,
+            "EIO is the store's"
+        );
     }
 
     #[test]
