@@ -58,7 +58,9 @@ fn at_the_descriptor_limit_new_clients_are_served_and_no_breaker_opens() {
     let serve = ws.serve().default_site(SITE);
     let inner = serve.command();
     let mut cmd = Command::new("prlimit");
-    cmd.arg("--nofile=1024:1024").arg("--").arg(inner.get_program());
+    cmd.arg("--nofile=1024:1024")
+        .arg("--")
+        .arg(inner.get_program());
     cmd.args(inner.get_args());
     let node = Node::start(cmd, &serve.log).unwrap_or_else(|e| panic!("{e}"));
     let admin = node.admin.expect("the node prints its admin address");
@@ -90,14 +92,20 @@ fn at_the_descriptor_limit_new_clients_are_served_and_no_breaker_opens() {
     let text = metrics(admin);
     for face in ["meta", "objects"] {
         assert_eq!(
-            sample(&text, &format!("edge_origin_breaker_state{{face=\"{face}\"}}")),
+            sample(
+                &text,
+                &format!("edge_origin_breaker_state{{face=\"{face}\"}}")
+            ),
             Some(0.0),
             "{face} breaker closed"
         );
     }
     // The cap derived from 1,024 descriptors (768) closed the oldest silent ones.
-    let evicted = sample(&text, "edge_connections_closed_total{reason=\"evicted_idle\"}")
-        .expect("the eviction counter");
+    let evicted = sample(
+        &text,
+        "edge_connections_closed_total{reason=\"evicted_idle\"}",
+    )
+    .expect("the eviction counter");
     assert!(
         evicted >= (SILENT - 768) as f64,
         "{evicted} idle connections closed for room"
