@@ -281,6 +281,9 @@ pub struct Limits {
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
+/// The shortest admin token accepted, from `admin.token` or `EDGE_ADMIN_TOKEN` (bytes).
+pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
+
 /// How the node treats its origin (see `[origin]` in config/edge.toml).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Origin {
@@ -672,10 +675,13 @@ impl Config {
             })?),
         };
         let admin_token = f.admin.token.clone().filter(|t| !t.is_empty());
-        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < ADMIN_TOKEN_MIN_LEN)
+        {
             return Err(invalid(
                 "admin.token",
-                "must be at least 16 characters".into(),
+                format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters"),
             ));
         }
         let log_format = match f.log.format.as_deref().unwrap_or("pretty") {

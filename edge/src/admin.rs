@@ -9,8 +9,26 @@
 //! | `GET /status` | no | JSON; `GET /status.html` (or `Accept: text/html`) a small HTML page |
 //! | `POST /sites/{site}/refresh` | yes | re-read the site's pointer now |
 //! | `POST /sites/{site}/purge` | yes | drop the site's pointer and cached tree nodes |
+//!
+//! Every `GET` endpoint answers `HEAD` too (the same headers, no body); other methods get 405
+//! with `Allow`. The token goes in `Authorization: Bearer TOKEN` (the scheme in any case,
+//! RFC 9110 11.1).
+//!
+//! What a browser on the same machine could otherwise do is refused, token or not:
+//!
+//! - **Host** (every endpoint): the name in `Host` (or an absolute URI's authority) must be
+//!   `localhost`, a loopback IP, or the IP the listener is bound to (any IP when bound to
+//!   `0.0.0.0`/`[::]`). Any other name gets 421: a page on `evil.example` that rebinds its
+//!   name to 127.0.0.1 cannot read `/status`. The port is not compared: an ssh tunnel or a
+//!   port forward changes it, and it is the name that a rebinding page controls. No `Host`
+//!   (except on HTTP/1.0) or one that does not parse gets 400.
+//! - **Cross-site** (the `POST` endpoints): `Sec-Fetch-Site` other than `same-origin` or
+//!   `none`, or an `Origin` other than `http://` + an allowed name + the listener's port (or
+//!   the port in `Host`), gets 403 before the token is looked at. A form on another site
+//!   cannot purge; `curl` sends neither header and is not affected.
 
 use std::fmt::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
@@ -40,6 +58,8 @@ pub struct Admin {
     registry: Registry,
     /// blake3 of the token: compared in constant time (blake3::Hash's equality is).
     token: Option<blake3::Hash>,
+    /// Which `Host` and `Origin` values are this listener's.
+    guard: Guard,
     ready: AtomicBool,
     started: Instant,
     /// One sample a second while the admin listener runs ([`run`]).
@@ -68,11 +88,182 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Resp {
     reply(status, "application/json", body)
 }
 
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        "method not allowed\n",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
+fn refused(e: &Refused) -> Resp {
+    tracing::debug!(reason = %e, "admin request refused");
+    reply(e.status(), "text/plain", format!("{e}\n"))
+}
+
+/// The token in an `Authorization` value with the `Bearer` scheme, in any case (RFC 9110
+/// 11.1: the scheme is case-insensitive; one or more spaces follow it).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// Why a request was refused before any endpoint saw it.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("a Host header is required")]
+    NoHost,
+    #[error("more than one Host header")]
+    ManyHosts,
+    #[error("host {0:?} is not a host[:port]")]
+    BadHost(String),
+    #[error("host {0:?} is not this admin listener's address")]
+    NotOurHost(String),
+    #[error("cross-site request refused (Sec-Fetch-Site: {0:?})")]
+    CrossSite(String),
+    #[error("cross-origin request refused (Origin: {0:?})")]
+    CrossOrigin(String),
+}
+
+impl Refused {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refused::NoHost | Refused::ManyHosts | Refused::BadHost(_) => StatusCode::BAD_REQUEST,
+            Refused::NotOurHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            Refused::CrossSite(_) | Refused::CrossOrigin(_) => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// Which `Host` and `Origin` values belong to the admin listener (see the module docs). Does
+/// no I/O.
+#[derive(Debug, Clone, Copy)]
+struct Guard {
+    /// The bound address; `None` (no listener) allows loopback names only.
+    listen: Option<SocketAddr>,
+}
+
+impl Guard {
+    /// Whether `host` (a name or IP, IPv6 without brackets) is this listener's.
+    fn name_allowed(self, host: &str, ip: Option<IpAddr>) -> bool {
+        if host.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        // Any other name could be rebound to our address by its owner.
+        let Some(ip) = ip else {
+            return false;
+        };
+        ip.is_loopback()
+            || self
+                .listen
+                .is_some_and(|l| l.ip() == ip || l.ip().is_unspecified())
+    }
+
+    /// Checks the request's `Host` (and an absolute URI's authority); returns the port it
+    /// names, if any.
+    fn check_host<B>(self, req: &Request<B>) -> Result<Option<u16>, Refused> {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Refused::ManyHosts);
+        }
+        let mut port = None;
+        let mut seen = false;
+        let from_uri = req.uri().authority().map(|a| a.as_str().as_bytes());
+        for value in from_uri.into_iter().chain(host.map(|h| h.as_bytes())) {
+            seen = true;
+            let text = String::from_utf8_lossy(value);
+            let (name, ip, p) =
+                split_host(&text).ok_or_else(|| Refused::BadHost(text.clone().into_owned()))?;
+            if !self.name_allowed(name, ip) {
+                return Err(Refused::NotOurHost(text.into_owned()));
+            }
+            port = port.or(p);
+        }
+        if !seen && req.version() != http::Version::HTTP_10 {
+            return Err(Refused::NoHost);
+        }
+        Ok(port)
+    }
+
+    /// For the mutating endpoints: refuses what a browser marks as coming from another site
+    /// or origin. `host_port`: the port in the request's `Host`.
+    fn check_same_origin(
+        self,
+        headers: &header::HeaderMap,
+        host_port: Option<u16>,
+    ) -> Result<(), Refused> {
+        for v in headers.get_all("sec-fetch-site") {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            if !(v.eq_ignore_ascii_case("same-origin") || v.eq_ignore_ascii_case("none")) {
+                return Err(Refused::CrossSite(v.into_owned()));
+            }
+        }
+        for v in headers.get_all(header::ORIGIN) {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            if !self.origin_allowed(&v, host_port) {
+                return Err(Refused::CrossOrigin(v.into_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `http://` + an allowed name + the listener's port or the `Host` port (80 when left
+    /// out). `null` and every other scheme are refused.
+    fn origin_allowed(self, origin: &str, host_port: Option<u16>) -> bool {
+        let Some(rest) = origin
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("http://"))
+            .map(|_| &origin[7..])
+        else {
+            return false;
+        };
+        let Some((name, ip, port)) = split_host(rest) else {
+            return false;
+        };
+        let port = port.unwrap_or(80);
+        self.name_allowed(name, ip)
+            && (self.listen.is_some_and(|l| l.port() == port) || host_port.unwrap_or(80) == port)
+    }
+}
+
+/// Splits `host[:port]` (an IPv6 host in brackets): the name (brackets removed), its IP if
+/// it is one, and the port. `None` for what is not that shape.
+fn split_host(s: &str) -> Option<(&str, Option<IpAddr>, Option<u16>)> {
+    let (name, ip, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let ip = IpAddr::V6(v6.parse::<Ipv6Addr>().ok()?);
+        (v6, Some(ip), after)
+    } else {
+        let (name, port) = match s.find(':') {
+            Some(i) => (&s[..i], &s[i..]),
+            None => (s, ""),
+        };
+        (name, name.parse::<Ipv4Addr>().ok().map(IpAddr::V4), port)
+    };
+    let port = match port {
+        "" => None,
+        p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
+    };
+    let name_ok = !name.is_empty()
+        && (ip.is_some()
+            || name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    name_ok.then_some((name, ip, port))
+}
+
 impl Admin {
     pub fn new(
         handler: Arc<Handler>,
         origin: Option<Arc<ResilientStore>>,
         token: Option<&str>,
+        listen: Option<SocketAddr>,
     ) -> Arc<Admin> {
         let started = Instant::now();
         let samples = Arc::new(Samples::default());
@@ -89,6 +280,7 @@ impl Admin {
             origin,
             registry,
             token: token.map(|t| blake3::hash(t.as_bytes())),
+            guard: Guard { listen },
             ready: AtomicBool::new(false),
             started,
             samples,
@@ -185,16 +377,35 @@ impl Admin {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .unwrap_or("");
         blake3::hash(given.as_bytes()) == want
     }
 
+    /// Answers one request: the `Host` check, then the endpoint; `HEAD` as `GET` without the
+    /// body.
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Resp {
+        let host_port = match self.guard.check_host(&req) {
+            Ok(port) => port,
+            Err(e) => return refused(&e),
+        };
+        if req.method() != Method::HEAD {
+            return self.route(req, host_port).await;
+        }
+        let (parts, body) = self.route(req, host_port).await.into_parts();
+        let mut head = Response::from_parts(parts, Full::new(Bytes::new()));
+        if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
+            head.headers_mut()
+                .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+        }
+        head
+    }
+
+    async fn route(&self, req: Request<hyper::body::Incoming>, host_port: Option<u16>) -> Resp {
         let path = req.uri().path().to_owned();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method(), segs.as_slice()) {
-            (&Method::GET, ["metrics"]) => {
+            (&Method::GET | &Method::HEAD, ["metrics"]) => {
                 let accept = req.headers().get(header::ACCEPT);
                 let format = Format::from_accept(accept.and_then(|v| v.to_str().ok()));
                 match self.metrics_text(format) {
@@ -209,15 +420,17 @@ impl Admin {
                     }
                 }
             }
-            (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
-            (&Method::GET, ["readyz"]) => {
+            (&Method::GET | &Method::HEAD, ["healthz"]) => {
+                reply(StatusCode::OK, "text/plain", "ok\n")
+            }
+            (&Method::GET | &Method::HEAD, ["readyz"]) => {
                 if self.ready.load(Relaxed) {
                     reply(StatusCode::OK, "text/plain", "ready\n")
                 } else {
                     reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
                 }
             }
-            (&Method::GET, ["status"]) => {
+            (&Method::GET | &Method::HEAD, ["status"]) => {
                 let html = req
                     .headers()
                     .get(header::ACCEPT)
@@ -233,12 +446,15 @@ impl Admin {
                     json_reply(StatusCode::OK, self.status())
                 }
             }
-            (&Method::GET, ["status.html"]) => reply(
+            (&Method::GET | &Method::HEAD, ["status.html"]) => reply(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
                 status_html(&self.status()),
             ),
             (&Method::POST, ["sites", site, action @ ("refresh" | "purge")]) => {
+                if let Err(e) = self.guard.check_same_origin(req.headers(), host_port) {
+                    return refused(&e);
+                }
                 if !self.authorized(&req) {
                     let mut r = reply(
                         StatusCode::UNAUTHORIZED,
@@ -256,12 +472,10 @@ impl Admin {
                 }
                 self.site_action(site, action).await
             }
-            (_, ["metrics" | "healthz" | "readyz" | "status" | "status.html"])
-            | (_, ["sites", _, "refresh" | "purge"]) => reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "method not allowed\n",
-            ),
+            (_, ["metrics" | "healthz" | "readyz" | "status" | "status.html"]) => {
+                method_not_allowed("GET, HEAD")
+            }
+            (_, ["sites", _, "refresh" | "purge"]) => method_not_allowed("POST"),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
@@ -929,7 +1143,7 @@ mod tests {
         ));
         let disk = Arc::new(DiskTier::open(&dir.path().join("cache"), 64 << 20).unwrap());
         let handler = crate::testing::handler(origin.clone(), "main", Some(disk));
-        (Admin::new(handler, Some(origin), None), dir)
+        (Admin::new(handler, Some(origin), None, None), dir)
     }
 
     async fn get(admin: &Admin, path: &str) -> u16 {
@@ -1014,5 +1228,167 @@ mod tests {
         assert!(classic.contains("edge_request_duration_seconds_count 3\n"));
         assert!(classic.contains("edge_origin_breaker_state{face=\"objects\"} 0"));
         assert!(classic.contains("edge_sites 1"), "{classic}");
+    }
+
+    fn host_req(version: http::Version, host: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri("/status").version(version);
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn guard(listen: &str) -> Guard {
+        Guard {
+            listen: Some(listen.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn host_names_that_could_be_rebound_are_refused() {
+        let g = guard("127.0.0.1:9901");
+        let h11 = http::Version::HTTP_11;
+        for ok in [
+            "localhost",
+            "LocalHost:9901",
+            "127.0.0.1:9901",
+            "127.0.0.1",
+            "[::1]:9901",
+            "[::1]",
+            // a tunnel's port: the name is what matters
+            "localhost:9000",
+        ] {
+            assert!(g.check_host(&host_req(h11, Some(ok))).is_ok(), "{ok}");
+        }
+        for (bad, status) in [
+            ("evil.example", 421),
+            ("evil.example:9901", 421),
+            ("localhost.evil.example", 421),
+            ("10.0.0.5:9901", 421),
+            ("localhost:", 400),
+            ("localhost:99999", 400),
+            ("::1", 400),
+            ("[::1", 400),
+            ("a@localhost", 400),
+            ("", 400),
+        ] {
+            let e = g.check_host(&host_req(h11, Some(bad))).unwrap_err();
+            assert_eq!(e.status().as_u16(), status, "{bad}: {e}");
+        }
+        let e = g.check_host(&host_req(h11, None)).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            g.check_host(&host_req(http::Version::HTTP_10, None))
+                .is_ok()
+        );
+        // An absolute URI's authority is checked too.
+        let r = Request::builder()
+            .uri("http://evil.example/status")
+            .header(header::HOST, "localhost")
+            .body(())
+            .unwrap();
+        assert!(matches!(g.check_host(&r), Err(Refused::NotOurHost(_))));
+        // Two Host headers.
+        let mut r = host_req(h11, Some("localhost"));
+        r.headers_mut()
+            .append(header::HOST, header::HeaderValue::from_static("localhost"));
+        assert!(matches!(g.check_host(&r), Err(Refused::ManyHosts)));
+    }
+
+    #[test]
+    fn the_listen_ip_is_allowed_and_any_ip_on_a_wildcard() {
+        let g = guard("10.0.0.5:9901");
+        assert!(
+            g.check_host(&host_req(http::Version::HTTP_11, Some("10.0.0.5:9901")))
+                .is_ok()
+        );
+        assert!(
+            g.check_host(&host_req(http::Version::HTTP_11, Some("10.0.0.6:9901")))
+                .is_err()
+        );
+        for any in [guard("0.0.0.0:9901"), guard("[::]:9901")] {
+            for ok in ["10.0.0.6:9901", "[2001:db8::1]:9901", "localhost"] {
+                assert!(
+                    any.check_host(&host_req(http::Version::HTTP_11, Some(ok)))
+                        .is_ok(),
+                    "{ok}"
+                );
+            }
+            let e = any
+                .check_host(&host_req(http::Version::HTTP_11, Some("node.example:9901")))
+                .unwrap_err();
+            assert_eq!(e.status(), StatusCode::MISDIRECTED_REQUEST);
+        }
+        let none = Guard { listen: None };
+        assert!(
+            none.check_host(&host_req(http::Version::HTTP_11, Some("10.0.0.5")))
+                .is_err()
+        );
+        assert!(
+            none.check_host(&host_req(http::Version::HTTP_11, Some("localhost")))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn cross_site_and_cross_origin_posts_are_refused() {
+        let g = guard("127.0.0.1:9901");
+        let check = |pairs: &[(&str, &str)], host_port: Option<u16>| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    header::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            g.check_same_origin(&h, host_port)
+        };
+        let p = Some(9901);
+        assert!(check(&[], p).is_ok());
+        assert!(check(&[("sec-fetch-site", "same-origin")], p).is_ok());
+        assert!(check(&[("sec-fetch-site", "none")], p).is_ok());
+        for origin in [
+            "http://127.0.0.1:9901",
+            "http://localhost:9901",
+            "http://[::1]:9901",
+        ] {
+            assert!(check(&[("origin", origin)], p).is_ok(), "{origin}");
+        }
+        // Through a tunnel: the origin the browser saw.
+        assert!(check(&[("origin", "http://localhost:9000")], Some(9000)).is_ok());
+        for (k, v) in [
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-site"),
+            ("origin", "http://evil.example"),
+            ("origin", "http://evil.example:9901"),
+            ("origin", "http://localhost:3000"),
+            ("origin", "https://localhost:9901"),
+            ("origin", "null"),
+        ] {
+            let e = check(&[(k, v)], p).unwrap_err();
+            assert_eq!(e.status(), StatusCode::FORBIDDEN, "{k}: {v}");
+            assert!(e.to_string().contains(v), "{e}");
+        }
+        // Both: either one refuses.
+        assert!(
+            check(
+                &[
+                    ("sec-fetch-site", "same-origin"),
+                    ("origin", "http://evil.example")
+                ],
+                p
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(bearer(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearert0k", "Bearer", "Token t0k"] {
+            assert_ne!(bearer(v), Some("t0k"), "{v}");
+        }
     }
 }

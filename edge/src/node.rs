@@ -179,6 +179,27 @@ pub async fn build(cfg: &Config) -> anyhow::Result<Node> {
     })
 }
 
+/// `EDGE_ADMIN_TOKEN`, which overrides `admin.token`. Empty means unset; shorter than the
+/// minimum `admin.token` has, or not UTF-8, stops the start.
+fn env_admin_token() -> anyhow::Result<Option<String>> {
+    const VAR: &str = "EDGE_ADMIN_TOKEN";
+    let token = match std::env::var(VAR) {
+        Ok(t) => t,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("`{VAR}`: is not valid UTF-8"),
+    };
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.len() < edge_config::ADMIN_TOKEN_MIN_LEN {
+        anyhow::bail!(
+            "`{VAR}`: must be at least {} characters",
+            edge_config::ADMIN_TOKEN_MIN_LEN
+        );
+    }
+    Ok(Some(token))
+}
+
 /// Changes the log filter of a running node (SIGHUP reload).
 pub type LogReload = Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
 
@@ -193,10 +214,7 @@ pub async fn serve(
     reload_log: Option<LogReload>,
     reread: Reread,
 ) -> anyhow::Result<()> {
-    let admin_token = std::env::var("EDGE_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| cfg.admin_token.clone());
+    let admin_token = env_admin_token()?.or_else(|| cfg.admin_token.clone());
     if let Some(addr) = cfg.admin_listen
         && !addr.ip().is_loopback()
         && admin_token.is_none()
@@ -221,17 +239,28 @@ pub async fn serve(
         .context("opening the access log")?;
         handler.set_access_log(log);
     }
+    // Bound before the admin is built: it checks `Host` and `Origin` against this address.
+    let admin_listener = match cfg.admin_listen {
+        Some(addr) => Some(
+            tcp::bind(addr)
+                .await
+                .context("`admin.listen` (--admin-listen; \"\" turns the admin listener off)")?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()?;
     let admin = Admin::new(
         node.handler.clone(),
         node.origin.clone(),
         admin_token.as_deref(),
+        admin_addr,
     );
     let mut admin_banner = None;
-    if let Some(addr) = cfg.admin_listen {
-        let listener = tcp::bind(addr)
-            .await
-            .context("`admin.listen` (--admin-listen; \"\" turns the admin listener off)")?;
-        admin_banner = Some(format!("edge admin on http://{}/", listener.local_addr()?));
+    if let (Some(listener), Some(addr)) = (admin_listener, admin_addr) {
+        admin_banner = Some(format!("edge admin on http://{addr}/"));
         // One sample a second for the status page and `edge top`, while the listener runs.
         tokio::spawn(admin.clone().sample_every(Duration::from_secs(1)));
         let admin = admin.clone();

@@ -134,9 +134,23 @@ struct Resp {
 }
 
 fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request_host(addr, Some("localhost"), method, path, headers)
+}
+
+/// [`request`] with `host` as the Host header (`None`: none at all).
+fn request_host(
+    addr: &str,
+    host: Option<&str>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if let Some(h) = host {
+        req.push_str(&format!("Host: {h}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -485,6 +499,259 @@ fn a_non_loopback_admin_listener_needs_a_token() {
         err.contains("admin.listen") && err.contains("token"),
         "{err}"
     );
+}
+
+/// The sites `/status` lists.
+fn status_sites(node: &Node) -> usize {
+    let v: serde_json::Value = serde_json::from_slice(&get(&node.admin, "/status").body).unwrap();
+    v["sites"].as_array().unwrap().len()
+}
+
+#[test]
+fn cross_site_posts_are_refused_without_a_token_too() {
+    let site = Site::new();
+    let node = site.start(None, None);
+    assert_eq!(get(&node.addr, "/").status, 200);
+    assert_eq!(status_sites(&node), 1);
+    let port = node.admin.rsplit(':').next().unwrap();
+    // What a form on another site sends: no token is needed here, so only this stops it.
+    for cross in [
+        [
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Origin", "http://evil.example"),
+        ],
+        [
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Referer", "http://evil.example/"),
+        ],
+        [
+            ("Sec-Fetch-Site", "same-site"),
+            ("Origin", "http://localhost:3000"),
+        ],
+        [("Origin", "http://evil.example"), ("Accept", "*/*")],
+        [("Origin", "null"), ("Accept", "*/*")],
+    ] {
+        for action in ["purge", "refresh"] {
+            let r = request(
+                &node.admin,
+                "POST",
+                &format!("/sites/main/{action}"),
+                &cross,
+            );
+            let body = String::from_utf8_lossy(&r.body);
+            assert_eq!(r.status, 403, "{cross:?}: {body}");
+            assert!(body.contains("refused"), "{body}");
+            assert_eq!(body.lines().count(), 1, "{body}");
+        }
+        assert_eq!(status_sites(&node), 1, "{cross:?} purged the site");
+    }
+    // The listener's own origin (or no such headers, as curl sends) purges.
+    let own = format!("http://localhost:{port}");
+    let r = request(
+        &node.admin,
+        "POST",
+        "/sites/main/purge",
+        &[("Sec-Fetch-Site", "same-origin"), ("Origin", &own)],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(status_sites(&node), 0);
+}
+
+#[test]
+fn hosts_origins_bearer_case_and_head() {
+    let site = Site::new();
+    let token = "a-long-enough-admin-token";
+    let node = site.start(None, Some(token));
+    assert_eq!(get(&node.addr, "/").status, 200);
+    let port = node.admin.rsplit(':').next().unwrap().to_owned();
+
+    // DNS rebinding: a page on evil.example whose name now points at 127.0.0.1.
+    for host in [
+        "evil.example",
+        &format!("evil.example:{port}"),
+        "localhost.evil.example",
+    ] {
+        for path in ["/status", "/metrics", "/status.html", "/healthz"] {
+            let r = request_host(&node.admin, Some(host), "GET", path, &[]);
+            let body = String::from_utf8_lossy(&r.body);
+            assert_eq!(r.status, 421, "{host} {path}: {body}");
+            assert!(
+                body.contains("is not this admin listener's address") && body.contains(host),
+                "{body}"
+            );
+            assert!(!body.contains("\"sites\""), "{body}");
+        }
+    }
+    let r = request_host(&node.admin, None, "GET", "/status", &[]);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "localhost".to_owned(),
+    ] {
+        let r = request_host(&node.admin, Some(&host), "GET", "/status", &[]);
+        assert_eq!(r.status, 200, "{host}");
+        assert_eq!(
+            request_host(&node.admin, Some(&host), "GET", "/metrics", &[]).status,
+            200
+        );
+    }
+
+    // A cross-site POST with the right token is still refused, and purges nothing.
+    let bearer = format!("Bearer {token}");
+    for cross in [
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Origin", "http://evil.example"),
+    ] {
+        let r = request(
+            &node.admin,
+            "POST",
+            "/sites/main/purge",
+            &[cross, ("Authorization", &bearer)],
+        );
+        assert_eq!(r.status, 403, "{cross:?}");
+        assert_eq!(status_sites(&node), 1, "{cross:?} purged the site");
+    }
+    // The same-origin one, with the scheme in lower case (RFC 9110 11.1), works.
+    let lower = format!("bearer {token}");
+    let own = format!("http://127.0.0.1:{port}");
+    let r = request_host(
+        &node.admin,
+        Some(&format!("127.0.0.1:{port}")),
+        "POST",
+        "/sites/main/refresh",
+        &[
+            ("Authorization", &lower),
+            ("Origin", &own),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = request(
+        &node.admin,
+        "POST",
+        "/sites/main/purge",
+        &[("Authorization", &format!("BEARER {token}"))],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(status_sites(&node), 0);
+    // The token is still checked.
+    let r = request(
+        &node.admin,
+        "POST",
+        "/sites/main/purge",
+        &[("Authorization", "bearer a-long-enough-admin-tokeX")],
+    );
+    assert_eq!(r.status, 401);
+
+    // HEAD where GET is: the same headers, no body.
+    let got = get(&node.admin, "/metrics");
+    let head = request(&node.admin, "HEAD", "/metrics", &[]);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "{} bytes", head.body.len());
+    let header = |r: &Resp, name: &str| {
+        r.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    assert_eq!(header(&head, "content-type"), header(&got, "content-type"));
+    let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    assert!(len > 1000, "{len}");
+    for path in ["/healthz", "/readyz", "/status", "/status.html"] {
+        let r = request(&node.admin, "HEAD", path, &[]);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.is_empty(), "{path}");
+    }
+    let r = request(&node.admin, "POST", "/metrics", &[]);
+    assert_eq!(r.status, 405);
+    assert_eq!(header(&r, "allow").as_deref(), Some("GET, HEAD"));
+    let r = request(&node.admin, "GET", "/sites/main/purge", &[]);
+    assert_eq!(r.status, 405);
+    assert_eq!(header(&r, "allow").as_deref(), Some("POST"));
+}
+
+#[test]
+fn a_short_admin_token_in_the_environment_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Spawned with a deadline: a node that does start would serve forever.
+    let serve = |token: &str, admin: &str| {
+        let mut child = edge()
+            .arg("serve")
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", admin])
+            .env("EDGE_ADMIN_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("EDGE_ADMIN_TOKEN={token:?}: the node started");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = serve("short", "127.0.0.1:0");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("EDGE_ADMIN_TOKEN") && err.contains("at least 16 characters"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("edge admin on"));
+    // Empty is unset: a non-loopback listener is then refused for want of a token.
+    let out = serve("", "0.0.0.0:0");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.listen") && err.contains("without a token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn silent_admin_clients_are_closed_after_the_header_read_timeout() {
+    let site = Site::new();
+    let node = site.start(None, None);
+    // Nothing at all; a part of the h2c preface; half a request head. All at once, so the
+    // test waits one timeout (10 s).
+    let clients: Vec<_> = [
+        &b""[..],
+        b"PRI * HT",
+        b"GET /status HTTP/1.1\r\nHost: localhost\r\n",
+    ]
+    .into_iter()
+    .map(|sent| {
+        let addr = node.admin.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(sent).unwrap();
+            let t = Instant::now();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            (String::from_utf8_lossy(sent).into_owned(), t.elapsed(), buf)
+        })
+    })
+    .collect();
+    for c in clients {
+        let (sent, waited, buf) = c.join().unwrap();
+        assert!(
+            waited >= Duration::from_secs(8) && waited < Duration::from_secs(25),
+            "{sent:?}: closed after {waited:?}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("\"sites\""),
+            "{sent:?}"
+        );
+    }
+    // The listener still answers.
+    assert_eq!(get(&node.admin, "/healthz").status, 200);
 }
 
 #[test]

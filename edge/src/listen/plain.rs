@@ -1,6 +1,7 @@
 //! A plain HTTP/1.1 (and h2c) listener for a side service: the admin endpoints. Not the
 //! serving path: no worker threads, no TLS, no `Front`; but the same accept back-off and a
-//! header-read timeout, so a silent client cannot hold a connection open forever.
+//! header-read timeout, from the accept on, so a silent client cannot hold a connection open
+//! forever.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +11,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+
+/// What an h2c client sends first (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `handle` on `listener` until `shutdown` resolves.
 pub async fn serve<F, Fut, B>(
@@ -47,6 +51,9 @@ pub async fn serve<F, Fut, B>(
         };
         let (handle, builder) = (handle.clone(), builder.clone());
         tokio::spawn(async move {
+            if !first_bytes(&stream, header_read_timeout).await {
+                return;
+            }
             let svc = service_fn(move |req| {
                 let handle = handle.clone();
                 async move { Ok::<_, Infallible>(handle(req).await) }
@@ -54,4 +61,27 @@ pub async fn serve<F, Fut, B>(
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
+}
+
+/// Waits up to `limit` for the first bytes of a request: enough to tell HTTP/1.1 from h2c.
+/// hyper's header-read timeout only starts once hyper-util has read those (it looks for the
+/// h2c preface, with no timeout of its own), so a client that connects and sends nothing, or
+/// a few bytes of the preface, would otherwise hold its connection forever. `false`: close.
+async fn first_bytes(stream: &TcpStream, limit: Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+                return Some(());
+            }
+            // A part of the preface so far: a real client sends all 24 bytes at once, so
+            // this polls only for one that trickles them.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    matches!(tokio::time::timeout(limit, wait).await, Ok(Some(())))
 }
