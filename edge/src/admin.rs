@@ -835,6 +835,8 @@ impl Collector for NodeStats {
                     ("timeout", s.timeouts.load(Relaxed)),
                     ("rejected_open", s.rejected_open.load(Relaxed)),
                     ("shed", o.limit(face).shed_count()),
+                    // Not the origin's doing: this node ran out of descriptors or memory.
+                    ("local_error", s.local_errors.load(Relaxed)),
                 ]
                 .map(|(outcome, v)| ([("face", face.as_str()), ("outcome", outcome)], v))
             });
@@ -1177,7 +1179,7 @@ mod tests {
             );
             // The families that once interleaved per face: each whole, in one run of lines.
             for (family, n) in [
-                ("edge_origin_requests_total{", 12),
+                ("edge_origin_requests_total{", 14),
                 ("edge_origin_breaker_state{", 2),
                 ("edge_tier_bytes{", 3),
                 ("edge_tier_hits_total{", 3),

@@ -211,12 +211,15 @@ pub async fn hosts_add(host: &str, site: &str, store: &str) -> anyhow::Result<()
     validate_site(site)?;
     let host = normalize_host(host)?;
     let store = open_store(store, Access::Write)?;
-    store
-        .put_host(&HostRecord {
+    // The record, then the host index edges read for names they have not seen.
+    origin_client::hosts::add(
+        store.as_ref(),
+        &HostRecord {
             host: host.clone(),
             site: site.to_owned(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     println!("host {host} -> site {site}");
     Ok(())
 }

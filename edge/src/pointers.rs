@@ -7,6 +7,13 @@
 //! keeps serving. A refresh failure never drops a pointer. Last-known-good pointers are
 //! persisted, so a node restarted while the origin is down still serves.
 //!
+//! Unknown hosts cost the origin O(1), not a read each: when the store has a host index
+//! (`host-index`, kept by `edge hosts add`), it is read once, on the first host the node has
+//! not cached, refreshed with the pointers, and answers every unknown name from memory (a
+//! name it lacks is not cached either, so a flood of random names evicts nothing). Stores
+//! without one are asked one host record per name, as before; an index that cannot be read
+//! falls back to that until the next refresh.
+//!
 //! What a refresh does with a fetched pointer is [`decide`], a pure function of the old
 //! pointer, the fetched result and the time; timing (negative TTL, staleness, the refresh
 //! period) follows tokio's clock, so tests run it on simulated time.
@@ -47,6 +54,21 @@ pub struct PointerStats {
     pub refresh_failures: AtomicU64,
     /// Last-known-good pointers loaded at start.
     pub pointers_loaded: AtomicU64,
+    /// Reads of the store's host index (at first need, then once per refresh round).
+    pub host_index_reads: AtomicU64,
+    /// Hosts the last host index read lists.
+    pub host_index_hosts: AtomicU64,
+}
+
+/// What the node knows of the store's host index.
+#[derive(Debug)]
+enum HostIndexState {
+    /// Not needed yet (no unknown host so far).
+    Unknown,
+    /// The store has none, or it could not be read: hosts are looked up one by one until
+    /// the next refresh round reads it again.
+    Unusable,
+    Loaded(Arc<std::collections::HashMap<String, Arc<str>>>),
 }
 
 /// Unix milliseconds that follow tokio's clock (so simulated time moves them too).
@@ -209,6 +231,8 @@ pub struct Pointers {
     cfg: PointersConfig,
     hosts: PointerCache<Arc<str>>,
     sites: PointerCache<Arc<Deploy>>,
+    host_index: arc_swap::ArcSwap<HostIndexState>,
+    host_index_fetch: Coalescer<(), (), EdgeError>,
     clock: Clock,
     /// Tunables a config reload may change (milliseconds).
     negative_ttl_ms: Arc<AtomicU64>,
@@ -242,6 +266,8 @@ impl Pointers {
         Arc::new(Pointers {
             hosts: PointerCache::new(cfg.max_pointers, negative_ttl_ms.clone()),
             sites: PointerCache::new(cfg.max_pointers, negative_ttl_ms.clone()),
+            host_index: arc_swap::ArcSwap::from_pointee(HostIndexState::Unknown),
+            host_index_fetch: Coalescer::default(),
             refresh_ms: AtomicU64::new(cfg.refresh_interval.as_millis() as u64),
             stale_after_ms: AtomicU64::new(cfg.stale_after.as_millis() as u64),
             negative_ttl_ms,
@@ -403,6 +429,16 @@ impl Pointers {
         let found = match host.and_then(host_name) {
             Some(name) => match self.hosts.get(&name) {
                 Some(slot) => slot,
+                None if let Some(index) = self.usable_host_index().await => {
+                    match index.get(name.as_ref()) {
+                        Some(site) => {
+                            self.hosts.insert(name.into_owned(), Some(site.clone()));
+                            self.mark_dirty();
+                            Some(site.clone())
+                        }
+                        None => None,
+                    }
+                }
                 None => {
                     let store = self.store.as_ref();
                     let fetched =
@@ -427,6 +463,50 @@ impl Pointers {
             None => None,
         };
         Ok(found.or_else(|| self.cfg.default_site.as_deref().map(Arc::from)))
+    }
+
+    /// The store's host index, read at first need (one read however many lookups wait for
+    /// it); `None` when the store has none or it cannot be read.
+    async fn usable_host_index(&self) -> Option<Arc<std::collections::HashMap<String, Arc<str>>>> {
+        if let HostIndexState::Unknown = **self.host_index.load() {
+            let _ = Box::pin(self.host_index_fetch.run((), async {
+                if let HostIndexState::Unknown = **self.host_index.load() {
+                    self.read_host_index().await;
+                }
+                Ok(())
+            }))
+            .await;
+        }
+        match &**self.host_index.load() {
+            HostIndexState::Loaded(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reads the host index into memory. A failure leaves it unusable until the next
+    /// refresh round (hosts are then looked up one by one).
+    async fn read_host_index(&self) {
+        self.stats.host_index_reads.fetch_add(1, Ordering::Relaxed);
+        let state = match self.store.get_host_index().await {
+            Ok(Some(ix)) => {
+                let map: std::collections::HashMap<String, Arc<str>> = ix
+                    .hosts
+                    .into_iter()
+                    .map(|(h, s)| (h, Arc::from(s)))
+                    .collect();
+                self.stats
+                    .host_index_hosts
+                    .store(map.len() as u64, Ordering::Relaxed);
+                tracing::debug!(hosts = map.len(), version = ix.version, "host index read");
+                HostIndexState::Loaded(Arc::new(map))
+            }
+            Ok(None) => HostIndexState::Unusable,
+            Err(e) => {
+                tracing::warn!(error = %error::chain(&EdgeError::from(e)), "host index not readable; looking hosts up one by one until the next refresh");
+                HostIndexState::Unusable
+            }
+        };
+        self.host_index.store(Arc::new(state));
     }
 
     /// The site's active deploy; `None` if the site has none.
@@ -518,7 +598,13 @@ impl Pointers {
     }
 
     async fn refresh_host(&self, host: &str) {
-        match fetch_host(self.store.as_ref(), host).await {
+        let fetched = fetch_host(self.store.as_ref(), host).await;
+        self.apply_host(host, fetched);
+    }
+
+    /// What a refresh does with a host's fetched record (or index entry).
+    fn apply_host(&self, host: &str, fetched: EdgeResult<Option<Arc<str>>>) {
+        match fetched {
             Ok(None) if self.hosts.get(host).flatten().is_some() => {
                 tracing::error!(
                     host,
@@ -538,7 +624,8 @@ impl Pointers {
         }
     }
 
-    /// Refreshes every cached positive pointer (negative ones simply expire).
+    /// Refreshes every cached positive pointer (negative ones simply expire). Hosts come
+    /// from the host index when the store has one (one read), else one record each.
     pub async fn refresh_all(&self) {
         let sites: Vec<String> = self.sites.positive().into_iter().map(|(k, _)| k).collect();
         let hosts: Vec<String> = self.hosts.positive().into_iter().map(|(k, _)| k).collect();
@@ -547,6 +634,15 @@ impl Pointers {
                 let _ = self.refresh_site(&s).await;
             })
             .await;
+        if !matches!(**self.host_index.load(), HostIndexState::Unknown) {
+            self.read_host_index().await;
+        }
+        if let HostIndexState::Loaded(index) = &**self.host_index.load() {
+            for h in hosts {
+                self.apply_host(&h, Ok(index.get(&h).cloned()));
+            }
+            return;
+        }
         futures_util::stream::iter(hosts)
             .for_each_concurrent(16, |h| async move { self.refresh_host(&h).await })
             .await;

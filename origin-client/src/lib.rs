@@ -6,6 +6,7 @@
 //! ```text
 //! objects/<hh>/<hash>         a blob or an encoded tree node; hash = blake3(bytes), hex
 //! hosts/<host>                HostRecord (JSON): which site a host name belongs to
+//! host-index                HostIndex (JSON): every host record in one object
 //! sites/<site>/current        CurrentPointer (JSON): the active deploy
 //! sites/<site>/deploys/<id>   DeployRecord (JSON), append-only
 //! sites/<site>/history        deploy ids, one per line (for readers that cannot list)
@@ -16,6 +17,7 @@
 pub mod compress;
 pub mod gc;
 mod hash;
+pub mod hosts;
 pub mod publish;
 pub mod records;
 pub mod resilience;

@@ -100,6 +100,31 @@ pub struct HostRecord {
     pub site: String,
 }
 
+/// `host-index`: every host record of the store in one object, so that an edge can answer a
+/// Host it has never seen (most of them random, from scanners) without one store read per
+/// name. `edge hosts add` writes the host's record and then the index, with a
+/// compare-and-swap on `version`; the per-host records stay the authority when there is no
+/// index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostIndex {
+    pub version: u64,
+    /// Host name (normalised) -> site.
+    pub hosts: std::collections::BTreeMap<String, String>,
+}
+
+impl HostIndex {
+    pub fn validate(&self) -> Result<(), RecordError> {
+        for (host, site) in &self.hosts {
+            HostRecord {
+                host: host.clone(),
+                site: site.clone(),
+            }
+            .validate()?;
+        }
+        Ok(())
+    }
+}
+
 /// `sites/<site>/deploys/<id>`: one deploy, written once, never changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployRecord {

@@ -287,6 +287,55 @@ async fn suite(b: &Backend) {
     assert!(!w.swap_gc_state(Some(7), &s2).await.unwrap(), "{name}");
     assert!(w.swap_gc_state(Some(1), &s2).await.unwrap(), "{name}");
     assert_eq!(r.get_gc_state().await.unwrap(), Some(s2), "{name}");
+
+    // The host index: absent, then built from the records by `hosts::add`, moved by a
+    // compare-and-swap on its version, and read back by every reader.
+    assert_eq!(r.get_host_index().await.unwrap(), None, "{name}");
+    let before = w.get_host_index().await.unwrap();
+    assert_eq!(before, None, "{name}");
+    let v = origin_client::hosts::add(
+        w,
+        &HostRecord {
+            host: "index.example".into(),
+            site: "docs".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, 1, "{name}");
+    let ix = r.get_host_index().await.unwrap().expect("an index");
+    assert_eq!(
+        ix.hosts.get("index.example").map(String::as_str),
+        Some("docs"),
+        "{name}"
+    );
+    // Hosts recorded before the index existed are in it.
+    if b.lists {
+        let listed = w.list_hosts().await.unwrap();
+        assert_eq!(listed.len(), ix.hosts.len(), "{name}: {listed:?} {ix:?}");
+    }
+    let mut next = ix.clone();
+    next.version = 2;
+    assert!(
+        !w.swap_host_index(None, &next).await.unwrap(),
+        "{name}: stale"
+    );
+    assert!(
+        !w.swap_host_index(Some(5), &next).await.unwrap(),
+        "{name}: stale"
+    );
+    assert!(w.swap_host_index(Some(1), &next).await.unwrap(), "{name}");
+    assert_eq!(
+        r.get_host_index().await.unwrap().unwrap().version,
+        2,
+        "{name}"
+    );
+    let mut bad = next.clone();
+    bad.hosts.insert("Not A Host".into(), "docs".into());
+    assert!(
+        w.swap_host_index(Some(2), &bad).await.is_err(),
+        "{name}: validated"
+    );
 }
 
 #[tokio::test]

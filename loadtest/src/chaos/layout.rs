@@ -17,6 +17,7 @@ use super::rules::Kind;
 pub(crate) enum Target {
     Object(Hash),
     Host(String),
+    HostIndex,
     Current(String),
     Deploy { site: String, id: String },
     History(String),
@@ -36,7 +37,7 @@ impl Target {
     pub(crate) fn kind(&self) -> Option<Kind> {
         match self {
             Target::Object(_) => None,
-            Target::Host(_) | Target::Current(_) => Some(Kind::Pointer),
+            Target::Host(_) | Target::HostIndex | Target::Current(_) => Some(Kind::Pointer),
             Target::Deploy { .. } | Target::History(_) => Some(Kind::Record),
         }
     }
@@ -68,6 +69,7 @@ pub(crate) fn parse(key: &str) -> Result<Target, PathError> {
             .ok()
             .filter(|h| h == host)
             .map(Target::Host),
+        ["host-index"] => Some(Target::HostIndex),
         ["sites", site, "current"] => valid_site(site).map(Target::Current),
         ["sites", site, "history"] => valid_site(site).map(Target::History),
         ["sites", site, "deploys", id] => valid_site(site).and_then(|site| {

@@ -187,6 +187,7 @@ async fn serve(
             return ok_response(body, object.len, "application/octet-stream");
         }
         Target::Host(host) => record(store.get_host(&host).await),
+        Target::HostIndex => record(store.get_host_index().await),
         Target::Current(site) => record(store.get_current(&site).await),
         Target::Deploy { site, id } => record(store.get_deploy(&site, &id).await),
         Target::History(site) => match store.list_deploys(&site).await {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::Hash;
-use crate::records::{CurrentPointer, DeployRecord, HostRecord};
+use crate::records::{CurrentPointer, DeployRecord, HostIndex, HostRecord};
 use crate::store::{Blame, ByteStream, ObjectBody, Store, StoreError};
 
 pub mod breaker;
@@ -515,6 +515,25 @@ impl Store for ResilientStore {
         self.inner.put_host(record).await
     }
 
+    async fn get_host_index(&self) -> Result<Option<HostIndex>, StoreError> {
+        // A larger record than the others: the whole-transfer deadline, not first byte.
+        let d = self.total_deadline(Some(crate::store::MAX_HOST_INDEX_BYTES / 4));
+        self.call(Face::Meta, "host index", d, || self.inner.get_host_index())
+            .await
+    }
+
+    async fn swap_host_index(
+        &self,
+        expected: Option<u64>,
+        new: &HostIndex,
+    ) -> Result<bool, StoreError> {
+        self.inner.swap_host_index(expected, new).await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.inner.list_hosts().await
+    }
+
     async fn get_current(&self, site: &str) -> Result<Option<CurrentPointer>, StoreError> {
         let d = self.meta.cfg.first_byte_timeout;
         self.call(Face::Meta, "pointer", d, || self.inner.get_current(site))
@@ -733,7 +752,10 @@ mod tests {
             })
         }));
         let h = Hash::of(b"x");
-        inner.put_object(&h, Bytes::from_static(b"x")).await.unwrap();
+        inner
+            .put_object(&h, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         let store = ResilientStore::new(Arc::new(inner), cfg);
         for _ in 0..20 {
             let e = store.get_object(&h).await.unwrap_err();

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{GcState, ObjectBody, ObjectInfo, Store, StoreError};
 use crate::Hash;
-use crate::records::{CurrentPointer, DeployRecord, HostRecord};
+use crate::records::{CurrentPointer, DeployRecord, HostIndex, HostRecord};
 
 #[derive(Debug, Clone)]
 pub struct CountingStore {
@@ -108,6 +108,22 @@ impl Store for CountingStore {
     async fn delete_object(&self, hash: &Hash) -> Result<(), StoreError> {
         self.tick();
         self.inner.delete_object(hash).await
+    }
+    async fn get_host_index(&self) -> Result<Option<HostIndex>, StoreError> {
+        self.tick();
+        self.inner.get_host_index().await
+    }
+    async fn swap_host_index(
+        &self,
+        expected: Option<u64>,
+        new: &HostIndex,
+    ) -> Result<bool, StoreError> {
+        self.tick();
+        self.inner.swap_host_index(expected, new).await
+    }
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.tick();
+        self.inner.list_hosts().await
     }
     async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {
         self.tick();

@@ -23,7 +23,8 @@ use super::{
 };
 use crate::Hash;
 use crate::records::{
-    CurrentPointer, DeployRecord, HostRecord, normalize_host, validate_deploy_id, validate_site,
+    CurrentPointer, DeployRecord, HostIndex, HostRecord, normalize_host, validate_deploy_id,
+    validate_site,
 };
 
 /// Timeouts and limits of the HTTP store's client.
@@ -254,6 +255,15 @@ impl Store for HttpStore {
 
     async fn put_host(&self, _record: &HostRecord) -> Result<(), StoreError> {
         Err(self.read_only("adding hosts"))
+    }
+
+    async fn get_host_index(&self) -> Result<Option<HostIndex>, StoreError> {
+        let key = layout::HOST_INDEX;
+        let limit = super::MAX_HOST_INDEX_BYTES as usize;
+        match self.get_bytes(key, limit).await? {
+            None => Ok(None),
+            Some(b) => Ok(Some(super::check_host_index(parse_record(key, &b)?)?)),
+        }
     }
 
     async fn get_current(&self, site: &str) -> Result<Option<CurrentPointer>, StoreError> {

@@ -21,7 +21,8 @@ use super::{
 };
 use crate::Hash;
 use crate::records::{
-    CurrentPointer, DeployRecord, HostRecord, normalize_host, validate_deploy_id, validate_site,
+    CurrentPointer, DeployRecord, HostIndex, HostRecord, normalize_host, validate_deploy_id,
+    validate_site,
 };
 
 #[derive(Debug, Clone)]
@@ -574,6 +575,75 @@ impl Store for LocalStore {
         .await
     }
 
+    async fn get_host_index(&self) -> Result<Option<HostIndex>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || read_host_index(&inner)).await
+    }
+
+    async fn swap_host_index(
+        &self,
+        expected: Option<u64>,
+        new: &HostIndex,
+    ) -> Result<bool, StoreError> {
+        super::check(layout::HOST_INDEX, new.validate())?;
+        let inner = self.inner.clone();
+        let new = new.clone();
+        blocking(move || {
+            let lock_path = inner.path("host-index.lock");
+            let lock = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock_path)
+                .map_err(|e| StoreError::io("open", &lock_path, e))?;
+            lock.lock()
+                .map_err(|e| StoreError::io("lock", &lock_path, e))?;
+            if read_host_index(&inner)?.map(|h| h.version) != expected {
+                return Ok(false);
+            }
+            let json = serde_json::to_vec(&new).map_err(|e| StoreError::Record {
+                key: layout::HOST_INDEX.into(),
+                source: e.into(),
+            })?;
+            inner.write_atomic(&inner.path(layout::HOST_INDEX), &json)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let dir = inner.path("hosts");
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return inner.not_found(Vec::new());
+                }
+                Err(e) => return Err(StoreError::io("list", dir, e)),
+            };
+            let mut out = Vec::new();
+            for ent in rd {
+                let ent = ent.map_err(|e| StoreError::io("list", &dir, e))?;
+                let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                // Only names a record can have (temporary files and the like are skipped).
+                if normalize_host(&name).ok().as_deref() != Some(name.as_str()) {
+                    continue;
+                }
+                let key = layout::host(&name);
+                if let Some(b) = inner.read_opt(&key)? {
+                    out.push(check_host(&name, parse_record(&key, &b)?)?);
+                }
+            }
+            out.sort_by(|a, b| a.host.cmp(&b.host));
+            Ok(out)
+        })
+        .await
+    }
+
     async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {
         let inner = self.inner.clone();
         blocking(move || read_gc_state(&inner)).await
@@ -610,6 +680,16 @@ impl Store for LocalStore {
             Ok(true)
         })
         .await
+    }
+}
+
+fn read_host_index(inner: &Inner) -> Result<Option<HostIndex>, StoreError> {
+    match inner.read_opt(layout::HOST_INDEX)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(super::check_host_index(parse_record(
+            layout::HOST_INDEX,
+            &b,
+        )?)?)),
     }
 }
 

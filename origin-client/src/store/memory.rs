@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use super::{GcState, ObjectBody, ObjectInfo, Store, StoreError, sort_deploys};
 use crate::Hash;
-use crate::records::{CurrentPointer, DeployRecord, HostRecord, normalize_host};
+use crate::records::{CurrentPointer, DeployRecord, HostIndex, HostRecord, normalize_host};
 
 /// Runs before every object read (`get_object`, `open_object`): tests use it to count, delay
 /// or fail reads.
@@ -42,6 +42,7 @@ struct State {
     /// When each object was stored (Unix seconds), for listing.
     stored_at: HashMap<Hash, u64>,
     gc: Option<GcState>,
+    host_index: Option<HostIndex>,
 }
 
 impl MemoryStore {
@@ -223,6 +224,30 @@ impl Store for MemoryStore {
         st.objects.remove(hash);
         st.stored_at.remove(hash);
         Ok(())
+    }
+
+    async fn get_host_index(&self) -> Result<Option<HostIndex>, StoreError> {
+        Ok(self.state().host_index.clone())
+    }
+
+    async fn swap_host_index(
+        &self,
+        expected: Option<u64>,
+        new: &HostIndex,
+    ) -> Result<bool, StoreError> {
+        super::check(super::layout::HOST_INDEX, new.validate())?;
+        let mut st = self.state();
+        if st.host_index.as_ref().map(|h| h.version) != expected {
+            return Ok(false);
+        }
+        st.host_index = Some(new.clone());
+        Ok(true)
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let mut v: Vec<HostRecord> = self.state().hosts.values().cloned().collect();
+        v.sort_by(|a, b| a.host.cmp(&b.host));
+        Ok(v)
     }
 
     async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {

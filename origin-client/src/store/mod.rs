@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::Hash;
-use crate::records::{CurrentPointer, DeployRecord, HostRecord, NameError, RecordError};
+use crate::records::{CurrentPointer, DeployRecord, HostIndex, HostRecord, NameError, RecordError};
 
 mod counting;
 mod http;
@@ -65,7 +65,12 @@ pub fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(io) = err.downcast_ref::<io::Error>()
             && matches!(
                 io.raw_os_error(),
-                Some(libc_codes::EMFILE | libc_codes::ENFILE | libc_codes::ENOMEM | libc_codes::ENOBUFS)
+                Some(
+                    libc_codes::EMFILE
+                        | libc_codes::ENFILE
+                        | libc_codes::ENOMEM
+                        | libc_codes::ENOBUFS
+                )
             )
         {
             return true;
@@ -347,6 +352,27 @@ pub trait Store: Send + Sync + fmt::Debug {
         Err(self.unsupported("delete objects"))
     }
 
+    /// The host index (`host-index`), if the store has one. Stores that never had one
+    /// answer `None`: readers then look hosts up one record at a time.
+    async fn get_host_index(&self) -> Result<Option<HostIndex>, StoreError> {
+        Ok(None)
+    }
+
+    /// Replaces the host index if its `version` is still `expected` (`None`: no index yet).
+    /// `Ok(false)` when someone else changed it first.
+    async fn swap_host_index(
+        &self,
+        _expected: Option<u64>,
+        _new: &HostIndex,
+    ) -> Result<bool, StoreError> {
+        Err(self.unsupported("index hosts"))
+    }
+
+    /// Every host record (to build the host index the first time).
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        Err(self.unsupported("list hosts"))
+    }
+
     /// The store-wide garbage-collection state (`gc/state`), which publish and rollback read
     /// to notice a collection that overlapped them.
     async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {
@@ -531,6 +557,18 @@ pub mod layout {
     }
     /// The garbage-collection state record.
     pub const GC_STATE: &str = "gc/state";
+    /// Every host record in one object ([`crate::records::HostIndex`]). Not under `hosts/`,
+    /// where any valid host name could collide with it.
+    pub const HOST_INDEX: &str = "host-index";
+}
+
+/// The largest host index a reader accepts (about a million hosts).
+pub const MAX_HOST_INDEX_BYTES: u64 = 64 << 20;
+
+/// Validates a fetched host index.
+pub(crate) fn check_host_index(h: HostIndex) -> Result<HostIndex, StoreError> {
+    check(layout::HOST_INDEX, h.validate())?;
+    Ok(h)
 }
 
 /// Validates a fetched pointer against the site it was fetched for.

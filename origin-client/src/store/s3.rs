@@ -36,7 +36,8 @@ use super::{
 };
 use crate::Hash;
 use crate::records::{
-    CurrentPointer, DeployRecord, HostRecord, normalize_host, validate_deploy_id, validate_site,
+    CurrentPointer, DeployRecord, HostIndex, HostRecord, normalize_host, validate_deploy_id,
+    validate_site,
 };
 
 /// How to reach an S3-compatible service. Unset fields fall back to the `AWS_*` variables
@@ -970,6 +971,61 @@ impl Store for S3Store {
                 Fault::Condition => Err(self.inner.error_status(&rel, 412)),
             },
         }
+    }
+
+    async fn get_host_index(&self) -> Result<Option<HostIndex>, StoreError> {
+        let rel = layout::HOST_INDEX;
+        match self
+            .inner
+            .get_bytes(rel, super::MAX_HOST_INDEX_BYTES)
+            .await?
+        {
+            None => Ok(None),
+            Some((b, _)) => Ok(Some(super::check_host_index(parse_record(rel, &b)?)?)),
+        }
+    }
+
+    async fn swap_host_index(
+        &self,
+        expected: Option<u64>,
+        new: &HostIndex,
+    ) -> Result<bool, StoreError> {
+        super::check(layout::HOST_INDEX, new.validate())?;
+        self.inner.probe().await?;
+        let rel = layout::HOST_INDEX;
+        let (found, version) = match self
+            .inner
+            .get_bytes(rel, super::MAX_HOST_INDEX_BYTES)
+            .await?
+        {
+            Some((b, v)) => (Some(parse_record::<HostIndex>(rel, &b)?.version), Some(v)),
+            None => (None, None),
+        };
+        if found != expected {
+            return Ok(false);
+        }
+        let json = serde_json::to_vec(new).map_err(|e| StoreError::Record {
+            key: rel.to_owned(),
+            source: e.into(),
+        })?;
+        self.inner.swap_record(rel, version, json).await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let metas = self.inner.list("hosts").await?;
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let Some(name) = m.location.filename() else {
+                continue;
+            };
+            if let Ok(host) = normalize_host(name)
+                && host == name
+                && let Some(r) = self.get_host(&host).await?
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     async fn get_gc_state(&self) -> Result<Option<GcState>, StoreError> {
