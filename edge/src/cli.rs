@@ -301,10 +301,12 @@ pub fn init_logging_with(
 /// `edge check-config FILE`: validates a config file; the error names the key and line.
 pub fn check_config(path: &Path) -> anyhow::Result<()> {
     let cfg = edge_config::Config::load(path)?;
+    // The same check `edge serve` makes of the variable.
+    let env_token = crate::node::env_admin_token()?;
     if let Some(addr) = cfg.admin_listen
         && !addr.ip().is_loopback()
         && cfg.admin_token.is_none()
-        && std::env::var("EDGE_ADMIN_TOKEN").map_or(true, |t| t.is_empty())
+        && env_token.is_none()
     {
         anyhow::bail!(
             "{}: `admin.listen`: {addr} is not a loopback address, so `admin.token` (or EDGE_ADMIN_TOKEN) is required",

@@ -181,7 +181,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<Node> {
 
 /// `EDGE_ADMIN_TOKEN`, which overrides `admin.token`. Empty means unset; shorter than the
 /// minimum `admin.token` has, or not UTF-8, stops the start.
-fn env_admin_token() -> anyhow::Result<Option<String>> {
+pub fn env_admin_token() -> anyhow::Result<Option<String>> {
     const VAR: &str = "EDGE_ADMIN_TOKEN";
     let token = match std::env::var(VAR) {
         Ok(t) => t,

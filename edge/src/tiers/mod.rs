@@ -227,20 +227,39 @@ async fn shares(
     Ok((budget.take(n).await?, w))
 }
 
-/// Reads `start..end` of `file` in blocks on the blocking pool, each under its shares.
+/// The smallest block a disk read starts with and a slow client is held to.
+pub const MIN_BLOCK: usize = 8 << 10;
+
+/// The next block size: doubled (up to [`BLOCK`]) when the client kept up (a window slot
+/// was free at once), halved (down to [`MIN_BLOCK`]) when the response had to wait for it.
+/// A slow reader so holds two small blocks, a fast one two full ones.
+fn next_block(size: usize, kept_up: bool) -> usize {
+    if kept_up {
+        (size * 2).min(BLOCK)
+    } else {
+        (size / 2).max(MIN_BLOCK)
+    }
+}
+
+/// Reads `start..end` of `file` in blocks on the blocking pool, each under its shares;
+/// block sizes follow the client's pace ([`next_block`]).
 fn read_blocks(file: Arc<std::fs::File>, start: u64, end: u64, budget: Budget) -> ByteStream {
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
-    futures_util::stream::try_unfold(start, move |pos| {
+    futures_util::stream::try_unfold((start, MIN_BLOCK), move |(pos, size)| {
         let (file, window, budget) = (file.clone(), window.clone(), budget.clone());
         async move {
             if pos >= end {
                 return Ok(None);
             }
-            let n = (end - pos).min(BLOCK as u64) as usize;
+            let n = (end - pos).min(size as u64) as usize;
+            let kept_up = window.available_permits() > 0;
             let (held, w) = shares(&window, &budget, n).await?;
+            // Allocated here, on a runtime thread, not on the blocking pool: blocks then come
+            // from the few allocator arenas of the runtime threads rather than one per pool
+            // thread, and memory freed when clients leave goes back to the system.
+            let mut v = vec![0u8; n];
             let data = tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
-                let mut v = vec![0u8; n];
                 file.read_exact_at(&mut v, pos).map(|()| v)
             })
             .await
@@ -250,7 +269,7 @@ fn read_blocks(file: Arc<std::fs::File>, start: u64, end: u64, budget: Budget) -
                 _budget: held,
                 _window: w,
             });
-            Ok(Some((block, pos + n as u64)))
+            Ok(Some((block, (pos + n as u64, next_block(size, kept_up)))))
         }
     })
     .boxed()
@@ -785,6 +804,23 @@ mod tests {
     use super::*;
     use futures_util::TryStreamExt;
     use origin_client::store::MemoryStore;
+
+    /// Block sizes follow the client: up while it keeps up, down while it does not, within
+    /// [MIN_BLOCK, BLOCK].
+    #[test]
+    fn block_sizes_follow_the_client() {
+        let mut size = MIN_BLOCK;
+        for _ in 0..10 {
+            size = next_block(size, true);
+        }
+        assert_eq!(size, BLOCK);
+        size = next_block(size, false);
+        assert_eq!(size, BLOCK / 2);
+        for _ in 0..10 {
+            size = next_block(size, false);
+        }
+        assert_eq!(size, MIN_BLOCK);
+    }
 
     /// A memory store that counts object reads and answers them slowly, so misses overlap.
     fn slow_counting() -> (MemoryStore, MemoryStore, Arc<AtomicU64>) {
