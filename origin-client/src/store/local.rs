@@ -194,16 +194,7 @@ impl Inner {
     fn lock_site(&self, site: &str) -> Result<File, StoreError> {
         let dir = self.path(&format!("sites/{site}"));
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
-        let path = dir.join("lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| StoreError::io("open", &path, e))?;
-        f.lock().map_err(|e| StoreError::io("lock", &path, e))?;
-        Ok(f)
+        lock_file(&dir.join("lock"))
     }
 }
 
@@ -589,16 +580,7 @@ impl Store for LocalStore {
         let inner = self.inner.clone();
         let new = new.clone();
         blocking(move || {
-            let lock_path = inner.path("host-index.lock");
-            let lock = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&lock_path)
-                .map_err(|e| StoreError::io("open", &lock_path, e))?;
-            lock.lock()
-                .map_err(|e| StoreError::io("lock", &lock_path, e))?;
+            let _lock = lock_file(&inner.path("host-index.lock"))?;
             if read_host_index(&inner)?.map(|h| h.version) != expected {
                 return Ok(false);
             }
@@ -659,16 +641,7 @@ impl Store for LocalStore {
         blocking(move || {
             let dir = inner.path("gc");
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
-            let lock_path = dir.join("lock");
-            let lock = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&lock_path)
-                .map_err(|e| StoreError::io("open", &lock_path, e))?;
-            lock.lock()
-                .map_err(|e| StoreError::io("lock", &lock_path, e))?;
+            let _lock = lock_file(&dir.join("lock"))?;
             if read_gc_state(&inner)?.map(|s| s.version) != expected {
                 return Ok(false);
             }
@@ -681,6 +654,19 @@ impl Store for LocalStore {
         })
         .await
     }
+}
+
+/// Opens (creating) and exclusively locks `path`: the lock is held until the file is dropped.
+fn lock_file(path: &Path) -> Result<File, StoreError> {
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::io("open", path, e))?;
+    lock.lock().map_err(|e| StoreError::io("lock", path, e))?;
+    Ok(lock)
 }
 
 fn read_host_index(inner: &Inner) -> Result<Option<HostIndex>, StoreError> {
