@@ -1,11 +1,12 @@
 //! The origin's JSON records (`hosts/<host>`, `sites/<site>/current`,
 //! `sites/<site>/deploys/<id>`) on arbitrary bytes, as a store reads them: parse, validate,
 //! and for a valid record, names that make store keys of plain segments, and a JSON round
-//! trip to the same record.
+//! trip to the same record. Also a deploy's publish index (`origin_client::reuse`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use origin_client::records::{self, utc_compact, utc_display};
+use origin_client::reuse;
 use origin_client::store::layout;
 use origin_client::{CurrentPointer, DeployRecord, HostRecord};
 use serde::{Serialize, de::DeserializeOwned};
@@ -46,6 +47,15 @@ fuzz_target!(|data: &[u8]| {
             round_trip(&c);
         }
         let _ = utc_display(c.updated);
+    }
+    // A deploy's publish index (a hint the next publish reads back).
+    if let Ok(ix) = reuse::Index::decode(data) {
+        assert_eq!(reuse::Index::decode(&ix.encode()).ok().as_ref(), Some(&ix));
+        let dirs = ix.dirs.clone();
+        let l = reuse::Lookup::new(ix);
+        for d in &dirs {
+            assert!(l.same_content(&d.plain).is_some() && l.at_path(&d.path).is_some());
+        }
     }
     // The name checks themselves, on the raw text.
     if let Ok(s) = std::str::from_utf8(data) {

@@ -27,8 +27,8 @@ fuzz_target!(|data: &[u8]| {
         if i > 0 {
             assert!(node.entry(i - 1).name.as_bytes() < e.name.as_bytes());
         }
-        // A name just past this one is absent and would sort right after it.
-        let after = format!("{}\u{1}", e.name);
+        // A name just past this one (names hold no NUL) is absent and sorts right after it.
+        let after = format!("{}\0", e.name);
         assert_eq!(node.position(&after), Err(i + 1));
         for x in node.extensions(e.name) {
             assert!(x.name.len() > e.name.len() && x.name.starts_with(e.name));
