@@ -1,11 +1,12 @@
 //! The origin's JSON records (`hosts/<host>`, `sites/<site>/current`,
 //! `sites/<site>/deploys/<id>`) on arbitrary bytes, as a store reads them: parse, validate,
 //! and for a valid record, names that make store keys of plain segments, and a JSON round
-//! trip to the same record. Also a deploy's publish index (`origin_client::reuse`).
+//! trip to the same record. Also the store's host index and a deploy's publish index
+//! (`origin_client::reuse`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use origin_client::records::{self, utc_compact, utc_display};
+use origin_client::records::{self, HostIndex, utc_compact, utc_display};
 use origin_client::reuse;
 use origin_client::store::layout;
 use origin_client::{CurrentPointer, DeployRecord, HostRecord};
@@ -47,6 +48,20 @@ fuzz_target!(|data: &[u8]| {
             round_trip(&c);
         }
         let _ = utc_display(c.updated);
+    }
+    // The store's host index: every host it names is a valid record of its own.
+    if let Ok(ix) = serde_json::from_slice::<HostIndex>(data) {
+        if ix.validate().is_ok() {
+            for (host, site) in &ix.hosts {
+                let r = HostRecord {
+                    host: host.clone(),
+                    site: site.clone(),
+                };
+                assert!(r.validate().is_ok(), "{r:?}");
+                check_key(&layout::host(host));
+            }
+            round_trip(&ix);
+        }
     }
     // A deploy's publish index (a hint the next publish reads back).
     if let Ok(ix) = reuse::Index::decode(data) {
