@@ -604,6 +604,36 @@ mod tests {
         assert!(names.is_empty());
     }
 
+    /// Found by the `tree_decode` fuzz target (a wrong assumption of its own, not a decoder
+    /// bug): names may hold control characters, all but NUL, so `x\u{1}` is a name that
+    /// extends `x`, while `x\0` is never one and is where a search past `x` lands.
+    #[test]
+    fn names_may_hold_control_characters_but_not_nul() {
+        let bytes = encode(vec![file("about\u{1}", b"1"), file("about", b"2")]).unwrap();
+        let node = TreeNode::decode(bytes.clone()).unwrap();
+        assert_eq!(node.position("about"), Ok(0));
+        assert_eq!(node.position("about\u{1}"), Ok(1));
+        assert_eq!(node.position("about\0"), Err(1));
+        let names: Vec<_> = node.extensions("about").map(|e| e.name).collect();
+        assert_eq!(names, ["about\u{1}"]);
+        let entries = node
+            .iter()
+            .map(|e| (e.name.to_owned(), e.kind, e.size, e.hash));
+        let again = encode(
+            entries
+                .map(|(name, kind, size, hash)| OwnedEntry {
+                    name,
+                    kind,
+                    size,
+                    hash,
+                })
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(again, bytes);
+        assert!(encode(vec![file("about\0", b"3")]).is_err());
+    }
+
     #[test]
     fn empty_directory_round_trips() {
         let node = TreeNode::decode(encode(vec![]).unwrap()).unwrap();
