@@ -90,6 +90,15 @@ pub struct FileConfig {
     pub tls: TlsSection,
     pub http3: Http3Section,
     pub log: LogSection,
+    pub notify: NotifySection,
+}
+
+/// `[notify]`: pushed pointer changes over NATS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySection {
+    pub nats: Option<String>,
+    pub fallback_refresh_interval: Option<DurationText>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -238,6 +247,61 @@ pub struct Config {
     pub log_level: String,
     pub access_log: AccessLog,
     pub access_log_queue: usize,
+    /// `[notify]`: pushed pointer changes over NATS; `None` when `notify.nats` is unset.
+    pub notify: Option<Notify>,
+}
+
+/// `[notify]`, validated: where pointer-change hints arrive, and how often to poll while
+/// they cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// `nats://HOST:PORT` (the port defaults to 4222).
+    pub nats: String,
+    /// The polling interval while NATS is unreachable (when shorter than
+    /// `pointers.refresh_interval`).
+    pub fallback_refresh_interval: Duration,
+}
+
+/// The NATS port when a `nats://` URL names none.
+pub const DEFAULT_NATS_PORT: u16 = 4222;
+
+/// Checks a `nats://HOST[:PORT]` URL (a name, an IPv4 address or a bracketed IPv6 one, no
+/// user, path or query) and returns it with the port made explicit.
+pub fn parse_nats_url(text: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("{text:?} is not a URL like nats://127.0.0.1:4222 ({why})");
+    let rest = text
+        .strip_prefix("nats://")
+        .ok_or_else(|| bad("the scheme must be nats://"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) || authority.is_empty() {
+        return Err(bad("only a host and a port"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            let port = p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad("the port must be 1 to 65535"))?;
+            (h, port)
+        }
+        _ => (authority, DEFAULT_NATS_PORT),
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                })
+        }
+    };
+    if !host_ok {
+        return Err(bad("the host is not a name or an IP address"));
+    }
+    Ok(format!("nats://{host}:{port}"))
 }
 
 /// `[store.s3]`, validated. `None`: not set in the file (the `AWS_*` variables decide).
@@ -309,6 +373,8 @@ pub struct Origin {
 impl Eq for Origin {}
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `pointers.refresh_interval` when unset, and `notify.fallback_refresh_interval` too.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_STORE: &str = "store";
 pub const DEFAULT_CACHE_DIR: &str = "edge-cache";
 pub const DEFAULT_CACHE_CONTROL_HTML: &str = "public, max-age=0, must-revalidate";
@@ -490,7 +556,7 @@ impl Config {
         let refresh_interval = duration(
             "pointers.refresh_interval",
             &f.pointers.refresh_interval,
-            Duration::from_secs(5),
+            DEFAULT_REFRESH_INTERVAL,
         )?;
         if refresh_interval < Duration::from_millis(100) {
             return Err(invalid(
@@ -711,6 +777,24 @@ impl Config {
             10_000_000,
         )? as usize;
         let (tls, http3) = tls::from_file(&f.tls, &f.http3, &invalid)?;
+        let fallback_refresh_interval = duration(
+            "notify.fallback_refresh_interval",
+            &f.notify.fallback_refresh_interval,
+            DEFAULT_REFRESH_INTERVAL,
+        )?;
+        if fallback_refresh_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "notify.fallback_refresh_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        let notify = match f.notify.nats.as_deref() {
+            None | Some("") => None,
+            Some(url) => Some(Notify {
+                nats: parse_nats_url(url).map_err(|m| invalid("notify.nats", m))?,
+                fallback_refresh_interval,
+            }),
+        };
         Ok(Config {
             tls,
             http3,
@@ -720,6 +804,7 @@ impl Config {
             log_level,
             access_log,
             access_log_queue,
+            notify,
             origin,
             listen,
             default_site,
@@ -943,6 +1028,86 @@ mod tests {
             let text = format!("[server]\nyield_after = \"{bad}\"\n");
             let e = Config::parse(&text, None).unwrap_err();
             assert_eq!(e.key(), Some("server.yield_after"), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod notify_section {
+    use std::time::Duration;
+
+    use super::{Config, parse_nats_url};
+
+    #[test]
+    fn nats_urls() {
+        for (text, want) in [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1", "nats://127.0.0.1:4222"),
+            ("nats://nats.internal:5000/", "nats://nats.internal:5000"),
+            ("nats://[::1]:4333", "nats://[::1]:4333"),
+            ("nats://[::1]", "nats://[::1]:4222"),
+        ] {
+            assert_eq!(parse_nats_url(text).as_deref(), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:4222",
+            "http://127.0.0.1:4222",
+            "nats://",
+            "nats://:4222",
+            "nats://h:0",
+            "nats://h:99999",
+            "nats://h:port",
+            "nats://user:pw@h:4222",
+            "nats://h:4222/path",
+            "nats://h:4222?x=1",
+            "nats://bad host",
+            "nats://::1",
+            "nats://[nope]:1",
+        ] {
+            assert!(parse_nats_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_section_is_read_and_checked() {
+        assert_eq!(Config::default().notify, None);
+        let c = Config::parse(
+            "[pointers]\nrefresh_interval = \"60s\"\n[notify]\nnats = \"nats://127.0.0.1:4333\"\n",
+            None,
+        )
+        .unwrap();
+        let n = c.notify.unwrap();
+        assert_eq!(n.nats, "nats://127.0.0.1:4333");
+        assert_eq!(n.fallback_refresh_interval, Duration::from_secs(5));
+        let c = Config::parse(
+            "[notify]\nnats = \"nats://h\"\nfallback_refresh_interval = \"1s\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.notify.unwrap().fallback_refresh_interval,
+            Duration::from_secs(1)
+        );
+        // Empty: off, as unset.
+        assert_eq!(
+            Config::parse("[notify]\nnats = \"\"\n", None)
+                .unwrap()
+                .notify,
+            None
+        );
+        for (text, key) in [
+            ("[notify]\nnats = \"127.0.0.1:4222\"\n", "notify.nats"),
+            ("[notify]\nnats = 4222\n", "notify.nats"),
+            (
+                "[notify]\nnats = \"nats://h\"\nfallback_refresh_interval = \"10ms\"\n",
+                "notify.fallback_refresh_interval",
+            ),
+            ("[notify]\nsubject = \"x\"\n", "notify.subject"),
+        ] {
+            let e = Config::parse(text, Some("edge.toml")).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains("edge.toml: line"), "{e}");
         }
     }
 }

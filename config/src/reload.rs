@@ -65,6 +65,9 @@ impl Config {
         if next.tls != self.tls || next.http3 != self.http3 {
             restart.push("tls.*/http3.*");
         }
+        if next.notify != self.notify {
+            restart.push("notify.*");
+        }
         ReloadPlan {
             log_level: next.log_level != self.log_level,
             needs_restart: restart,
@@ -129,6 +132,7 @@ mod tests {
                 "tls.*/http3.*",
             ),
             ("[http3]\nmax_streams = 7\n", "tls.*/http3.*"),
+            ("[notify]\nnats = \"nats://127.0.0.1:4222\"\n", "notify.*"),
         ];
         for (text, key) in cases {
             let plan = plan_for(text);

@@ -46,6 +46,7 @@ use prometheus_client::registry::Registry;
 
 use crate::http::Handler;
 use crate::metrics::{Format, counter, counter_family, gauge, gauge_family};
+use crate::notify::{Hint, Notifier};
 use crate::samples::{self, Sample, Samples};
 
 /// Sites shown on the status page and in `/status`, busiest first.
@@ -64,6 +65,8 @@ pub struct Admin {
     started: Instant,
     /// One sample a second while the admin listener runs ([`run`]).
     samples: Arc<Samples>,
+    /// Pushed pointer changes, when `[notify]` is on ([`Admin::set_notify`]).
+    notify: Arc<std::sync::OnceLock<Arc<Notifier>>>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -275,6 +278,8 @@ impl Admin {
             started,
             samples: samples.clone(),
         }));
+        let notify = Arc::default();
+        registry.register_collector(Box::new(crate::notify::Metrics(Arc::clone(&notify))));
         Arc::new(Admin {
             handler,
             origin,
@@ -284,6 +289,7 @@ impl Admin {
             ready: AtomicBool::new(false),
             started,
             samples,
+            notify,
         })
     }
 
@@ -489,9 +495,10 @@ impl Admin {
         if action == "purge" {
             let dropped = pointers.purge_site(site);
             tracing::info!(site, ?dropped, "purged site");
+            let notified = self.announce_purge(site).await;
             return json_reply(
                 StatusCode::OK,
-                json!({ "site": site, "purged": dropped.is_some(), "tree_nodes_dropped": dropped.unwrap_or(0) }),
+                json!({ "site": site, "purged": dropped.is_some(), "tree_nodes_dropped": dropped.unwrap_or(0), "notified": notified }),
             );
         }
         match pointers.refresh_site(site).await {
@@ -688,6 +695,7 @@ impl Admin {
             },
             "breakers": breakers,
             "origin": origin_faces,
+            "notify": self.notify.get().map(|n| n.status()),
         })
     }
 }
@@ -1116,6 +1124,28 @@ fn filesystem_space(dir: &std::path::Path) -> Option<(u64, u64)> {
         st.f_bavail.saturating_mul(st.f_frsize),
         st.f_blocks.saturating_mul(st.f_frsize),
     ))
+}
+
+/// Pushed pointer changes (`[notify]`): the purge's hint to the other nodes, `/status` and
+/// `/metrics`.
+impl Admin {
+    /// Hands the node's NATS subscription to the admin side (once, before serving).
+    pub fn set_notify(&self, notifier: Arc<Notifier>) {
+        let _ = self.notify.set(notifier);
+    }
+
+    /// After a purge, tells the other nodes to refresh the site. `None` without `[notify]`;
+    /// a failure is logged and answered `false` (the purge itself succeeded).
+    async fn announce_purge(&self, site: &str) -> Option<bool> {
+        let n = self.notify.get()?;
+        match n.announce(&Hint::purged(site)).await {
+            Ok(()) => Some(true),
+            Err(e) => {
+                tracing::warn!(site, error = %crate::error::chain(&e), "purge not announced over NATS; other nodes will see it when they poll");
+                Some(false)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,19 +11,31 @@ use origin_client::records::{HostRecord, normalize_host, utc_display, validate_s
 use origin_client::store::CountingStore;
 use origin_client::{Access, Store, open_store};
 
+use crate::notify::Hint;
+
+/// How `edge publish` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishArgs<'a> {
+    pub include_skipped: bool,
+    pub compress: bool,
+    pub progress: bool,
+    /// `--notify nats://HOST:PORT`: a hint once the pointer moved.
+    pub notify: Option<&'a str>,
+}
+
 pub async fn publish(
     dir: &Path,
     site: &str,
     store: &str,
-    include_skipped: bool,
-    compress: bool,
-    progress: bool,
+    args: &PublishArgs<'_>,
 ) -> anyhow::Result<()> {
     validate_site(site)?;
+    let notify = notify_url(args.notify)?;
+    let compress = args.compress;
     let store = CountingStore::new(open_store(store, Access::Write)?);
     let opts = PublishOptions {
-        include_skipped,
-        progress,
+        include_skipped: args.include_skipped,
+        progress: args.progress,
         compress: compress.then_some(origin_client::compress::Levels::PUBLISH),
         ..PublishOptions::default()
     };
@@ -66,7 +78,30 @@ pub async fn publish(
         store.ops(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(url) = notify {
+        let seq = report.previous_seq.map_or(1, |s| s + 1);
+        notify_moved(&url, &Hint::moved(site, &d.id, seq, "publish")).await;
+    }
     Ok(())
+}
+
+/// `--notify`: checked before anything is written, so a typo does not show up only after
+/// the pointer moved.
+fn notify_url(flag: Option<&str>) -> anyhow::Result<Option<String>> {
+    flag.map(|u| edge_config::parse_nats_url(u).map_err(|e| anyhow::anyhow!("--notify: {e}")))
+        .transpose()
+}
+
+/// Publishes the hint for a pointer that moved. A failure is a warning: the pointer moved
+/// already, and nodes see the change at their next poll.
+async fn notify_moved(url: &str, hint: &Hint) {
+    match crate::notify::announce(url, hint).await {
+        Ok(()) => println!("notified {url} on {}", crate::notify::subject(&hint.site)),
+        Err(e) => eprintln!(
+            "warning: the pointer moved, but notifying {url} failed: {}; nodes will see the change when they next poll",
+            crate::error::chain(&e)
+        ),
+    }
 }
 
 /// `edge gc`: deletes the objects no kept deploy reaches; prints counts and bytes.
@@ -165,7 +200,13 @@ pub async fn fsck(store: &str, site: Option<&str>, progress: bool) -> anyhow::Re
     )
 }
 
-pub async fn rollback(site: &str, store: &str, to: &str) -> anyhow::Result<()> {
+pub async fn rollback(
+    site: &str,
+    store: &str,
+    to: &str,
+    notify: Option<&str>,
+) -> anyhow::Result<()> {
+    let notify = notify_url(notify)?;
     let store = open_store(store, Access::Write)?;
     let p = publish::rollback(store.as_ref(), site, to)
         .await
@@ -174,6 +215,9 @@ pub async fn rollback(site: &str, store: &str, to: &str) -> anyhow::Result<()> {
         "site {site}: current deploy is now {} (seq {})",
         p.deploy, p.seq
     );
+    if let Some(url) = notify {
+        notify_moved(&url, &Hint::moved(site, &p.deploy, p.seq, "rollback")).await;
+    }
     Ok(())
 }
 
@@ -271,7 +315,7 @@ pub fn init_logging_with(
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_nats(level)));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
@@ -292,10 +336,21 @@ pub fn init_logging_with(
     };
     installed.ok()?;
     Some(Box::new(move |level: &str| {
-        let f = tracing_subscriber::EnvFilter::try_new(level)
+        let f = tracing_subscriber::EnvFilter::try_new(quiet_nats(level))
             .map_err(|e| anyhow::anyhow!("log.level {level:?}: {e}"))?;
         handle.reload(f).map_err(|e| anyhow::anyhow!("{e}"))
     }))
+}
+
+/// The NATS client logs every reconnect attempt at info level; `notify` says what matters
+/// (lost, unreachable at a bounded rate, back), so the client is held to warnings unless the
+/// filter names it.
+fn quiet_nats(level: &str) -> String {
+    if level.contains("async_nats") {
+        level.to_owned()
+    } else {
+        format!("{level},async_nats=warn")
+    }
 }
 
 /// `edge check-config FILE`: validates a config file; the error names the key and line.

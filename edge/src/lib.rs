@@ -11,6 +11,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod path;
 pub mod pointers;
 pub mod preview;

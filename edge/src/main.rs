@@ -36,6 +36,11 @@ enum Command {
         /// Do not store brotli, zstd and gzip variants of compressible files.
         #[arg(long)]
         no_compress: bool,
+        /// Once the pointer moved, publish a hint on `edge.sites.<site>` at this NATS server
+        /// (nats://HOST:PORT), so nodes with `[notify] nats` refresh the site at once. A
+        /// failure to notify is a warning; the publish stands.
+        #[arg(long, value_name = "nats://HOST:PORT")]
+        notify: Option<String>,
     },
     /// Make an earlier deploy current again.
     Rollback {
@@ -46,6 +51,10 @@ enum Command {
         /// The deploy id to return to (see `edge deploys`).
         #[arg(long)]
         to: String,
+        /// Once the pointer moved, publish a hint on `edge.sites.<site>` at this NATS server
+        /// (see `edge publish --notify`).
+        #[arg(long, value_name = "nats://HOST:PORT")]
+        notify: Option<String>,
     },
     /// List a site's deploys, oldest first, marking the current one.
     Deploys {
@@ -149,12 +158,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             include_skipped,
             no_compress,
+            notify,
         } => {
             let progress = std::io::stderr().is_terminal();
             let compress = !no_compress;
-            edge::cli::publish(&dir, &site, &store, include_skipped, compress, progress).await
+            let opts = edge::cli::PublishArgs {
+                include_skipped,
+                compress,
+                progress,
+                notify: notify.as_deref(),
+            };
+            edge::cli::publish(&dir, &site, &store, &opts).await
         }
-        Command::Rollback { site, store, to } => edge::cli::rollback(&site, &store, &to).await,
+        Command::Rollback {
+            site,
+            store,
+            to,
+            notify,
+        } => edge::cli::rollback(&site, &store, &to, notify.as_deref()).await,
         Command::Deploys { site, store } => edge::cli::deploys(&site, &store).await,
         Command::Gc {
             store,

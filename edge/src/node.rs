@@ -1,6 +1,7 @@
 //! The node: the one composition root. It builds every part from the configuration (origin,
-//! pointers, trees, tiers, handler, access log, admin), owns their lifetimes, and wires a running
-//! node: the admin listener, SIGHUP reloads, the banners, and the listeners of [`crate::listen`].
+//! pointers, trees, tiers, handler, access log, admin, the NATS subscription of
+//! [`crate::notify`]), owns their lifetimes, and wires a running node: the admin listener,
+//! SIGHUP reloads, the banners, and the listeners of [`crate::listen`].
 //! The only module that knows every other one; nothing but `cli` (and unit-test fixtures)
 //! imports it.
 
@@ -239,6 +240,22 @@ pub async fn serve(
         .context("opening the access log")?;
         handler.set_access_log(log);
     }
+    // Pushed pointer changes: subscribed before serving; never waits for the NATS server
+    // (until it answers the node polls at the fallback interval).
+    let notifier = match &cfg.notify {
+        Some(n) => Some(
+            crate::notify::Notifier::start(
+                crate::notify::NotifyConfig {
+                    url: n.nats.clone(),
+                    fallback_refresh_interval: n.fallback_refresh_interval,
+                },
+                node.handler.pointers().clone(),
+            )
+            .await
+            .context("`notify.nats`")?,
+        ),
+        None => None,
+    };
     // Bound before the admin is built: it checks `Host` and `Origin` against this address.
     let admin_listener = match cfg.admin_listen {
         Some(addr) => Some(
@@ -258,6 +275,9 @@ pub async fn serve(
         admin_token.as_deref(),
         admin_addr,
     );
+    if let Some(n) = notifier {
+        admin.set_notify(n);
+    }
     let mut admin_banner = None;
     if let (Some(listener), Some(addr)) = (admin_listener, admin_addr) {
         admin_banner = Some(format!("edge admin on http://{addr}/"));

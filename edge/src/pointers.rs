@@ -237,6 +237,11 @@ pub struct Pointers {
     /// Tunables a config reload may change (milliseconds).
     negative_ttl_ms: Arc<AtomicU64>,
     refresh_ms: AtomicU64,
+    /// While non-zero, the refresher polls at most this far apart (milliseconds): pushed
+    /// changes ([`crate::notify`]) are off, so polling must be quick again.
+    poll_cap_ms: AtomicU64,
+    /// Wakes the refresher when its interval changes.
+    retune: Arc<tokio::sync::Notify>,
     stale_after_ms: AtomicU64,
     /// Set when a pointer changes; the saver persists the pointers then.
     dirty: AtomicBool,
@@ -269,6 +274,8 @@ impl Pointers {
             host_index: arc_swap::ArcSwap::from_pointee(HostIndexState::Unknown),
             host_index_fetch: Coalescer::default(),
             refresh_ms: AtomicU64::new(cfg.refresh_interval.as_millis() as u64),
+            poll_cap_ms: AtomicU64::new(0),
+            retune: Arc::new(tokio::sync::Notify::new()),
             stale_after_ms: AtomicU64::new(cfg.stale_after.as_millis() as u64),
             negative_ttl_ms,
             store,
@@ -304,6 +311,33 @@ impl Pointers {
             .store(negative_ttl.as_millis() as u64, Ordering::Relaxed);
         self.stale_after_ms
             .store(stale_after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Caps the polling interval (`Some`) while pushed changes cannot arrive, or lifts the
+    /// cap (`None`). The refresher applies it at once: a round already overdue under the
+    /// new interval runs now.
+    pub fn set_poll_cap(&self, cap: Option<Duration>) {
+        let ms = cap.map_or(0, |d| (d.as_millis() as u64).max(1));
+        if self.poll_cap_ms.swap(ms, Ordering::Relaxed) != ms {
+            self.retune.notify_one();
+        }
+    }
+
+    /// How long the refresher waits between rounds now: the refresh interval, or the cap
+    /// when one is set and shorter.
+    pub fn poll_interval(&self) -> Duration {
+        let every = self.refresh_ms.load(Ordering::Relaxed);
+        let every = match self.poll_cap_ms.load(Ordering::Relaxed) {
+            0 => every,
+            cap => every.min(cap),
+        };
+        Duration::from_millis(every)
+    }
+
+    /// A site's cached slot, without asking the origin: `None` when the site is not cached,
+    /// `Some(None)` when it is remembered as having no deploy.
+    pub fn cached_deploy(&self, site: &str) -> Option<Option<Arc<Deploy>>> {
+        self.sites.get(site)
     }
 
     /// Loads persisted last-known-good pointers. They serve at once (as stale, until the
@@ -406,19 +440,26 @@ impl Pointers {
         }))
     }
 
-    /// Starts the background refresh of cached pointers. It stops when the pointers are
-    /// dropped.
+    /// Starts the background refresh of cached pointers: a round [`Pointers::poll_interval`]
+    /// after the end of the previous one (the interval is read again when it changes). It
+    /// stops when the pointers are dropped.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
+        let retune = self.retune.clone();
         tokio::spawn(async move {
+            let mut last = Instant::now();
             loop {
                 let every = match weak.upgrade() {
-                    Some(this) => Duration::from_millis(this.refresh_ms.load(Ordering::Relaxed)),
+                    Some(this) => this.poll_interval(),
                     None => return,
                 };
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(last + every) => {}
+                    () = retune.notified() => continue,
+                }
                 let Some(this) = weak.upgrade() else { return };
                 this.refresh_all().await;
+                last = Instant::now();
             }
         })
     }
@@ -880,6 +921,57 @@ mod tests {
             "confirmed again: {:?}",
             p.age(&d)
         );
+    }
+
+    /// A poll cap (pushed changes off) shortens the interval at once, an overdue round runs
+    /// now, and lifting it brings the long interval back.
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_cap_applies_at_once_and_lifts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Switch::default());
+        let r1 = publish_version(&*store, dir.path(), "one").await;
+        let mut c = cfg();
+        c.refresh_interval = Duration::from_secs(60);
+        let p = pointers(&store, c);
+        let _refresher = p.spawn_refresher();
+        assert_eq!(p.deploy("s").await.unwrap().unwrap().root, r1);
+        assert_eq!(p.poll_interval(), Duration::from_secs(60));
+
+        let r2 = publish_version(&*store, dir.path(), "two").await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        settle().await;
+        assert_eq!(p.deploy("s").await.unwrap().unwrap().root, r1, "60 s apart");
+        // 20 s since the last round, cap 5 s: overdue, so a round runs at once.
+        p.set_poll_cap(Some(Duration::from_secs(5)));
+        assert_eq!(p.poll_interval(), Duration::from_secs(5));
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(p.deploy("s").await.unwrap().unwrap().root, r2, "at once");
+
+        let r3 = publish_version(&*store, dir.path(), "three").await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        settle().await;
+        assert_eq!(p.deploy("s").await.unwrap().unwrap().root, r3, "5 s apart");
+
+        p.set_poll_cap(None);
+        assert_eq!(p.poll_interval(), Duration::from_secs(60));
+        let r4 = publish_version(&*store, dir.path(), "four").await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        settle().await;
+        assert_eq!(
+            p.deploy("s").await.unwrap().unwrap().root,
+            r3,
+            "60 s apart again"
+        );
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        settle().await;
+        assert_eq!(p.deploy("s").await.unwrap().unwrap().root, r4);
+        // A cap longer than the interval changes nothing.
+        p.set_poll_cap(Some(Duration::from_secs(600)));
+        assert_eq!(p.poll_interval(), Duration::from_secs(60));
+        assert!(p.cached_deploy("s").unwrap().is_some());
+        assert!(p.cached_deploy("other").is_none());
     }
 
     /// Unknown sites and hosts are remembered for the negative TTL, then asked again.

@@ -37,11 +37,14 @@ const LAYERS: &[(&str, Option<&[&str]>)] = &[
             "accesslog",
             "sched",
             "samples",
+            "notify",
         ]),
     ),
     // `edge top`: a client of the admin listener; formats with the sample ring's units.
     ("top", Some(&["samples"])),
     ("preview", Some(&["http", "pointers", "error"])),
+    // Pushed pointer changes (NATS): hints in, `Pointers::refresh_site` out; its own metrics.
+    ("notify", Some(&["pointers", "metrics", "error"])),
     // The handler: the only layer that speaks HTTP.
     (
         "http",

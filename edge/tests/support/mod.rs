@@ -819,3 +819,105 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = data.get(size + 2..).unwrap_or_default();
     }
 }
+
+// ---- NATS ------------------------------------------------------------------------------------
+
+/// Whether `nats-server` (Debian's package) is on PATH; without it, panics unless
+/// `EDGE_SKIP_NATS_TESTS` is set (then the caller skips).
+pub fn nats_installed() -> bool {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("EDGE_SKIP_NATS_TESTS").is_some(),
+            "nats-server is not installed (.ci/run installs it; EDGE_SKIP_NATS_TESTS=1 skips)"
+        );
+        eprintln!("EDGE_SKIP_NATS_TESTS set and no nats-server: skipped");
+    }
+    found
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process may take it, rarely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// A `nats-server -a 127.0.0.1 -p PORT`, killed (by its pid) when dropped.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Nats {
+    /// Starts one on `port` and waits until it answers with its INFO line.
+    pub fn start(port: u16, log: &Path) -> Nats {
+        let mut n = Nats {
+            child: None,
+            port,
+            log: log.to_owned(),
+        };
+        n.restart();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port (after [`Nats::kill`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "nats-server is running");
+        let err = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the nats-server log");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawning nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut line = String::new();
+                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not answer on port {}; log:\n{}",
+                self.port,
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
