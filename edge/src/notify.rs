@@ -524,7 +524,10 @@ impl Notifier {
             .max_reconnects(None)
             .connection_timeout(ANNOUNCE_TIMEOUT)
             .ping_interval(Duration::from_secs(10))
-            .subscription_capacity(4096)
+            // Messages waiting for the receiver (it takes each in microseconds); beyond, the
+            // client drops them (a slow-consumer event): they are hints, the poll covers them.
+            // Bounds what a flood of large payloads can hold in memory.
+            .subscription_capacity(1024)
             .reconnect_delay_callback(|attempts| reconnect_delay(attempts, fastrand::f64()))
             .event_callback(move |event| {
                 let tx = events_tx.clone();
@@ -573,6 +576,7 @@ impl Notifier {
         mut events: tokio::sync::mpsc::Receiver<async_nats::Event>,
     ) {
         let mut link = Link::default();
+        let mut others = LogGate::default();
         let mut check = tokio::time::interval(LINK_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -594,7 +598,11 @@ impl Notifier {
                         continue;
                     }
                     Some(other) => {
-                        tracing::warn!(nats = %self.cfg.url, event = %other, "NATS event");
+                        // Slow consumer (hints dropped), server errors, lame duck: at a
+                        // bounded rate, since a flood can cause them.
+                        if others.allow(Instant::now()) {
+                            tracing::warn!(nats = %self.cfg.url, event = %other, suppressed = others.suppressed, "NATS event");
+                        }
                         continue;
                     }
                     // The client is gone (the node is stopping).
