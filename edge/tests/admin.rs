@@ -913,24 +913,46 @@ fn need(names: &[&'static str], skip: &str) -> Option<&'static str> {
 
 /// Open-loop load at `rate` requests/s on `/` for `secs` (bounded), from the loadtest
 /// library on a thread of its own. Returns the requests it completed.
-fn load(addr: &str, rate: f64, secs: u64) -> std::thread::JoinHandle<u64> {
+/// Open-loop load on `addr` at `rate` requests/s, in rounds of five seconds, until the
+/// returned handle is stopped (or `max_secs` pass): a slow browser on a busy machine must
+/// not outlast the load it is asked to show.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Load {
+    /// Stops the load and returns how many responses it received.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn load(addr: &str, rate: f64, max_secs: u64) -> Load {
     let target: http::Uri = format!("http://{addr}/").parse().unwrap();
-    std::thread::spawn(move || {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(max_secs);
+        let host = target.authority().unwrap().clone();
+        let w = std::sync::Arc::new(loadtest::loadgen::Workload::from_list("/", &host).unwrap());
+        let mut responses = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
             let mut opts = loadtest::loadgen::RunOptions::new(target.clone());
             opts.mode = loadtest::loadgen::Mode::Open { rate };
             opts.connections = 8;
-            opts.warmup = Duration::from_millis(200);
-            opts.duration = Duration::from_secs(secs);
-            let host = target.authority().unwrap().clone();
-            let w = loadtest::loadgen::Workload::from_list("/", &host).unwrap();
-            let report = loadtest::loadgen::run(&opts, std::sync::Arc::new(w))
-                .await
-                .unwrap();
-            report.responses
-        })
-    })
+            opts.warmup = Duration::ZERO;
+            opts.duration = Duration::from_secs(5);
+            responses += rt
+                .block_on(loadtest::loadgen::run(&opts, w.clone()))
+                .unwrap()
+                .responses;
+        }
+        responses
+    });
+    Load { stop, thread }
 }
 
 fn status_json(node: &Node) -> serde_json::Value {
@@ -1044,7 +1066,7 @@ fn status_page_under_load_renders_in_chromium_and_matches_the_json() {
     };
     let site = Site::new();
     let node = site.start(None, None);
-    let loader = load(&node.addr, 200.0, 14);
+    let loader = load(&node.addr, 200.0, 180);
     wait_for_rate(&node, 100.0);
     let url = format!("http://{}/status.html", node.admin);
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
@@ -1128,7 +1150,7 @@ fn status_page_under_load_renders_in_chromium_and_matches_the_json() {
         "the requests/s chart did not move"
     );
     browser.screenshot(&url, &artifacts.join("status-page-2.png"));
-    assert!(loader.join().unwrap() > 0);
+    assert!(loader.stop() > 0);
     eprintln!("status page screenshots: {}", artifacts.display());
 }
 
@@ -1162,7 +1184,7 @@ fn figure(out: &str, key: &str) -> f64 {
 fn top_once_under_load_shows_the_rates_of_metrics_deltas() {
     let site = Site::new();
     let node = site.start(None, None);
-    let loader = load(&node.addr, 300.0, 10);
+    let loader = load(&node.addr, 300.0, 180);
     // Steady state: two samples in a row at the offered rate (the first second ramps up).
     wait_for_rate(&node, 270.0);
     let seq = status_json(&node)["sample"]["seq"].as_u64().unwrap();
@@ -1219,7 +1241,7 @@ fn top_once_under_load_shows_the_rates_of_metrics_deltas() {
         err.starts_with("error: reading http://127.0.0.1:1/status"),
         "{err}"
     );
-    assert!(loader.join().unwrap() > 0);
+    assert!(loader.stop() > 0);
 }
 
 /// Kills a tmux server (its own socket) when dropped.
