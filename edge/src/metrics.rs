@@ -113,6 +113,20 @@ pub struct Metrics {
     /// Response bytes held in memory on their way to clients (the `server.max_buffered`
     /// budget in use).
     pub buffered_bytes: std::sync::Arc<AtomicU64>,
+    /// OCSP stapling (`tls.cert_dir`/NAME.ocsp).
+    pub ocsp: std::sync::Arc<OcspStats>,
+}
+
+/// OCSP stapling, as the certificate store counts it.
+#[derive(Debug, Default)]
+pub struct OcspStats {
+    /// Certificates loaded with a response to staple (at the last load).
+    pub stapled: AtomicU64,
+    /// Response files not stapled: unreadable, malformed, for another certificate, not
+    /// `good`, not yet valid or expired when loaded.
+    pub refused: AtomicU64,
+    /// Handshakes answered without a staple because the loaded one expired since.
+    pub expired_handshakes: AtomicU64,
 }
 
 /// What one response adds to its site's counters (from the handler's `Facts`).
@@ -475,6 +489,25 @@ impl Collector for Metrics {
             "edge_buffered_bytes",
             "Response bytes held in memory on their way to clients (server.max_buffered).",
             self.buffered_bytes.load(Relaxed) as f64,
+        )?;
+        let o = &self.ocsp;
+        gauge(
+            &mut enc,
+            "edge_tls_ocsp_stapled",
+            "Certificates with an OCSP response stapled (tls.cert_dir/NAME.ocsp, at the last load).",
+            o.stapled.load(Relaxed) as f64,
+        )?;
+        counter(
+            &mut enc,
+            "edge_tls_ocsp_refused_total",
+            "OCSP response files not stapled (malformed, another certificate, not good, expired); see the log.",
+            o.refused.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "edge_tls_ocsp_expired_handshakes_total",
+            "TLS handshakes answered without a staple because the loaded OCSP response expired since.",
+            o.expired_handshakes.load(Relaxed),
         )?;
         counter_family(
             &mut enc,

@@ -397,7 +397,7 @@ async fn serve_handler(
     let addr = listeners[0].local_addr()?;
     // Scripts and tests read this first line for the address.
     println!("{banner} http://{addr}/");
-    let secure = listen::Secure::bind(cfg, listeners.len()).await?;
+    let secure = listen::Secure::bind(cfg, listeners.len(), handler.metrics().ocsp.clone()).await?;
     if let Some(s) = &secure {
         let h3 = if s.http3() { ", HTTP/3 on UDP" } else { "" };
         println!("{banner} https://{}/ (TLS{h3})", s.addr);

@@ -555,3 +555,251 @@ fn a_bad_certificate_folder_stops_the_start_naming_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls.cert_dir"), "{err}");
 }
+
+/// Runs `openssl ARGS` in `dir`; panics with its output when it fails.
+fn openssl_in(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a leaf for `ocsp.test` (serial 1234ABCD) and OCSP responses for it made by
+/// `openssl ocsp` as a responder: `good.der`, `revoked.der`, and `other.der` (good, but for
+/// another serial). Returns the leaf's DER.
+fn ocsp_fixture(dir: &Path) -> Vec<u8> {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl_in(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &["-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-subj", "/CN=OCSP test CA", "-days", "3"])
+        .collect::<Vec<_>>(),
+    );
+    for (name, serial) in [("leaf", "0x1234abcd"), ("other", "0x77")] {
+        openssl_in(
+            dir,
+            &[&["req"][..], &key]
+                .concat()
+                .into_iter()
+                .chain([
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ])
+                .chain([
+                    "-subj",
+                    "/CN=ocsp.test",
+                    "-addext",
+                    "subjectAltName=DNS:ocsp.test",
+                ])
+                .collect::<Vec<_>>(),
+        );
+        openssl_in(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-copy_extensions",
+                "copy",
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+    }
+    let index = [
+        (
+            "good",
+            "V\t301231000000Z\t\t1234ABCD\tunknown\t/CN=ocsp.test\n",
+            "leaf",
+        ),
+        (
+            "revoked",
+            "R\t301231000000Z\t261201000000Z\t1234ABCD\tunknown\t/CN=ocsp.test\n",
+            "leaf",
+        ),
+        (
+            "other",
+            "V\t301231000000Z\t\t77\tunknown\t/CN=ocsp.test\n",
+            "other",
+        ),
+    ];
+    for (name, line, cert) in index {
+        std::fs::write(dir.join(format!("{name}.index")), line).unwrap();
+        openssl_in(
+            dir,
+            &[
+                "ocsp",
+                "-index",
+                &format!("{name}.index"),
+                "-rsigner",
+                "ca.crt",
+                "-rkey",
+                "ca.key",
+                "-CA",
+                "ca.crt",
+                "-issuer",
+                "ca.crt",
+                "-cert",
+                &format!("{cert}.crt"),
+                "-no_nonce",
+                "-ndays",
+                "1",
+                "-respout",
+                &format!("{name}.der"),
+            ],
+        );
+    }
+    let pem = std::fs::read(dir.join("leaf.crt")).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(&pem)
+        .unwrap()
+        .to_vec()
+}
+
+/// `openssl s_client -status` for `name`: what it printed about the stapled response.
+fn stapled(addr: std::net::SocketAddr, name: &str) -> String {
+    let out = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(["-servername", name, "-status"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running openssl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// OCSP stapling: `DIR/<host>.ocsp` is sent in the handshake of that host (seen by
+/// `openssl s_client -status`), a host without one gets none, and a response that is revoked
+/// or for another certificate is refused with a log line naming the file, the certificate
+/// still served; reloaded with the certificates (SIGHUP). Expiry is checked by the same
+/// function the node calls at every handshake, on the real `openssl ocsp` response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_responses_are_stapled_while_good_and_current() {
+    init();
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("openssl not found: skipping OCSP stapling");
+        return;
+    }
+    let ca = Ca::new();
+    let (ws, certs, _) = setup(&ca);
+    let fx = ws.root().join("ocsp");
+    std::fs::create_dir_all(&fx).unwrap();
+    let leaf = ocsp_fixture(&fx);
+    for ext in ["crt", "key"] {
+        std::fs::copy(
+            fx.join(format!("leaf.{ext}")),
+            certs.join(format!("ocsp.test.{ext}")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(fx.join("good.der"), certs.join("ocsp.test.ocsp")).unwrap();
+    let good = std::fs::read(fx.join("good.der")).unwrap();
+
+    // What the node checks, on the real response.
+    use edge::listen::ocsp::{OcspError, check};
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let staple = check(&good, &leaf, now).expect("a good, current response");
+    let next = staple
+        .next_update
+        .expect("openssl -ndays 1 sets nextUpdate");
+    assert!(
+        next > now + day - Duration::from_secs(600) && next < now + day + Duration::from_secs(600)
+    );
+    assert!(staple.current(now) && !staple.current(next));
+    assert_eq!(check(&good, &leaf, now + 2 * day), Err(OcspError::Expired));
+    assert_eq!(check(&good, &leaf, now - day), Err(OcspError::NotYetValid));
+    let revoked = std::fs::read(fx.join("revoked.der")).unwrap();
+    assert_eq!(
+        check(&revoked, &leaf, now),
+        Err(OcspError::NotGood("revoked"))
+    );
+    let other = std::fs::read(fx.join("other.der")).unwrap();
+    assert_eq!(check(&other, &leaf, now), Err(OcspError::OtherCertificate));
+    for cut in [0, 1, 10, good.len() / 2, good.len() - 1] {
+        assert!(check(&good[..cut], &leaf, now).is_err(), "cut at {cut}");
+    }
+
+    let node = start(&ws, &certs, None);
+    let out = stapled(node.https, "ocsp.test");
+    assert!(out.contains("OCSP Response Status: successful"), "{out}");
+    assert!(out.contains("Cert Status: good"), "{out}");
+    assert!(out.contains("Serial Number: 1234ABCD"), "{out}");
+    let out = stapled(node.https, "localhost");
+    assert!(out.contains("OCSP response: no response sent"), "{out}");
+
+    // A revoked response replaces the good one: not stapled, the certificate still served.
+    for (file, what) in [
+        ("revoked.der", "revoked"),
+        ("other.der", "serial number not found"),
+    ] {
+        let tmp = certs.join(".ocsp.tmp");
+        std::fs::copy(fx.join(file), &tmp).unwrap();
+        std::fs::rename(&tmp, certs.join("ocsp.test.ocsp")).unwrap();
+        node.hangup();
+        let refusals = if what == "revoked" { 1 } else { 2 };
+        eventually(&format!("{file} refused"), || {
+            node.log_text().matches("OCSP response not stapled").count() >= refusals
+        });
+        let out = stapled(node.https, "ocsp.test");
+        assert!(
+            out.contains("OCSP response: no response sent"),
+            "{file}: {out}"
+        );
+        assert!(
+            out.contains("CN=ocsp.test") || out.contains("CN = ocsp.test"),
+            "{out}"
+        );
+        let log = node.log_text();
+        assert!(
+            log.contains("ocsp.test.ocsp") && log.contains(what),
+            "{log}"
+        );
+    }
+    // The good one back: stapled again.
+    std::fs::copy(fx.join("good.der"), certs.join(".ocsp.tmp")).unwrap();
+    std::fs::rename(certs.join(".ocsp.tmp"), certs.join("ocsp.test.ocsp")).unwrap();
+    node.hangup();
+    eventually("the good response stapled again", || {
+        stapled(node.https, "ocsp.test").contains("Cert Status: good")
+    });
+}
+
+/// Polls `f` for up to 10 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

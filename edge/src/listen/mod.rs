@@ -9,6 +9,7 @@
 //! `Date` header that hyper adds for HTTP/1.1 and HTTP/2.
 
 pub mod conn;
+pub mod ocsp;
 pub mod plain;
 pub mod quic;
 pub mod tcp;
@@ -161,10 +162,14 @@ pub struct Secure {
 impl Secure {
     /// Loads the certificates and binds `workers` TCP sockets (`SO_REUSEPORT`) and, with
     /// HTTP/3 on, a UDP socket on the same port. `None` when TLS is off.
-    pub async fn bind(cfg: &Config, workers: usize) -> anyhow::Result<Option<Secure>> {
+    pub async fn bind(
+        cfg: &Config,
+        workers: usize,
+        ocsp: Arc<tls::OcspStats>,
+    ) -> anyhow::Result<Option<Secure>> {
         let Some(t) = &cfg.tls else { return Ok(None) };
         let dir = t.cert_dir.clone();
-        let certs = tokio::task::spawn_blocking(move || CertStore::load(&dir))
+        let certs = tokio::task::spawn_blocking(move || CertStore::load(&dir, ocsp))
             .await?
             .context("`tls.cert_dir` (--cert-dir)")?;
         let certs = Arc::new(certs);

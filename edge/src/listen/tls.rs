@@ -23,6 +23,9 @@ use rustls::{ServerConfig, version};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::ocsp::{self, Staple};
+pub use crate::metrics::OcspStats;
+
 /// The file stem of the certificate served for names with no file of their own.
 pub const DEFAULT_NAME: &str = "default";
 
@@ -128,8 +131,35 @@ pub struct TlsServing {
 /// Host name -> certificate, plus the default. Replaced whole on reload.
 #[derive(Default)]
 struct CertMap {
-    hosts: HashMap<String, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+    hosts: HashMap<String, Served>,
+    default: Option<Served>,
+}
+
+/// One host's certificate, and the same with its OCSP response stapled while that is current.
+#[derive(Clone)]
+struct Served {
+    plain: Arc<CertifiedKey>,
+    stapled: Option<(Arc<CertifiedKey>, Staple)>,
+}
+
+impl Served {
+    fn plain(ck: CertifiedKey) -> Served {
+        Served {
+            plain: Arc::new(ck),
+            stapled: None,
+        }
+    }
+
+    fn pick(&self, stats: &OcspStats) -> Arc<CertifiedKey> {
+        match &self.stapled {
+            Some((ck, staple)) if staple.current(std::time::SystemTime::now()) => ck.clone(),
+            Some(_) => {
+                stats.expired_handshakes.fetch_add(1, Ordering::Relaxed);
+                self.plain.clone()
+            }
+            None => self.plain.clone(),
+        }
+    }
 }
 
 /// What a reload did.
@@ -148,6 +178,7 @@ pub struct CertStore {
     dir: Option<PathBuf>,
     map: ArcSwap<CertMap>,
     reloads: AtomicU64,
+    ocsp: Arc<OcspStats>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -163,9 +194,11 @@ impl std::fmt::Debug for CertStore {
 
 impl CertStore {
     /// Loads every pair in `dir`. Blocking: call it on the blocking pool or before serving.
-    /// Any pair that fails is an error naming its file, so a bad folder stops the start.
-    pub fn load(dir: &Path) -> Result<CertStore, TlsError> {
-        let (map, errors) = read_dir(dir)?;
+    /// Any pair that fails is an error naming its file, so a bad folder stops the start. An
+    /// OCSP response that cannot be stapled is logged and counted in `ocsp`, and its
+    /// certificate is served without one.
+    pub fn load(dir: &Path, ocsp: Arc<OcspStats>) -> Result<CertStore, TlsError> {
+        let (map, errors) = read_dir(dir, &ocsp)?;
         if let Some(e) = errors.into_iter().next() {
             return Err(e);
         }
@@ -177,10 +210,12 @@ impl CertStore {
         if map.default.is_none() {
             tracing::warn!(dir = %dir.display(), "no default.crt: clients naming another host (or none) are refused");
         }
+        ocsp.stapled.store(map.stapled(), Ordering::Relaxed);
         Ok(CertStore {
             dir: Some(dir.to_owned()),
             map: ArcSwap::from_pointee(map),
             reloads: AtomicU64::new(0),
+            ocsp,
         })
     }
 
@@ -194,9 +229,10 @@ impl CertStore {
             dir: None,
             map: ArcSwap::from_pointee(CertMap {
                 hosts: HashMap::new(),
-                default: Some(Arc::new(ck)),
+                default: Some(Served::plain(ck)),
             }),
             reloads: AtomicU64::new(0),
+            ocsp: Arc::default(),
         })
     }
 
@@ -223,7 +259,7 @@ impl CertStore {
         let Some(dir) = &self.dir else {
             return Ok(ReloadReport::default());
         };
-        let (mut next, errors) = read_dir(dir)?;
+        let (mut next, errors) = read_dir(dir, &self.ocsp)?;
         let old = self.map.load();
         let mut report = ReloadReport {
             loaded: next.hosts.len() + usize::from(next.default.is_some()),
@@ -248,6 +284,7 @@ impl CertStore {
             tracing::warn!(dir = %dir.display(), "certificate folder has no usable pair; keeping every previous certificate");
             return Ok(report);
         }
+        self.ocsp.stapled.store(next.stapled(), Ordering::Relaxed);
         self.map.store(Arc::new(next));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(report)
@@ -283,10 +320,10 @@ impl ResolvesServerCert for CertStore {
                 map.hosts.get(name)
             };
             if let Some(c) = found {
-                return Some(c.clone());
+                return Some(c.pick(&self.ocsp));
             }
         }
-        map.default.clone()
+        map.default.as_ref().map(|c| c.pick(&self.ocsp))
     }
 }
 
@@ -304,9 +341,18 @@ fn failed_name(e: &TlsError) -> Option<String> {
     Some(path.file_stem()?.to_str()?.to_ascii_lowercase())
 }
 
-/// Reads every `NAME.crt` with its `NAME.key`. Pairs that fail are returned as errors beside
-/// the map of those that loaded; an unreadable folder is an error on its own.
-fn read_dir(dir: &Path) -> Result<(CertMap, Vec<TlsError>), TlsError> {
+impl CertMap {
+    /// How many certificates have an OCSP response stapled.
+    fn stapled(&self) -> u64 {
+        let n = self.hosts.values().chain(&self.default);
+        n.filter(|s| s.stapled.is_some()).count() as u64
+    }
+}
+
+/// Reads every `NAME.crt` with its `NAME.key` (and `NAME.ocsp` when there is one). Pairs that
+/// fail are returned as errors beside the map of those that loaded; an unreadable folder is an
+/// error on its own.
+fn read_dir(dir: &Path, ocsp: &OcspStats) -> Result<(CertMap, Vec<TlsError>), TlsError> {
     let read_err = |path: &Path, source| TlsError::Read {
         path: path.to_owned(),
         source,
@@ -329,11 +375,12 @@ fn read_dir(dir: &Path) -> Result<(CertMap, Vec<TlsError>), TlsError> {
     for name in names {
         match load_pair(dir, &name, &provider) {
             Ok(ck) => {
+                let served = with_staple(dir, &name, ck, ocsp);
                 let key = name.to_ascii_lowercase();
                 if key == DEFAULT_NAME {
-                    map.default = Some(Arc::new(ck));
+                    map.default = Some(served);
                 } else {
-                    map.hosts.insert(key, Arc::new(ck));
+                    map.hosts.insert(key, served);
                 }
             }
             Err(e) => errors.push(e),
@@ -387,6 +434,39 @@ fn load_pair(dir: &Path, name: &str, provider: &CryptoProvider) -> Result<Certif
         key: key_path,
         source,
     })
+}
+
+/// `ck`, and `ck` with `DIR/NAME.ocsp` stapled when that file is there and passes
+/// [`ocsp::check`]. A staple that does not is logged (naming the file and why) and counted,
+/// and the certificate is served without one: a stale staple must not take a site's TLS down.
+fn with_staple(dir: &Path, name: &str, ck: CertifiedKey, stats: &OcspStats) -> Served {
+    let path = dir.join(format!("{name}.ocsp"));
+    let refused = |why: &dyn std::fmt::Display| {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(file = %path.display(), error = %why, "OCSP response not stapled");
+    };
+    let der = match std::fs::read(&path) {
+        Ok(der) => der,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Served::plain(ck),
+        Err(e) => {
+            refused(&e);
+            return Served::plain(ck);
+        }
+    };
+    match ocsp::check(&der, &ck.cert[0], std::time::SystemTime::now()) {
+        Ok(staple) => {
+            let mut stapled = ck.clone();
+            stapled.ocsp = Some(der);
+            Served {
+                plain: Arc::new(ck),
+                stapled: Some((Arc::new(stapled), staple)),
+            }
+        }
+        Err(e) => {
+            refused(&e);
+            Served::plain(ck)
+        }
+    }
 }
 
 /// Keeps the certificate folder watched while it lives.
@@ -495,7 +575,7 @@ mod tests {
             Some(h) => map.hosts.get(h).or(map.default.as_ref()),
             None => map.default.as_ref(),
         }?;
-        Some(c.cert[0].to_vec())
+        Some(c.plain.cert[0].to_vec())
     }
 
     fn der(pem: &str) -> Vec<u8> {
@@ -512,7 +592,7 @@ mod tests {
         write(dir.path(), "a.test", &a);
         write(dir.path(), "default", &d);
         std::fs::write(dir.path().join("README"), "not a certificate").unwrap();
-        let store = CertStore::load(dir.path()).unwrap();
+        let store = CertStore::load(dir.path(), Arc::default()).unwrap();
         assert_eq!(store.hosts(), vec!["a.test".to_owned()]);
         assert_eq!(leaf(&store, Some("a.test")), Some(der(&a.0)));
         assert_eq!(leaf(&store, None), Some(der(&d.0)));
@@ -534,14 +614,14 @@ mod tests {
     #[test]
     fn bad_folders_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let e = CertStore::load(dir.path()).unwrap_err();
+        let e = CertStore::load(dir.path(), Arc::default()).unwrap_err();
         assert!(matches!(e, TlsError::Empty { .. }), "{e}");
         let a = pair(&["a.test"]);
         std::fs::write(dir.path().join("a.test.crt"), &a.0).unwrap();
-        let e = CertStore::load(dir.path()).unwrap_err();
+        let e = CertStore::load(dir.path(), Arc::default()).unwrap_err();
         assert!(e.to_string().contains("a.test.key"), "{e}");
         std::fs::write(dir.path().join("a.test.key"), "garbage").unwrap();
-        let e = CertStore::load(dir.path()).unwrap_err();
+        let e = CertStore::load(dir.path(), Arc::default()).unwrap_err();
         assert!(e.to_string().contains("a.test.key"), "{e}");
     }
 
