@@ -2,7 +2,8 @@
 //! `server.idle_timeout` (silent TCP, keep-alive, HTTP/2 with a GOAWAY), heads beyond
 //! `server.max_header_bytes` refused with 431, the connection cap closing the oldest idle
 //! connection to admit a new one, a stalled response reset after `server.send_timeout`, and
-//! strict Host (duplicate, invalid -> 400).
+//! strict Host (duplicate, invalid -> 400), and HTTP/1 request-line versions (1.x > 1.1
+//! served as 1.1, 2.0 -> 505).
 
 mod support;
 
@@ -187,4 +188,152 @@ fn duplicate_and_invalid_hosts_get_400() {
         assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(req));
     }
     assert_eq!(get(f.node.addr, "/"), 200);
+}
+
+/// `HTTP/1.x` with x > 1 is served as HTTP/1.1 (RFC 9110 2.5), on a fresh connection and
+/// after other requests on a keep-alive one (heads, and a body that looks like a request line,
+/// followed exactly); `HTTP/2.0` in HTTP/1 framing gets 505 and the connection is closed.
+#[test]
+fn higher_minor_versions_are_served_as_1_1_and_major_2_gets_505() {
+    let f = fixture("", &[]);
+    for req in [
+        &b"GET / HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.9\nHost: x\nConnection: close\n\n",
+    ] {
+        let r = raw_exchange(f.node.addr, req);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(req));
+        assert!(r.raw.starts_with(b"HTTP/1.1 200"), "{:?}", r);
+        assert_eq!(r.body, INDEX);
+    }
+    // Pipelined on one connection: 1.1, a POST whose 19-byte body reads like a request line
+    // (not rewritten, not served: 405), then 1.3, sent in small pieces.
+    let mut s = TcpStream::connect(f.node.addr).unwrap();
+    let pipeline = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+        POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 19\r\n\r\nGET /x HTTP/1.2\r\n\r\n\
+        GET / HTTP/1.3\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for piece in pipeline.chunks(5) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (_, got) = until_closed(&mut s, Duration::from_secs(10)).expect("closed after the last");
+    let text = String::from_utf8_lossy(&got);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "405", "200"], "{text}");
+
+    for req in [
+        &b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"[..],
+        b"GET / HTTP/3.0\r\nHost: x\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(f.node.addr).unwrap();
+        s.write_all(req).unwrap();
+        let (_, got) = until_closed(&mut s, Duration::from_secs(10)).expect("closed after 505");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 505"), "{text}");
+        assert!(text.contains("in HTTP/1 framing"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    }
+    // Prior-knowledge h2c still gets HTTP/2 (its preface is not a request line to rewrite).
+    let mut s = TcpStream::connect(f.node.addr).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(
+        head[3], 0x04,
+        "the server's first frame is SETTINGS: {head:02x?}"
+    );
+    assert_eq!(get(f.node.addr, "/"), 200);
+}
+
+/// One request on a fresh prior-knowledge h2c connection, with `headers` literally (HPACK
+/// literals without indexing); the first byte of the response's header block (the static
+/// table index of its `:status`: 0x88 is 200, 0x8c is 400), or the error code of a
+/// RST_STREAM.
+fn h2_status_byte(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<u8, u32> {
+    let mut block = Vec::new();
+    for (k, v) in headers {
+        assert!(k.len() < 127 && v.len() < 127);
+        block.push(0x00);
+        block.push(k.len() as u8);
+        block.extend_from_slice(k.as_bytes());
+        block.push(v.len() as u8);
+        block.extend_from_slice(v.as_bytes());
+    }
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(frame(0x1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&out).unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).expect("a frame from the server");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match head[3] {
+            0x1 if stream == 1 => {
+                // Skip padding/priority fields when flagged.
+                let mut p = &payload[..];
+                if head[4] & 0x8 != 0 {
+                    p = &p[1..];
+                }
+                if head[4] & 0x20 != 0 {
+                    p = &p[5..];
+                }
+                return Ok(p[0]);
+            }
+            0x3 if stream == 1 => {
+                return Err(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            }
+            0x7 => panic!("GOAWAY: {payload:02x?}"),
+            _ => {}
+        }
+    }
+}
+
+/// HTTP/2: `:authority` and `host` must agree (400 otherwise), on a real h2c connection.
+#[test]
+fn h2_authority_that_disagrees_with_host_gets_400() {
+    let f = fixture("", &[]);
+    let base = [(":method", "GET"), (":scheme", "http"), (":path", "/")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut h = base.to_vec();
+        h.extend_from_slice(extra);
+        h2_status_byte(f.node.addr, &h)
+    };
+    assert_eq!(
+        with(&[(":authority", "x")]),
+        Ok(0x88),
+        "200 with :authority alone"
+    );
+    assert_eq!(
+        with(&[(":authority", "x"), ("host", "x")]),
+        Ok(0x88),
+        "200 when they agree"
+    );
+    assert_eq!(
+        with(&[(":authority", "x"), ("host", "other.example")]),
+        Ok(0x8c),
+        "400 when they disagree"
+    );
+    // An :authority that is not a valid authority is a malformed request: 400, or the
+    // stream reset with PROTOCOL_ERROR by the HTTP/2 layer (RFC 9113 8.1.1).
+    let bad = with(&[(":authority", "a b")]);
+    assert!(matches!(bad, Ok(0x8c) | Err(1)), "{bad:?}");
 }

@@ -803,3 +803,82 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Writes `bytes` on a TLS connection that negotiated `alpn` and reads what comes back
+/// (until the server closes, or 3 s of silence).
+async fn tls_exchange(addr: std::net::SocketAddr, alpn: &[u8], bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tls, hs) = tls_connect(addr, "localhost", inspecting_config(&[alpn]))
+        .await
+        .unwrap();
+    assert_eq!(hs.alpn.as_deref(), Some(alpn));
+    tls.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// ALPN is honoured both ways (RFC 9113 3.3, RFC 7301): after `http/1.1` the HTTP/2 preface
+/// is not served as HTTP/2, and after `h2` an HTTP/1.1 request is not served as HTTP/1.1.
+/// Request-line versions over TLS as over TCP: 1.2 served as 1.1, 2.0 -> 505.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_is_honoured_both_ways() {
+    init();
+    let ca = Ca::new();
+    let (ws, certs, _) = setup(&ca);
+    let node = start(&ws, &certs, None);
+
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let got = tls_exchange(node.https, b"http/1.1", preface).await;
+    // Not HTTP/2: no SETTINGS frame (its type byte at offset 3 is 4); a 400 or a close.
+    eprintln!(
+        "http/1.1 after the h2 preface: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    let get = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let got = tls_exchange(node.https, b"h2", get).await;
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // What comes back, if anything, is HTTP/2 frames, SETTINGS first.
+    if !got.is_empty() {
+        assert!(got.len() >= 9 && got[3] == 0x4, "{got:02x?}");
+    }
+    eprintln!("h2 after a HTTP/1.1 request: {got:02x?}");
+
+    let got = tls_exchange(
+        node.https,
+        b"http/1.1",
+        b"GET / HTTP/1.2\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let got = tls_exchange(
+        node.https,
+        b"http/1.1",
+        b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 505"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}

@@ -14,6 +14,7 @@ pub mod plain;
 pub mod quic;
 pub mod tcp;
 pub mod tls;
+pub mod version;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -79,6 +80,9 @@ impl Front {
     /// Answers one request: the redirect, or the handler's response with this listener's
     /// headers added.
     pub async fn respond<B>(&self, handler: &Handler, req: http::Request<B>) -> Response<Body> {
+        if let Some(v) = req.headers().get(version::MARKER) {
+            return version_not_supported(v);
+        }
         if let Some(port) = self.redirect_port
             && let Some(r) = redirect(port, &req)
         {
@@ -93,6 +97,22 @@ impl Front {
         }
         resp
     }
+}
+
+/// 505 for a request line with HTTP major version 2 or more in HTTP/1 framing (marked by
+/// [`version::VersionShim`]); the connection is closed after it.
+fn version_not_supported(sent: &HeaderValue) -> Response<Body> {
+    let sent = String::from_utf8_lossy(sent.as_bytes());
+    let body = format!(
+        "505 HTTP Version Not Supported: HTTP/{sent} in HTTP/1 framing; use HTTP/1.1, or HTTP/2 by ALPN or prior knowledge\n"
+    );
+    Response::builder()
+        .status(StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CONNECTION, "close")
+        .body(Body::full(body))
+        .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
 /// `h3=":PORT"; ma=SECONDS`.

@@ -1,6 +1,7 @@
 //! TCP listeners: binding (`SO_REUSEPORT`, one socket per worker), the accept loop (hyper-util
-//! auto: HTTP/1.1 + h2c; over TLS the protocol ALPN chose, and only it), and the serving
-//! threads (one single-threaded tokio runtime per worker).
+//! auto: HTTP/1.1 + h2c; over TLS the protocol ALPN chose, and only it; HTTP/1 request-line
+//! versions through [`VersionShim`]), and the serving threads (one single-threaded tokio
+//! runtime per worker).
 //!
 //! Invariants: a connection stays on the thread that accepted it; every connection is
 //! admitted by the node-wide [`Gate`] (cap, idle and send timeouts); accept errors back off
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use super::Front;
 use super::conn::{Gate, Guarded};
 use super::tls::TlsServing;
+use super::version::VersionShim;
 use crate::http::Handler;
 use crate::metrics::ClientLog;
 
@@ -93,6 +95,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let builders = Arc::new(Builders::new(&settings));
+    let max_line = settings.gate.limits().max_header_bytes as usize;
     let gate = settings.gate.clone();
     let metrics = handler.metrics().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -154,6 +157,7 @@ pub async fn serve(
                 let io = conn.io(stream);
                 let result = match tls {
                     None => {
+                        let io = VersionShim::new(io, max_line);
                         let c = builders.auto.serve_connection(TokioIo::new(io), svc);
                         tokio::pin!(c);
                         conn.watch(c, |c| c.graceful_shutdown(), stop).await
@@ -172,10 +176,18 @@ pub async fn serve(
                                 return;
                             }
                         };
-                        let builder = builders.for_alpn(stream.get_ref().1.alpn_protocol());
-                        let c = builder.serve_connection(TokioIo::new(stream), svc);
-                        tokio::pin!(c);
-                        conn.watch(c, |c| c.graceful_shutdown(), stop).await
+                        let alpn = stream.get_ref().1.alpn_protocol();
+                        let builder = builders.for_alpn(alpn);
+                        if alpn == Some(b"h2") {
+                            let c = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::pin!(c);
+                            conn.watch(c, |c| c.graceful_shutdown(), stop).await
+                        } else {
+                            let io = VersionShim::new(stream, max_line);
+                            let c = builder.serve_connection(TokioIo::new(io), svc);
+                            tokio::pin!(c);
+                            conn.watch(c, |c| c.graceful_shutdown(), stop).await
+                        }
                     }
                 };
                 if let Err(e) = result {
