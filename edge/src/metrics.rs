@@ -109,7 +109,7 @@ pub struct Metrics {
     /// Client connections: open, idle, refused, closed by the node.
     pub conns: ConnStats,
     /// Log lines that clients cause, rate-limited per kind.
-    pub client_logs: ClientLogs,
+    pub client_logs: std::sync::Arc<ClientLogs>,
     /// Response bytes held in memory on their way to clients (the `server.max_buffered`
     /// budget in use).
     pub buffered_bytes: std::sync::Arc<AtomicU64>,
@@ -210,15 +210,13 @@ pub struct ConnStats {
 pub enum ClientLog {
     AcceptFailed,
     TlsHandshake,
-    Connection,
     Request,
 }
 
 impl ClientLog {
-    pub const ALL: [ClientLog; 4] = [
+    pub const ALL: [ClientLog; 3] = [
         ClientLog::AcceptFailed,
         ClientLog::TlsHandshake,
-        ClientLog::Connection,
         ClientLog::Request,
     ];
 
@@ -226,7 +224,6 @@ impl ClientLog {
         match self {
             ClientLog::AcceptFailed => "accept_failed",
             ClientLog::TlsHandshake => "tls_handshake",
-            ClientLog::Connection => "connection",
             ClientLog::Request => "request",
         }
     }
@@ -305,7 +302,7 @@ impl SiteTable {
 pub struct ClientLogs {
     /// Per kind: the second the window started (since the first use), lines in it, lines
     /// suppressed in total.
-    kinds: [(AtomicU64, AtomicU64, AtomicU64); 4],
+    kinds: [(AtomicU64, AtomicU64, AtomicU64); 3],
     started: std::sync::OnceLock<std::time::Instant>,
 }
 

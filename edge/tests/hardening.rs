@@ -337,3 +337,53 @@ fn h2_authority_that_disagrees_with_host_gets_400() {
     let bad = with(&[(":authority", "a b")]);
     assert!(matches!(bad, Ok(0x8c) | Err(1)), "{bad:?}");
 }
+
+/// Warnings a client can cause are rate-limited per kind: 300 requests for files whose
+/// objects the origin lost write at most 5 `request failed` lines per second, and count the
+/// rest in `edge_log_suppressed_total{kind="request"}`; every request still gets its answer.
+#[test]
+fn request_failure_warnings_are_rate_limited() {
+    let ws = Workspace::new();
+    let dir = ws.site_dir(SITE);
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("f{i}.txt"), format!("file {i}\n").into_bytes()))
+        .collect();
+    write_files(&dir, &files);
+    ws.publish(&dir, SITE);
+    let node = ws.serve().default_site(SITE).no_disk().start();
+    // The deploy is adopted (its root node cached); then the origin loses every object.
+    assert_eq!(get(node.addr, "/f0.txt"), 200);
+    std::fs::remove_dir_all(ws.store().join("objects")).unwrap();
+    let start = Instant::now();
+    let mut failed = 0;
+    for i in 1..300 {
+        let status = get(node.addr, &format!("/f{i}.txt"));
+        assert!(status >= 500, "/f{i}.txt: {status}");
+        failed += 1;
+    }
+    let secs = start.elapsed().as_secs() + 1;
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = node.log_text().matches("request failed").count();
+    assert!(lines >= 1, "no request failed line at all");
+    assert!(
+        lines as u64 <= 5 * (secs + 1),
+        "{lines} lines for {failed} failures in {secs} s"
+    );
+    let admin = node.admin.expect("admin listener");
+    let metrics = raw_exchange(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&metrics.body);
+    let suppressed: f64 = text
+        .lines()
+        .find(|l| l.starts_with("edge_log_suppressed_total{kind=\"request\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no request kind in\n{text}"));
+    assert!(
+        suppressed as usize + lines >= failed,
+        "{lines} written + {suppressed} suppressed < {failed} failures"
+    );
+    eprintln!("{failed} failures in {secs} s: {lines} lines written, {suppressed} suppressed");
+}

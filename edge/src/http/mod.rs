@@ -10,7 +10,7 @@ use http::{Method, Response, StatusCode, Version};
 
 use crate::accesslog::AccessLog;
 use crate::error::{self, EdgeError};
-use crate::metrics::Metrics;
+use crate::metrics::{ClientLog, Metrics};
 use crate::path::{self, PathError};
 use crate::pointers::{Deploy, Pointers};
 use crate::tiers::{Source, Tiers};
@@ -144,12 +144,15 @@ impl Handler {
         cfg: HttpConfig,
     ) -> Handler {
         let buffered = tiers.buffered().clone();
+        let metrics = Arc::new(crate::metrics::Metrics::with_buffered(buffered));
+        let mut routes = routes;
+        routes.set_logs(metrics.client_logs.clone());
         Handler {
             pointers,
             routes,
             tiers,
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
-            metrics: Arc::new(crate::metrics::Metrics::with_buffered(buffered)),
+            metrics,
             access_log: None,
         }
     }
@@ -401,7 +404,11 @@ impl Handler {
     }
 
     fn failure(&self, e: &EdgeError, during: &'static str) -> Response<Body> {
-        tracing::warn!(during, error = %error::chain(e), "request failed");
+        // Clients choose how many requests fail (cold paths while the origin is down):
+        // the lines are rate-limited, the responses are counted by status anyway.
+        if self.metrics.client_logs.allow(ClientLog::Request) {
+            tracing::warn!(during, error = %error::chain(e), "request failed");
+        }
         let mut r = text(e.status(), e.reason());
         if let Some(after) = e.retry_after() {
             r.headers_mut().insert(

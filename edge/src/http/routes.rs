@@ -16,6 +16,7 @@ use origin_client::Hash;
 use origin_client::rules::{Action, Rules};
 
 use crate::error::EdgeResult;
+use crate::metrics::{ClientLog, ClientLogs};
 use crate::path::RequestPath;
 use crate::route::{self, FileEntry, Step, Walk};
 use crate::trees::Trees;
@@ -44,7 +45,7 @@ pub type SiteHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
 /// The headers `rules` give `segs`, as header values. Publishing validated them; one that
 /// still does not parse is left out (and logged).
-pub fn site_headers(rules: Option<&Rules>, segs: &[&str]) -> SiteHeaders {
+pub fn site_headers(rules: Option<&Rules>, segs: &[&str], logs: &ClientLogs) -> SiteHeaders {
     let Some(rules) = rules else {
         return Arc::from([]);
     };
@@ -58,7 +59,9 @@ pub fn site_headers(rules: Option<&Rules>, segs: &[&str]) -> SiteHeaders {
             ) {
                 (Ok(n), Ok(v)) => Some((n, v)),
                 _ => {
-                    tracing::warn!(header = %n, "site header left out: not a valid header");
+                    if logs.allow(ClientLog::Request) {
+                        tracing::warn!(header = %n, "site header left out: not a valid header");
+                    }
                     None
                 }
             }
@@ -190,6 +193,9 @@ impl quick_cache::Weighter<RouteKey, Arc<FileRoute>> for RouteWeight {
 pub struct Routes {
     trees: Arc<Trees>,
     cache: quick_cache::sync::Cache<RouteKey, Arc<FileRoute>, RouteWeight>,
+    /// Rate limits for the warnings a request can cause (a rule whose substitution makes
+    /// an invalid header); the handler's, once it has one.
+    logs: Arc<ClientLogs>,
 }
 
 impl Routes {
@@ -202,7 +208,13 @@ impl Routes {
                 bytes,
                 RouteWeight,
             ),
+            logs: Arc::default(),
         }
+    }
+
+    /// Counts the warnings requests cause in `logs` (the handler's metrics).
+    pub fn set_logs(&mut self, logs: Arc<ClientLogs>) {
+        self.logs = logs;
     }
 
     pub fn trees(&self) -> &Arc<Trees> {
@@ -247,7 +259,7 @@ impl Routes {
         // Boxed, like the rare paths below: a route miss keeps the handler's future small.
         let found = Box::pin(self.walk(root_node, path)).await?;
         let segs: Vec<&str> = path.segments.iter().map(|s| &**s).collect();
-        let headers = site_headers(rules.as_deref(), &segs);
+        let headers = site_headers(rules.as_deref(), &segs, &self.logs);
         let exists = !matches!(found, route::Target::NotFound);
         if let Some(rules) = &rules {
             let decision = rules.redirect(&segs, query, exists);
@@ -322,7 +334,9 @@ impl Routes {
                     headers,
                 },
                 Err(_) => {
-                    tracing::warn!(line = action.line, "redirect target is not a valid header");
+                    if self.logs.allow(ClientLog::Request) {
+                        tracing::warn!(line = action.line, "redirect target is not a valid header");
+                    }
                     Target::NotFound(headers)
                 }
             });

@@ -145,6 +145,7 @@ pub async fn serve(
             })
         };
         let (builders, stop, token) = (builders.clone(), stop_rx.clone(), live.enter());
+        let logs = metrics.client_logs.clone();
         let tls = tls.clone();
         let span = tracing::debug_span!(
             "conn",
@@ -168,11 +169,15 @@ pub async fn serve(
                         let stream = match handshake.await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
+                                if logs.allow(ClientLog::TlsHandshake) {
+                                    tracing::info!(peer.addr = %peer, error = %e, "TLS handshake failed");
+                                }
                                 return;
                             }
                             Err(_) => {
-                                tracing::debug!("TLS handshake timed out");
+                                if logs.allow(ClientLog::TlsHandshake) {
+                                    tracing::info!(peer.addr = %peer, "TLS handshake timed out");
+                                }
                                 return;
                             }
                         };
