@@ -364,3 +364,30 @@ async fn bad_origin_bytes_never_make_a_complete_h3_response() {
     let r = h3.get("/big.bin").await;
     assert!(r.status == 200 && r.complete && r.body == *big);
 }
+
+/// An HTTP/3 connection with no request in flight is closed after `server.idle_timeout`
+/// (GOAWAY, then the close), also after it served a request; one in use is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h3_connections_close_after_idle_timeout() {
+    let s = setup();
+    let node = start(&s, Some("[server]\nidle_timeout = \"800ms\"\n"));
+    let ep = client(&s.ca);
+    let silent = H3::connect(&ep, node.https, "localhost").await.unwrap();
+    let used = H3::connect(&ep, node.https, "localhost").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(used.get("/").await.status, 200);
+    for (name, c) in [("silent", &silent), ("after a request", &used)] {
+        let closed = tokio::time::timeout(Duration::from_secs(10), c.conn.closed())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: not closed within 10 s"));
+        let t = started.elapsed();
+        assert!(
+            t >= Duration::from_millis(600),
+            "{name}: closed after {t:?}: {closed}"
+        );
+        eprintln!("{name}: closed after {t:?}: {closed}");
+    }
+    // A new connection is served.
+    let c = H3::connect(&ep, node.https, "localhost").await.unwrap();
+    assert_eq!(c.get("/").await.status, 200);
+}

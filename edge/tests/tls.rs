@@ -882,3 +882,39 @@ async fn alpn_is_honoured_both_ways() {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// A TLS connection that completes its handshake and then sends nothing is closed after
+/// `server.idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_connections_close_after_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    init();
+    let ca = Ca::new();
+    let (ws, certs, _) = setup(&ca);
+    let node = start(&ws, &certs, Some("[server]\nidle_timeout = \"800ms\"\n"));
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let started = Instant::now();
+        let (mut tls, _) = tls_connect(node.https, "localhost", client_config(&ca, &[alpn]))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("{alpn:?}: not closed within 10 s"),
+            }
+        }
+        let t = started.elapsed();
+        assert!(
+            t >= Duration::from_millis(600),
+            "{alpn:?}: closed after {t:?}"
+        );
+        eprintln!(
+            "{:?}: closed after {t:?} ({} bytes first)",
+            String::from_utf8_lossy(alpn),
+            got.len()
+        );
+    }
+}
