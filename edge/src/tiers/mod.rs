@@ -227,8 +227,15 @@ async fn shares(
     Ok((budget.take(n).await?, w))
 }
 
-/// The smallest block a disk read starts with and a slow client is held to.
+/// The smallest block a slow client is held to.
 pub const MIN_BLOCK: usize = 8 << 10;
+
+/// The block a disk read starts with, before its client has taken anything. Small, because
+/// a client may never take it: hyper (since 1.12, hyper#4003) polls an HTTP/2 body before
+/// the stream has send capacity, so every stream of a client that keeps its windows at zero
+/// holds its first block until `send_timeout` (4,000 such streams in `tests/stall.rs`).
+/// Doubling from here reaches [`BLOCK`] four blocks later.
+pub const FIRST_BLOCK: usize = 2 << 10;
 
 /// The next block size: doubled (up to [`BLOCK`]) when the client kept up (it had taken
 /// every block before this one), halved (down to [`MIN_BLOCK`]) when it had not.
@@ -242,10 +249,10 @@ fn next_block(size: usize, kept_up: bool) -> usize {
 }
 
 /// Reads `start..end` of `file` in blocks on the blocking pool, each under its shares;
-/// block sizes follow the client's pace ([`next_block`]).
+/// block sizes start at [`FIRST_BLOCK`] and follow the client's pace ([`next_block`]).
 fn read_blocks(file: Arc<std::fs::File>, start: u64, end: u64, budget: Budget) -> ByteStream {
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
-    futures_util::stream::try_unfold((start, MIN_BLOCK), move |(pos, size)| {
+    futures_util::stream::try_unfold((start, FIRST_BLOCK), move |(pos, size)| {
         let (file, window, budget) = (file.clone(), window.clone(), budget.clone());
         async move {
             if pos >= end {
@@ -951,6 +958,35 @@ mod tests {
             .expect("the first piece without the second")
             .expect("no error");
         assert_eq!(got.as_deref(), Some(&data[..1000]));
+    }
+
+    /// A disk read starts with a small block, doubling while the client keeps up.
+    #[tokio::test]
+    async fn disk_reads_start_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        let budget = Budget::new(1 << 20, Arc::default());
+        let mut blocks = read_blocks(file, 0, data.len() as u64, budget);
+        let mut sizes = Vec::new();
+        let mut out = Vec::new();
+        while let Some(b) = blocks.try_next().await.unwrap() {
+            sizes.push(b.len());
+            out.extend_from_slice(&b);
+        }
+        assert_eq!(out, data);
+        assert_eq!(
+            sizes[..5],
+            [
+                FIRST_BLOCK,
+                2 * FIRST_BLOCK,
+                4 * FIRST_BLOCK,
+                8 * FIRST_BLOCK,
+                BLOCK
+            ]
+        );
     }
 
     #[tokio::test]
