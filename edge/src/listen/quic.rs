@@ -311,12 +311,16 @@ async fn request(
     ] {
         parts.headers.remove(h);
     }
-    if let Err(e) = stream
-        .send_response(http::Response::from_parts(parts, ()))
-        .await
-    {
-        tracing::debug!(error = %e, "HTTP/3 response head not sent");
-        return;
+    // The head is stream data under the client's flow control like the body: a client whose
+    // window cannot take it stalls here, under the same send timeout as a DATA frame.
+    let head = stream.send_response(http::Response::from_parts(parts, ()));
+    match within(send_timeout, head).await {
+        Sent::Done => {}
+        Sent::Failed(e) => {
+            tracing::debug!(error = %e, "HTTP/3 response head not sent");
+            return;
+        }
+        Sent::Stalled => return stalled(handler, &mut stream),
     }
     if !head_only {
         while let Some(frame) = body.frame().await {
@@ -336,27 +340,51 @@ async fn request(
             if data.is_empty() {
                 continue;
             }
-            match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+            match within(send_timeout, stream.send_data(data)).await {
+                Sent::Done => {}
+                Sent::Failed(e) => {
                     tracing::debug!(error = %e, "HTTP/3 response body not sent");
                     return;
                 }
-                Err(_) => {
-                    // The client took nothing for send_timeout (windows closed): reset.
-                    handler
-                        .metrics()
-                        .conns
-                        .send_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("HTTP/3 response made no progress; resetting the stream");
-                    stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-                    return;
-                }
+                Sent::Stalled => return stalled(handler, &mut stream),
             }
         }
     }
-    if let Err(e) = stream.finish().await {
-        tracing::debug!(error = %e, "HTTP/3 response not finished");
+    // Finishing may write too (h3 sends a grease frame on one stream per connection).
+    match within(send_timeout, stream.finish()).await {
+        Sent::Done => {}
+        Sent::Failed(e) => tracing::debug!(error = %e, "HTTP/3 response not finished"),
+        Sent::Stalled => stalled(handler, &mut stream),
     }
+}
+
+/// How one write on a response stream went.
+enum Sent {
+    Done,
+    Failed(h3::error::StreamError),
+    /// Not taken within `server.send_timeout`: the client's windows stayed closed.
+    Stalled,
+}
+
+/// Awaits `write` (the head, a DATA frame, the finish) for at most `send_timeout`.
+async fn within(
+    send_timeout: Duration,
+    write: impl Future<Output = Result<(), h3::error::StreamError>>,
+) -> Sent {
+    match tokio::time::timeout(send_timeout, write).await {
+        Ok(Ok(())) => Sent::Done,
+        Ok(Err(e)) => Sent::Failed(e),
+        Err(_) => Sent::Stalled,
+    }
+}
+
+/// A response that made no progress for `send_timeout`: reset, and counted.
+fn stalled(handler: &Handler, stream: &mut H3Stream) {
+    handler
+        .metrics()
+        .conns
+        .send_timeouts
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("HTTP/3 response made no progress; resetting the stream");
+    stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
 }

@@ -116,8 +116,8 @@ impl Blob {
 /// The largest block a streamed response reads at a time from disk or takes from the
 /// origin before the client has it.
 pub const BLOCK: usize = 32 << 10;
-/// Blocks one response may hold at a time (read, verified, or queued in the transport).
-/// At least 2: [`Verify`] holds one back while the transport has another.
+/// Blocks one response may hold at a time (read, verified, or queued in the transport):
+/// the next one is read while the transport writes the one before.
 pub const WINDOW: usize = 2;
 
 /// The node-wide bound on response bytes buffered in memory (`server.max_buffered`): bytes
@@ -227,11 +227,18 @@ async fn shares(
     Ok((budget.take(n).await?, w))
 }
 
-/// The smallest block a disk read starts with and a slow client is held to.
+/// The smallest block a slow client is held to.
 pub const MIN_BLOCK: usize = 8 << 10;
 
-/// The next block size: doubled (up to [`BLOCK`]) when the client kept up (a window slot
-/// was free at once), halved (down to [`MIN_BLOCK`]) when the response had to wait for it.
+/// The block a disk read starts with, before its client has taken anything. Small, because
+/// a client may never take it: hyper (since 1.12, hyper#4003) polls an HTTP/2 body before
+/// the stream has send capacity, so every stream of a client that keeps its windows at zero
+/// holds its first block until `send_timeout` (4,000 such streams in `tests/stall.rs`).
+/// Doubling from here reaches [`BLOCK`] four blocks later.
+pub const FIRST_BLOCK: usize = 2 << 10;
+
+/// The next block size: doubled (up to [`BLOCK`]) when the client kept up (it had taken
+/// every block before this one), halved (down to [`MIN_BLOCK`]) when it had not.
 /// A slow reader so holds two small blocks, a fast one two full ones.
 fn next_block(size: usize, kept_up: bool) -> usize {
     if kept_up {
@@ -242,17 +249,18 @@ fn next_block(size: usize, kept_up: bool) -> usize {
 }
 
 /// Reads `start..end` of `file` in blocks on the blocking pool, each under its shares;
-/// block sizes follow the client's pace ([`next_block`]).
+/// block sizes start at [`FIRST_BLOCK`] and follow the client's pace ([`next_block`]).
 fn read_blocks(file: Arc<std::fs::File>, start: u64, end: u64, budget: Budget) -> ByteStream {
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
-    futures_util::stream::try_unfold((start, MIN_BLOCK), move |(pos, size)| {
+    futures_util::stream::try_unfold((start, FIRST_BLOCK), move |(pos, size)| {
         let (file, window, budget) = (file.clone(), window.clone(), budget.clone());
         async move {
             if pos >= end {
                 return Ok(None);
             }
             let n = (end - pos).min(size as u64) as usize;
-            let kept_up = window.available_permits() > 0;
+            // Kept up: the transport has let go of every block it was given.
+            let kept_up = window.available_permits() == WINDOW;
             let (held, w) = shares(&window, &budget, n).await?;
             // Allocated here, on a runtime thread, not on the blocking pool: blocks then come
             // from the few allocator arenas of the runtime threads rather than one per pool
@@ -308,8 +316,8 @@ fn metered(inner: ByteStream, budget: Budget) -> ByteStream {
 
 type FailHook = Box<dyn FnOnce() + Send>;
 
-/// Hashes a whole object as it streams, passes on the bytes in `start..end`, and holds the
-/// last piece back until the hash and length check out.
+/// Hashes a whole object as it streams, passes on the bytes in `start..end` as they come,
+/// and holds the last piece back until the hash and length check out.
 struct Verify {
     inner: ByteStream,
     hasher: blake3::Hasher,
@@ -386,9 +394,14 @@ impl Stream for Verify {
                     if lo < hi {
                         let piece =
                             chunk.slice((lo - chunk_start) as usize..(hi - chunk_start) as usize);
-                        if let Some(prev) = this.held.replace(piece) {
-                            return Poll::Ready(Some(Ok(prev)));
+                        if hi < this.end {
+                            // Not the answer's last piece: passed on at once. Holding it back
+                            // until the next one arrives would make every response read a
+                            // block ahead of its client (a block per stalled stream).
+                            return Poll::Ready(Some(Ok(piece)));
                         }
+                        // The last piece: held until the whole object checks out (below).
+                        this.held = Some(piece);
                     }
                 }
                 Poll::Ready(None) => {
@@ -928,6 +941,52 @@ mod tests {
         let (out, ok) = run(Verify::new(chunks(&data, 777), h, 10_000, 1234, 5678, None)).await;
         assert!(ok);
         assert_eq!(out, &data[1234..5678]);
+    }
+
+    /// A piece that is not the last is passed on before the next one is read: a response
+    /// whose client takes nothing holds no block beyond the one it has been given.
+    #[tokio::test]
+    async fn verify_reads_no_piece_ahead() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let h = Hash::of(&data);
+        let first = futures_util::stream::iter([Ok(Bytes::copy_from_slice(&data[..1000]))]);
+        // After the first piece the source never yields again.
+        let stalled = first.chain(futures_util::stream::pending()).boxed();
+        let mut v = Verify::new(stalled, h, 10_000, 0, 10_000, None).boxed();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), v.try_next())
+            .await
+            .expect("the first piece without the second")
+            .expect("no error");
+        assert_eq!(got.as_deref(), Some(&data[..1000]));
+    }
+
+    /// A disk read starts with a small block, doubling while the client keeps up.
+    #[tokio::test]
+    async fn disk_reads_start_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        let budget = Budget::new(1 << 20, Arc::default());
+        let mut blocks = read_blocks(file, 0, data.len() as u64, budget);
+        let mut sizes = Vec::new();
+        let mut out = Vec::new();
+        while let Some(b) = blocks.try_next().await.unwrap() {
+            sizes.push(b.len());
+            out.extend_from_slice(&b);
+        }
+        assert_eq!(out, data);
+        assert_eq!(
+            sizes[..5],
+            [
+                FIRST_BLOCK,
+                2 * FIRST_BLOCK,
+                4 * FIRST_BLOCK,
+                8 * FIRST_BLOCK,
+                BLOCK
+            ]
+        );
     }
 
     #[tokio::test]
