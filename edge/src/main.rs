@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// With `--features jemalloc`: jemalloc, configured (see `.cargo/config.toml`) to give freed
+/// memory back to the OS; glibc's malloc keeps most of what 1,000 slow readers had used.
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "edge",

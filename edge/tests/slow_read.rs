@@ -71,6 +71,16 @@ fn a_thousand_slow_readers_hold_bounded_memory() {
         std::thread::sleep(left);
     }
     let reading = got.iter().filter(|&&n| n > 0).count();
+    // What the node says it holds for them (response blocks under `server.max_buffered`).
+    let metrics = raw_exchange(
+        node.admin.expect("admin listener"),
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let buffered = String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_buffered_bytes ").map(str::to_owned))
+        .unwrap_or_default();
+    eprintln!("edge_buffered_bytes with {CLIENTS} slow readers: {buffered}");
     drop(conns);
     let growth_mib = (peak.saturating_sub(start_rss)) as f64 / 1024.0;
     eprintln!(
@@ -82,19 +92,23 @@ fn a_thousand_slow_readers_hold_bounded_memory() {
         reading >= CLIENTS * 9 / 10,
         "only {reading} readers were served"
     );
+    // Within 10 s of their end: back within 32 MiB of the start with `--features jemalloc`;
+    // with glibc's malloc (the default build) not (about +35 MiB kept), so reported, not
+    // asserted.
+    let mut after = node.status_kib("VmRSS");
+    let left = Instant::now();
+    while left.elapsed() < Duration::from_secs(10) && after > start_rss + 32 * 1024 {
+        std::thread::sleep(Duration::from_millis(250));
+        after = node.status_kib("VmRSS");
+    }
+    eprintln!(
+        "RSS {:.1} s after they left: {} MiB ({} MiB at start)",
+        left.elapsed().as_secs_f64(),
+        after / 1024,
+        start_rss / 1024
+    );
     assert!(
         growth_mib <= 64.0,
         "RSS grew {growth_mib:.1} MiB with slow readers"
-    );
-
-    // What the node keeps after they are gone, reported (not asserted): glibc's malloc
-    // keeps much of the freed blocks (fragmented across arenas) rather than returning them;
-    // getting it back to the OS (malloc_trim, or an allocator with background purging) is
-    // not done yet.
-    std::thread::sleep(Duration::from_secs(10));
-    eprintln!(
-        "RSS 10 s after they left: {} MiB ({} MiB at start)",
-        node.status_kib("VmRSS") / 1024,
-        start_rss / 1024
     );
 }

@@ -282,7 +282,10 @@ async fn request(
     send_timeout: Duration,
 ) {
     let head_only = req.method() == http::Method::HEAD;
-    let resp = front.respond(handler, req).await;
+    // Boxed: the handler's future is large and an async fn's state is as large as its
+    // largest await, so without the box every stream would keep that size for as long as
+    // its body takes to send (thousands of streams when clients stall).
+    let resp = Box::pin(front.respond(handler, req)).await;
     let (mut parts, mut body) = resp.into_parts();
     // hyper adds Date for HTTP/1.1 and HTTP/2; h3 does not.
     super::insert_default(&mut parts.headers, header::DATE, || {
