@@ -128,6 +128,38 @@ async fn metrics(node: &Node) -> String {
     H1::new(admin).get("/metrics").await.text()
 }
 
+/// Checks an exposition the way the admin tests do: every family one group with HELP and
+/// TYPE first (`exposition_problems`), and `promtool check metrics` when it is installed.
+fn check_exposition(text: &str, what: &str) {
+    use edge::metrics::{Format, exposition_problems};
+    use std::io::Write;
+    let problems = exposition_problems(text, Format::Prometheus);
+    assert!(problems.is_empty(), "{what}: {problems:?}");
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("promtool not installed: {what} not checked by it");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("running promtool");
+    assert!(
+        out.status.success(),
+        "{what}: promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The value of the sample `sample` (name and labels exactly as written), if present.
 fn sample(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -240,6 +272,8 @@ async fn two_children_one_origin_fetch_per_object() {
             0.0
         );
     }
+    check_exposition(&ma, "a child's /metrics");
+    check_exposition(&mp, "the parent's /metrics");
     let served = sample(&mp, "edge_child_requests_total{result=\"ok\"}").unwrap();
     assert_eq!(
         served, asked,
