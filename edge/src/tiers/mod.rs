@@ -442,6 +442,9 @@ pub const DEFAULT_MAX_BUFFERED: u64 = 256 << 20;
 enum Filled {
     Memory(Bytes),
     Disk,
+    /// An object asked for by hash alone turned out to be this long: more than memory and
+    /// disk take. Not cached; streamed through instead.
+    TooLarge(u64),
 }
 
 /// Weighs memory-tier entries by their bytes (plus a little for the entry itself).
@@ -606,11 +609,16 @@ impl Tiers {
                         return Ok((blob, Source::Origin));
                     }
                 }
+                Filled::TooLarge(_) => {}
             }
         }
-        // Too large for memory and no room on disk: stream through, verifying. From the
-        // origin only: a stream is checked as it goes to the client, too late to read the
-        // object from another source when a parent's bytes fail.
+        self.stream_through(hash, size).await
+    }
+
+    /// An object too large for memory with no room on disk: streamed through, verifying.
+    /// From the origin only: a stream is checked as it goes to the client, too late to read
+    /// the object from another source when a parent's bytes fail.
+    async fn stream_through(&self, hash: Hash, size: u64) -> EdgeResult<(Blob, Source)> {
         self.stats.origin_fetches.fetch_add(1, Ordering::Relaxed);
         let body = self
             .objects
@@ -786,11 +794,9 @@ impl Tiers {
         }
         let disk = match &self.disk {
             Some(d) if d.admits(len) => d.clone(),
-            _ => {
-                return Err(EdgeError::internal(format!(
-                    "object {hash}: {len} bytes is more than this node caches"
-                )));
-            }
+            // Only when the size was not known before (`get` streams such objects through
+            // without a fill).
+            _ => return Ok(Some(Filled::TooLarge(len))),
         };
         let tmp = disk.temp_path();
         let result = stream_to_file(body.stream, &tmp, hash, len).await;
@@ -821,7 +827,7 @@ impl Tiers {
     /// Object `hash` whatever its size, for a child edge: from memory, the disk tier, or a
     /// fill (coalesced with every other request for it by hash alone; from this node's
     /// parents or origin, verified). `Ok(None)`: the origin has no such object. An object
-    /// too large for this node's tiers is refused (the child reads it from its origin).
+    /// too large for this node's tiers streams through from the origin, verified as it goes.
     pub async fn object(self: &Arc<Self>, hash: Hash) -> EdgeResult<Option<(Blob, Source)>> {
         if let Some(b) = self.memory.get(&hash) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
@@ -836,6 +842,7 @@ impl Tiers {
         }
         match Box::pin(self.fill(hash, None)).await {
             Ok(Filled::Memory(b)) => Ok(Some((Blob::Bytes(b), Source::Origin))),
+            Ok(Filled::TooLarge(len)) => self.stream_through(hash, len).await.map(Some),
             Ok(Filled::Disk) => match on_disk(self) {
                 Some(size) => Ok(self
                     .from_disk(hash, size)
@@ -1024,6 +1031,73 @@ mod tests {
         let (reads, bodies) = concurrent_misses(1 << 20, true).await;
         assert_eq!(reads, 1);
         assert_eq!(bodies.len(), 100);
+    }
+
+    async fn read_blob(blob: Blob) -> Vec<u8> {
+        let n = blob.len();
+        blob.into_stream(0, n)
+            .try_fold(Vec::new(), |mut v, b| async move {
+                v.extend_from_slice(&b);
+                Ok(v)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// What a child edge asks for (a hash, no size): concurrent requests share one fill,
+    /// later ones hit memory, and an object more than the tiers take streams through
+    /// (verified, not cached); a missing one is `None`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_by_hash_alone_fill_once_and_stream_what_does_not_fit() {
+        let (plain, slow, reads) = slow_counting();
+        let small: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 239) as u8).collect();
+        for d in [&small, &big] {
+            plain
+                .put_object(&Hash::of(d), Bytes::from(d.clone()))
+                .await
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // One object may take an eighth of the disk tier: 256 KiB here, less than `big`.
+        let disk = Arc::new(DiskTier::open(dir.path(), 2 << 20).unwrap());
+        let tiers = Tiers::new(
+            Arc::new(slow),
+            &TierConfig {
+                memory_bytes: 8 << 20,
+                memory_max_object: 64 * 1024,
+                site_concurrency: 4,
+                site_queue: 200,
+            },
+            Some(disk),
+        );
+        let h = Hash::of(&small);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let t = tiers.clone();
+                tokio::spawn(async move { t.object(h).await.unwrap().unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            let (blob, _) = t.await.unwrap();
+            assert_eq!(read_blob(blob).await, small);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one fill for 20 requests");
+        let (blob, source) = tiers.object(h).await.unwrap().unwrap();
+        assert_eq!(source, Source::Memory);
+        assert_eq!(read_blob(blob).await, small);
+        let (_, source) = tiers.get(h, small.len() as u64, "s").await.unwrap();
+        assert_eq!(source, Source::Memory, "the node's own request finds it");
+
+        let before = reads.load(Ordering::SeqCst);
+        let (blob, source) = tiers.object(Hash::of(&big)).await.unwrap().unwrap();
+        assert_eq!(source, Source::Origin);
+        assert_eq!(read_blob(blob).await, big, "streamed through, whole");
+        assert_eq!(tiers.disk().unwrap().len(), 1, "not cached on disk");
+        assert!(reads.load(Ordering::SeqCst) > before);
+
+        assert!(tiers.object(Hash::of(b"missing")).await.unwrap().is_none());
+        assert_eq!(tiers.fills_in_flight(), 0);
     }
 
     fn chunks(data: &[u8], size: usize) -> ByteStream {
