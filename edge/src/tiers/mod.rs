@@ -764,21 +764,6 @@ impl Tiers {
             }
             return Ok(Some(self.keep(hash, data).await));
         }
-        let Some(body) = store.open_object(&hash).await? else {
-            return Ok(None);
-        };
-        let len = match (size, body.len) {
-            (Some(want), Some(got)) if got != want => {
-                return Err(EdgeError::SizeMismatch { hash, got, want });
-            }
-            (Some(want), _) => want,
-            (None, Some(got)) => got,
-            (None, None) => {
-                return Err(EdgeError::internal(format!(
-                    "object {hash}: the store did not say its length"
-                )));
-            }
-        };
         let checked = |e: EdgeError| {
             if matches!(
                 e,
@@ -787,6 +772,26 @@ impl Tiers {
                 self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
             }
             e
+        };
+        let Some(body) = store.open_object(&hash).await? else {
+            return Ok(None);
+        };
+        let len = match (size, body.len) {
+            (Some(want), Some(got)) if got != want => {
+                return Err(checked(EdgeError::SizeMismatch { hash, got, want }));
+            }
+            (Some(want), _) => want,
+            (None, Some(got)) => got,
+            // The source's fault (a parent edge always sends Content-Length): the next one.
+            (None, None) => {
+                return Err(origin_client::StoreError::Remote {
+                    op: "GET",
+                    url: format!("{} object {hash}", store.location()),
+                    why: "no length for an object asked for by hash alone".into(),
+                    source: None,
+                }
+                .into());
+            }
         };
         if size.is_none() && len <= self.memory_max_object {
             let data = read_whole(body.stream, hash, len).await.map_err(checked)?;
