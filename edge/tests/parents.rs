@@ -425,6 +425,77 @@ async fn a_parent_that_sends_wrong_bytes_costs_a_refetch_never_a_wrong_byte() {
     );
 }
 
+/// Two parents, one of which hangs: an object whose home is the hanging one costs one
+/// `first_byte_timeout` and is read from its next parent (not the origin) until the hanging
+/// parent's breaker opens; then it is skipped at once. Every file is served 200, right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_parent_costs_a_timeout_until_its_breaker_opens_and_the_next_parent_serves() {
+    let rig = Rig::new().await;
+    let good = rig.node("parent", &parent_toml()).start();
+    let gurl = format!("http://{}", good.addr);
+    let hang = chaos(&rig.ws).await;
+    hang.set_rules(vec![Rule::new(Action::Hang { max_ms: None })])
+        .unwrap();
+    let hurl = hang.url().trim_end_matches('/').to_owned();
+    let knobs = "[origin]\nfirst_byte_timeout = \"500ms\"\nbreaker_failures = 2\nbreaker_open = \"60s\"\nretry_attempts = 1\n";
+    let child = rig
+        .node("child", &child_toml(knobs))
+        .arg("--parent")
+        .arg(&format!("{gurl},{hurl}"))
+        .start();
+    let mut c = H1::new(child.addr);
+    let mut slow = Vec::new();
+    let mut fast = Vec::new();
+    for i in 0..16 {
+        let name = format!("f/{i:02}.txt");
+        let t = Instant::now();
+        expect_file(&mut c, &format!("/{name}"), rig.file(&name)).await;
+        let took = t.elapsed();
+        if took >= Duration::from_millis(450) {
+            slow.push(took);
+        } else {
+            fast.push(took);
+        }
+    }
+    let m = metrics(&child).await;
+    let hung = parent_sample(&m, "edge_parent_errors_total", &hurl, Some("error"));
+    let skipped = parent_sample(&m, "edge_parent_errors_total", &hurl, Some("breaker_open"));
+    assert_eq!(hung, 2.0, "two timeouts open its breaker:\n{m}");
+    assert_eq!(
+        parent_sample(&m, "edge_parent_breaker_state", &hurl, None),
+        2.0
+    );
+    assert!(skipped >= 1.0, "then it is skipped:\n{m}");
+    // The root node or a file: whatever first had the hanging parent as its home paid the
+    // timeouts; nothing after the breaker opened did.
+    assert!(slow.len() <= 2, "{slow:?}");
+    for i in 0..16 {
+        assert_eq!(rig.fetched(&format!("f/{i:02}.txt")), 1, "{i}");
+    }
+    let served = sample(
+        &metrics(&good).await,
+        "edge_child_requests_total{result=\"ok\"}",
+    )
+    .unwrap();
+    let asked_good = parent_sample(&m, "edge_parent_fetches_total", &gurl, None);
+    assert_eq!(
+        served, asked_good,
+        "every object came through the good parent"
+    );
+    assert_eq!(
+        parent_sample(&m, "edge_parent_errors_total", &gurl, Some("error")),
+        0.0
+    );
+    let worst_fast = fast.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "PARENTS hanging_parent: {} requests paid a 500 ms timeout ({:?}), {} did not (slowest {:.0} ms); hanging parent: {hung} errors, {skipped} skipped; the good parent served {served} objects",
+        slow.len(),
+        slow,
+        fast.len(),
+        worst_fast.as_secs_f64() * 1000.0
+    );
+}
+
 /// `GET /.edge/objects/<hash>`: not served unless `serve_children` (the path is a site path,
 /// 404 here); with a token, 401 without it or with another, 200 with the bytes (both path
 /// forms, HEAD too), 400 for a malformed hash, 404 for an object the origin lacks.
