@@ -526,71 +526,22 @@ mod tests {
         assert_eq!(rendezvous(&keys(1), &Hash::of(b"x")), [Some(0), None]);
     }
 
-    /// A store that answers object reads with what it is told.
-    #[derive(Debug)]
-    struct Fixed {
-        answer: fn(&Hash) -> Result<Option<Bytes>, StoreError>,
-        reads: AtomicU64,
-        inner: MemoryStore,
-    }
-
-    impl Fixed {
-        fn new(answer: fn(&Hash) -> Result<Option<Bytes>, StoreError>) -> Fixed {
-            Fixed {
-                answer,
-                reads: AtomicU64::new(0),
-                inner: MemoryStore::new(),
-            }
+    /// A memory store holding `objects`, and how many object reads reached it.
+    async fn counting(objects: &[&[u8]]) -> (Arc<MemoryStore>, Arc<AtomicU64>) {
+        let plain = MemoryStore::new();
+        for o in objects {
+            plain
+                .put_object(&Hash::of(o), Bytes::copy_from_slice(o))
+                .await
+                .unwrap();
         }
-    }
-
-    #[async_trait]
-    impl Store for Fixed {
-        fn location(&self) -> String {
-            "fixed:".into()
-        }
-        async fn get_object(&self, hash: &Hash) -> Result<Option<Bytes>, StoreError> {
-            self.reads.fetch_add(1, Relaxed);
-            (self.answer)(hash)
-        }
-        async fn open_object(&self, hash: &Hash) -> Result<Option<ObjectBody>, StoreError> {
-            self.inner.open_object(hash).await
-        }
-        async fn has_object(&self, hash: &Hash) -> Result<bool, StoreError> {
-            self.inner.has_object(hash).await
-        }
-        async fn put_object(&self, hash: &Hash, data: Bytes) -> Result<bool, StoreError> {
-            self.inner.put_object(hash, data).await
-        }
-        async fn get_host(&self, host: &str) -> Result<Option<HostRecord>, StoreError> {
-            self.inner.get_host(host).await
-        }
-        async fn put_host(&self, record: &HostRecord) -> Result<(), StoreError> {
-            self.inner.put_host(record).await
-        }
-        async fn get_current(&self, site: &str) -> Result<Option<CurrentPointer>, StoreError> {
-            self.inner.get_current(site).await
-        }
-        async fn swap_current(
-            &self,
-            expected: Option<u64>,
-            new: &CurrentPointer,
-        ) -> Result<(), StoreError> {
-            self.inner.swap_current(expected, new).await
-        }
-        async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
-            self.inner.put_deploy(record).await
-        }
-        async fn get_deploy(
-            &self,
-            site: &str,
-            id: &str,
-        ) -> Result<Option<DeployRecord>, StoreError> {
-            self.inner.get_deploy(site, id).await
-        }
-        async fn list_deploys(&self, site: &str) -> Result<Vec<DeployRecord>, StoreError> {
-            self.inner.list_deploys(site).await
-        }
+        let reads = Arc::new(AtomicU64::new(0));
+        let r = reads.clone();
+        let store = plain.with_read_hook(Arc::new(move |_| {
+            r.fetch_add(1, Relaxed);
+            Box::pin(async { Ok(()) })
+        }));
+        (Arc::new(store), reads)
     }
 
     /// Parents that cannot be reached (nothing listens on port 1), whatever their breaker.
@@ -614,10 +565,10 @@ mod tests {
     async fn a_failing_parent_costs_a_fallback_not_an_error() {
         let data = Bytes::from_static(b"the object");
         let hash = Hash::of(&data);
-        let origin = Arc::new(Fixed::new(|_| Ok(Some(Bytes::from_static(b"the object")))));
+        let (origin, reads) = counting(&[&data]).await;
         let parents = Parents::new(origin.clone(), unreachable(2));
         assert_eq!(parents.get_object(&hash).await.unwrap(), Some(data.clone()));
-        assert_eq!(origin.reads.load(Relaxed), 1);
+        assert_eq!(reads.load(Relaxed), 1);
         for p in parents.list() {
             assert_eq!(p.stats.fetches.load(Relaxed), 1, "{}", p.url());
             assert_eq!(p.stats.errors.load(Relaxed), 1, "{}", p.url());
@@ -670,7 +621,7 @@ mod tests {
     /// expectation was wrong and no parent is blamed.
     #[tokio::test]
     async fn a_size_mismatch_is_blamed_on_a_parent_only_if_the_origin_disagrees() {
-        let origin = Arc::new(Fixed::new(|_| Ok(None)));
+        let (origin, _) = counting(&[]).await;
         let hash = Hash::of(b"x");
         for (origin_mismatch, blamed) in [(true, 0), (false, 1)] {
             let parents = Parents::new(origin.clone(), unreachable(1));
@@ -698,7 +649,7 @@ mod tests {
     /// the origin not asked.
     #[tokio::test]
     async fn a_local_failure_stops_the_walk() {
-        let origin = Arc::new(Fixed::new(|_| Ok(None)));
+        let (origin, reads) = counting(&[]).await;
         let parents = Parents::new(origin.clone(), unreachable(2));
         let r: Result<Option<()>, StoreError> = parents
             .fetch(&Hash::of(b"x"), |_| async {
@@ -710,7 +661,7 @@ mod tests {
             })
             .await;
         assert!(r.is_err());
-        assert_eq!(origin.reads.load(Relaxed), 0);
+        assert_eq!(reads.load(Relaxed), 0);
         let counted: u64 = parents
             .list()
             .iter()
@@ -727,8 +678,8 @@ mod tests {
     /// Pointers and records never go to a parent.
     #[tokio::test]
     async fn only_objects_are_read_from_parents() {
-        let origin = Arc::new(Fixed::new(|_| Ok(None)));
-        let parents = Parents::new(origin.clone(), unreachable(2));
+        let (origin, _) = counting(&[]).await;
+        let parents = Parents::new(origin, unreachable(2));
         assert!(parents.get_current("s").await.unwrap().is_none());
         assert!(parents.get_host("h.example").await.unwrap().is_none());
         assert!(parents.get_host_index().await.unwrap().is_none());
