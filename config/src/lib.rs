@@ -91,6 +91,16 @@ pub struct FileConfig {
     pub http3: Http3Section,
     pub log: LogSection,
     pub notify: NotifySection,
+    pub tiers: TiersSection,
+}
+
+/// `[tiers]`: parent edges this node reads objects from, and serving objects to children.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TiersSection {
+    pub parents: Option<Vec<String>>,
+    pub serve_children: Option<bool>,
+    pub token: Option<String>,
 }
 
 /// `[notify]`: pushed pointer changes over NATS.
@@ -249,6 +259,86 @@ pub struct Config {
     pub access_log_queue: usize,
     /// `[notify]`: pushed pointer changes over NATS; `None` when `notify.nats` is unset.
     pub notify: Option<Notify>,
+    /// `[tiers]`: parents to read objects from, and whether children may read from this node.
+    pub tiers: Tiers,
+}
+
+/// `[tiers]`, validated.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tiers {
+    /// Parent edges, `http(s)://host[:port][/path]` without a trailing slash, in the order
+    /// given (each object's home parent is picked by rendezvous hashing, not by this order).
+    pub parents: Vec<String>,
+    /// Answer `GET /.edge/objects/<hash>` for child edges.
+    pub serve_children: bool,
+    /// The bearer token children must send, and that this node sends to its parents
+    /// (`EDGE_TIERS_TOKEN` overrides it).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Tiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiers")
+            .field("parents", &self.parents)
+            .field("serve_children", &self.serve_children)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// The shortest tiers token accepted, from `tiers.token` or `EDGE_TIERS_TOKEN` (bytes).
+pub const TIERS_TOKEN_MIN_LEN: usize = 16;
+
+/// The most parents one node may have.
+pub const MAX_PARENTS: usize = 64;
+
+/// Checks a parent's URL (`http(s)://host[:port][/path]`: no user, query or fragment) and
+/// returns it without a trailing slash.
+pub fn parse_parent_url(text: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "{text:?} is not a parent URL like http://10.0.0.5:8080 or https://parent.example ({why})"
+        )
+    };
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| bad("the scheme must be http:// or https://"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("it needs a host, and no user"));
+    }
+    if text.contains(['?', '#']) || text.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(bad("no query, fragment, spaces or non-ASCII"));
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err(bad("no `.` or `..` segments"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if let Some(p) = port
+        && p.parse::<u16>().ok().filter(|&p| p != 0).is_none()
+    {
+        return Err(bad("the port must be 1 to 65535"));
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                })
+        }
+    };
+    if !host_ok {
+        return Err(bad("the host is not a name or an IP address"));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// `[notify]`, validated: where pointer-change hints arrive, and how often to poll while
@@ -795,7 +885,34 @@ impl Config {
                 fallback_refresh_interval,
             }),
         };
+        let tiers = {
+            let t = &f.tiers;
+            let mut parents: Vec<String> = Vec::new();
+            for p in t.parents.iter().flatten() {
+                let url = parse_parent_url(p).map_err(|m| invalid("tiers.parents", m))?;
+                if parents.contains(&url) {
+                    return Err(invalid("tiers.parents", format!("{url:?} is listed twice")));
+                }
+                parents.push(url);
+            }
+            if parents.len() > MAX_PARENTS {
+                return Err(invalid(
+                    "tiers.parents",
+                    format!("{} parents: at most {MAX_PARENTS}", parents.len()),
+                ));
+            }
+            let token = t.token.clone().filter(|t| !t.is_empty());
+            if let Some(tok) = &token {
+                check_tiers_token(tok).map_err(|m| invalid("tiers.token", m))?;
+            }
+            Tiers {
+                parents,
+                serve_children: t.serve_children.unwrap_or(false),
+                token,
+            }
+        };
         Ok(Config {
+            tiers,
             tls,
             http3,
             admin_listen,
@@ -831,6 +948,32 @@ impl Config {
                 DEFAULT_CACHE_CONTROL_OTHER,
             )?,
         })
+    }
+}
+
+/// What a tiers token must be (from `tiers.token` or `EDGE_TIERS_TOKEN`): at least
+/// [`TIERS_TOKEN_MIN_LEN`] visible ASCII characters (it travels in an `Authorization` header).
+pub fn check_tiers_token(token: &str) -> Result<(), String> {
+    if token.len() < TIERS_TOKEN_MIN_LEN {
+        return Err(format!("must be at least {TIERS_TOKEN_MIN_LEN} characters"));
+    }
+    if !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err("must be visible ASCII (no spaces)".into());
+    }
+    Ok(())
+}
+
+impl Config {
+    /// A listener children could reach from another machine while `tiers.serve_children`
+    /// is on: the first of `server.listen` and `tls.listen` not on a loopback address. A
+    /// token is then required.
+    pub fn children_listener_exposed(&self) -> Option<SocketAddr> {
+        if !self.tiers.serve_children {
+            return None;
+        }
+        std::iter::once(self.listen)
+            .chain(self.tls.as_ref().map(|t| t.listen))
+            .find(|a| !a.ip().is_loopback())
     }
 }
 
@@ -1156,5 +1299,108 @@ mod example_file {
             assert_eq!(e.key(), Some(key), "{text}: {e}");
             assert!(e.to_string().contains("line"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tiers_section {
+    use super::{Config, parse_parent_url};
+
+    #[test]
+    fn parent_urls() {
+        for (text, want) in [
+            ("http://10.0.0.5:8080", "http://10.0.0.5:8080"),
+            ("http://10.0.0.5:8080/", "http://10.0.0.5:8080"),
+            ("https://parent.example", "https://parent.example"),
+            (
+                "https://parent.example/shield/",
+                "https://parent.example/shield",
+            ),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+        ] {
+            assert_eq!(parse_parent_url(text).as_deref(), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "10.0.0.5:8080",
+            "ftp://h",
+            "s3://bucket/p",
+            "http://",
+            "http://user@h",
+            "http://h:0",
+            "http://h:99999",
+            "http://h?x=1",
+            "http://h/#x",
+            "http://bad host",
+            "http://h/../x",
+            "http://::1",
+        ] {
+            assert!(parse_parent_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_section_is_read_and_checked() {
+        let d = Config::default().tiers;
+        assert!(d.parents.is_empty() && !d.serve_children && d.token.is_none());
+        let c = Config::parse(
+            "[tiers]\nparents = [\"http://127.0.0.1:8081/\", \"https://p2.example\"]\nserve_children = true\ntoken = \"0123456789abcdef\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.tiers.parents,
+            ["http://127.0.0.1:8081", "https://p2.example"]
+        );
+        assert!(c.tiers.serve_children);
+        assert_eq!(c.tiers.token.as_deref(), Some("0123456789abcdef"));
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "the token stays out of Debug"
+        );
+        for (text, key, line) in [
+            ("[tiers]\nparents = [\"10.0.0.5:80\"]\n", "tiers.parents", 2),
+            (
+                "[tiers]\n\nparents = [\"http://a\", \"http://a/\"]\n",
+                "tiers.parents",
+                3,
+            ),
+            ("[tiers]\nparents = \"http://a\"\n", "tiers.parents", 2),
+            ("[tiers]\ntoken = \"short\"\n", "tiers.token", 2),
+            (
+                "[tiers]\ntoken = \"has spaces in it, sixteen+\"\n",
+                "tiers.token",
+                2,
+            ),
+            (
+                "[tiers]\nserve_children = \"yes\"\n",
+                "tiers.serve_children",
+                2,
+            ),
+            ("[tiers]\nchildren = true\n", "tiers.children", 2),
+        ] {
+            let e = Config::parse(text, Some("edge.toml")).unwrap_err();
+            assert_eq!((e.key(), e.line()), (Some(key), Some(line)), "{text}: {e}");
+            assert!(e.to_string().starts_with("edge.toml: line"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_exposed_listener_is_named_only_while_serving_children() {
+        let c = Config::parse("[server]\nlisten = \"0.0.0.0:8080\"\n", None).unwrap();
+        assert_eq!(c.children_listener_exposed(), None, "serve_children is off");
+        let c = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[tiers]\nserve_children = true\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.children_listener_exposed()
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some("0.0.0.0:8080")
+        );
+        let c = Config::parse("[tiers]\nserve_children = true\n", None).unwrap();
+        assert_eq!(c.children_listener_exposed(), None, "loopback only");
     }
 }

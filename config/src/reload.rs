@@ -68,6 +68,9 @@ impl Config {
         if next.notify != self.notify {
             restart.push("notify.*");
         }
+        if next.tiers != self.tiers {
+            restart.push("tiers.*");
+        }
         ReloadPlan {
             log_level: next.log_level != self.log_level,
             needs_restart: restart,
@@ -133,6 +136,8 @@ mod tests {
             ),
             ("[http3]\nmax_streams = 7\n", "tls.*/http3.*"),
             ("[notify]\nnats = \"nats://127.0.0.1:4222\"\n", "notify.*"),
+            ("[tiers]\nparents = [\"http://10.0.0.5:8080\"]\n", "tiers.*"),
+            ("[tiers]\nserve_children = true\n", "tiers.*"),
         ];
         for (text, key) in cases {
             let plan = plan_for(text);

@@ -37,7 +37,8 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use origin_client::records::validate_site;
-use origin_client::resilience::{Face, ResilientStore};
+use origin_client::resilience::{BreakerState, Face, ResilientStore};
+use origin_client::store::parents::Failure;
 use serde_json::json;
 
 use prometheus_client::collector::Collector;
@@ -105,15 +106,6 @@ fn method_not_allowed(allow: &'static str) -> Resp {
 fn refused(e: &Refused) -> Resp {
     tracing::debug!(reason = %e, "admin request refused");
     reply(e.status(), "text/plain", format!("{e}\n"))
-}
-
-/// The token in an `Authorization` value with the `Bearer` scheme, in any case (RFC 9110
-/// 11.1: the scheme is case-insensitive; one or more spaces follow it).
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start_matches(' '))
 }
 
 /// Why a request was refused before any endpoint saw it.
@@ -379,13 +371,7 @@ impl Admin {
         let Some(want) = self.token else {
             return true;
         };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .unwrap_or("");
-        blake3::hash(given.as_bytes()) == want
+        crate::http::headers::bearer_matches(req.headers(), &want)
     }
 
     /// Answers one request: the `Host` check, then the endpoint; `HEAD` as `GET` without the
@@ -695,8 +681,49 @@ impl Admin {
             },
             "breakers": breakers,
             "origin": origin_faces,
+            "parents": parents_status(h),
+            "children": h.children().map(|c| {
+                serde_json::Value::Object(
+                    c.stats
+                        .counts()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), json!(v)))
+                        .collect(),
+                )
+            }),
             "notify": self.notify.get().map(|n| n.status()),
         })
+    }
+}
+
+/// Each parent's breaker and counters (`[tiers] parents`), for `/status`.
+fn parents_status(h: &Handler) -> Vec<serde_json::Value> {
+    h.tiers()
+        .parents()
+        .list()
+        .iter()
+        .map(|p| {
+            let errors: serde_json::Map<String, serde_json::Value> = Failure::COUNTED
+                .into_iter()
+                .map(|k| (k.as_str().to_owned(), json!(p.stats.failures(k))))
+                .collect();
+            json!({
+                "url": p.url(),
+                "breaker": p.breaker_state().as_str(),
+                "opened": p.breaker_opened(),
+                "fetches": p.stats.fetches.load(Relaxed),
+                "errors": errors,
+            })
+        })
+        .collect()
+}
+
+/// A breaker's state as a gauge: 0 closed, 1 half-open, 2 open.
+fn breaker_gauge(state: BreakerState) -> f64 {
+    match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
     }
 }
 
@@ -855,18 +882,56 @@ impl Collector for NodeStats {
                 outcomes,
             )?;
             let states = FACES.map(|face| {
-                let state = match o.breaker_state(face) {
-                    origin_client::resilience::BreakerState::Closed => 0.0,
-                    origin_client::resilience::BreakerState::HalfOpen => 1.0,
-                    origin_client::resilience::BreakerState::Open => 2.0,
-                };
-                ([("face", face.as_str())], state)
+                (
+                    [("face", face.as_str())],
+                    breaker_gauge(o.breaker_state(face)),
+                )
             });
             gauge_family(
                 &mut enc,
                 "edge_origin_breaker_state",
                 "Breaker state per face: 0 closed, 1 half-open, 2 open.",
                 states,
+            )?;
+        }
+        let parents = t.parents().list();
+        if !parents.is_empty() {
+            counter_family(
+                &mut enc,
+                "edge_parent_fetches_total",
+                "Objects asked of each parent edge (tiers.parents), including those its open breaker refused.",
+                parents
+                    .iter()
+                    .map(|p| ([("parent", p.url())], p.stats.fetches.load(Relaxed))),
+            )?;
+            counter_family(
+                &mut enc,
+                "edge_parent_errors_total",
+                "Objects a parent did not give, by kind: wrong_bytes (failed the hash or size; read from the next source), not_found, breaker_open (not asked), error.",
+                parents.iter().flat_map(|p| {
+                    Failure::COUNTED.map(|k| {
+                        (
+                            [("parent", p.url()), ("kind", k.as_str())],
+                            p.stats.failures(k),
+                        )
+                    })
+                }),
+            )?;
+            gauge_family(
+                &mut enc,
+                "edge_parent_breaker_state",
+                "Breaker state per parent edge: 0 closed, 1 half-open, 2 open.",
+                parents
+                    .iter()
+                    .map(|p| ([("parent", p.url())], breaker_gauge(p.breaker_state()))),
+            )?;
+        }
+        if let Some(c) = h.children() {
+            counter_family(
+                &mut enc,
+                "edge_child_requests_total",
+                "Object requests from child edges (GET /.edge/objects/<hash>), by result.",
+                c.stats.counts().map(|(r, v)| ([("result", r)], v)),
             )?;
         }
         gauge(
@@ -1412,15 +1477,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
-            assert_eq!(bearer(v), Some("t0k"), "{v}");
-        }
-        for v in ["Basic t0k", "Bearert0k", "Bearer", "Token t0k"] {
-            assert_ne!(bearer(v), Some("t0k"), "{v}");
-        }
     }
 }

@@ -299,6 +299,10 @@ pub struct ServeArgs {
     /// default.key for any other name (PEM).
     #[arg(long)]
     pub cert_dir: Option<String>,
+    /// Parent edges to read objects from before the origin (comma-separated, or repeated);
+    /// replaces `[tiers] parents`.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub parent: Vec<String>,
 }
 
 /// Starts logging to standard error; `RUST_LOG` overrides the default level (info).
@@ -368,6 +372,9 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
+    // Likewise for serving children on a listener other machines can reach.
+    crate::node::check_children_exposure(&cfg)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     println!("{}: ok", path.display());
     Ok(())
 }
@@ -413,6 +420,9 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<edge_config::Config> {
     }
     if let Some(v) = &args.cert_dir {
         file.tls.cert_dir = Some(v.clone());
+    }
+    if !args.parent.is_empty() {
+        file.tiers.parents = Some(args.parent.clone());
     }
     Ok(edge_config::Config::from_file(
         &file,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
+use origin_client::store::parents::{Classify, Failure};
 use origin_client::{Hash, StoreError, TreeError};
 
 /// Why a request could not be answered from a deploy.
@@ -116,6 +117,29 @@ impl EdgeError {
             }
             EdgeError::Disk(_) | EdgeError::Internal(_) => "internal error",
         }
+    }
+}
+
+/// How a fill's failure counts against the parent it read from: bytes that fail their hash or
+/// size are wrong bytes; this node's own troubles (its disk, a bulkhead, a bug) stop the
+/// walk over the sources, since another source would not help.
+impl Classify for EdgeError {
+    fn failure(&self) -> Failure {
+        match self {
+            EdgeError::Store(e) => e.failure(),
+            EdgeError::Corrupt { .. }
+            | EdgeError::SizeMismatch { .. }
+            | EdgeError::BadTree { .. }
+            | EdgeError::BadRules { .. } => Failure::WrongBytes,
+            EdgeError::MissingObject { .. } => Failure::NotFound,
+            EdgeError::Disk(_) | EdgeError::SiteShed { .. } | EdgeError::Internal(_) => {
+                Failure::Local
+            }
+        }
+    }
+
+    fn size_mismatch(&self) -> bool {
+        matches!(self, EdgeError::SizeMismatch { .. })
     }
 }
 

@@ -15,7 +15,7 @@ use http::HeaderValue;
 use origin_client::resilience::{
     BreakerConfig, FaceConfig, ResilienceConfig, ResilientStore, RetryConfig,
 };
-use origin_client::store::{HttpStoreOptions, S3Options, StoreOptions};
+use origin_client::store::{HttpStoreOptions, Parent, Parents, S3Options, StoreOptions};
 use origin_client::{Access, Store, open_store_opts};
 
 use crate::admin::Admin;
@@ -66,6 +66,17 @@ pub async fn build_handler(
     store: Arc<dyn Store>,
     with_disk: bool,
 ) -> anyhow::Result<Arc<Handler>> {
+    build_handler_on(cfg, Arc::new(Parents::none(store)), with_disk).await
+}
+
+/// [`build_handler`] reading objects from `objects`: its parents, then its origin (which
+/// alone answers pointers and records).
+pub async fn build_handler_on(
+    cfg: &Config,
+    objects: Arc<Parents>,
+    with_disk: bool,
+) -> anyhow::Result<Arc<Handler>> {
+    let store: Arc<dyn Store> = objects.clone();
     crate::sched::set_yield_after(cfg.yield_after);
     let disk = match (&cfg.cache_dir, with_disk) {
         (Some(dir), true) => {
@@ -117,8 +128,8 @@ pub async fn build_handler(
     }
     pointers.spawn_refresher();
     pointers.spawn_saver();
-    let tiers = Tiers::new(
-        store,
+    let tiers = Tiers::with_parents(
+        objects,
         &TierConfig {
             memory_bytes: cfg.memory_size,
             memory_max_object: cfg.memory_max_object,
@@ -170,14 +181,72 @@ pub async fn build(cfg: &Config) -> anyhow::Result<Node> {
         retries: 0,
         ..S3Options::default()
     };
-    let raw = open_store_opts(&cfg.store, Access::Serve, &StoreOptions { http, s3 })
-        .with_context(|| format!("opening store {}", cfg.store))?;
-    let origin = Arc::new(ResilientStore::new(raw, resilience_config(&cfg.origin)));
-    let handler = build_handler(cfg, origin.clone(), true).await?;
+    let raw = open_store_opts(
+        &cfg.store,
+        Access::Serve,
+        &StoreOptions {
+            http: http.clone(),
+            s3,
+        },
+    )
+    .with_context(|| format!("opening store {}", cfg.store))?;
+    let resilience = resilience_config(&cfg.origin);
+    let origin = Arc::new(ResilientStore::new(raw, resilience.clone()));
+    let token = tiers_token(cfg)?;
+    let parents = cfg
+        .tiers
+        .parents
+        .iter()
+        .map(|url| {
+            Parent::new(
+                url,
+                token.as_deref(),
+                resilience.objects.clone(),
+                http.clone(),
+            )
+            .with_context(|| format!("`tiers.parents`: {url}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !parents.is_empty() {
+        tracing::info!(parents = ?cfg.tiers.parents, "reading objects from parents before the origin");
+    }
+    let objects = Arc::new(Parents::new(origin.clone(), parents));
+    let mut handler = build_handler_on(cfg, objects, true).await?;
+    if cfg.tiers.serve_children {
+        Arc::get_mut(&mut handler)
+            .ok_or_else(|| anyhow::anyhow!("handler already shared"))?
+            .serve_children(crate::http::Children::new(token.as_deref()));
+    }
     Ok(Node {
         handler,
         origin: Some(origin),
     })
+}
+
+/// The tiers token: `EDGE_TIERS_TOKEN` (empty means unset; shorter than `tiers.token` may
+/// be, or not UTF-8, stops the start), else `tiers.token`.
+pub fn tiers_token(cfg: &Config) -> anyhow::Result<Option<String>> {
+    const VAR: &str = "EDGE_TIERS_TOKEN";
+    let token = match std::env::var(VAR) {
+        Ok(t) if t.is_empty() => return Ok(cfg.tiers.token.clone()),
+        Ok(t) => t,
+        Err(std::env::VarError::NotPresent) => return Ok(cfg.tiers.token.clone()),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("`{VAR}`: is not valid UTF-8"),
+    };
+    edge_config::check_tiers_token(&token).map_err(|e| anyhow::anyhow!("`{VAR}`: {e}"))?;
+    Ok(Some(token))
+}
+
+/// Refuses to serve children on a listener other machines can reach without a token.
+pub fn check_children_exposure(cfg: &Config) -> anyhow::Result<()> {
+    if let Some(addr) = cfg.children_listener_exposed()
+        && tiers_token(cfg)?.is_none()
+    {
+        anyhow::bail!(
+            "`tiers.serve_children`: {addr} is not a loopback address, so `tiers.token` (or EDGE_TIERS_TOKEN) is required to serve objects to children there"
+        );
+    }
+    Ok(())
 }
 
 /// `EDGE_ADMIN_TOKEN`, which overrides `admin.token`. Empty means unset; shorter than the
@@ -224,6 +293,7 @@ pub async fn serve(
             "`admin.listen`: refusing to serve the admin endpoints on {addr}, not a loopback address, without a token (set admin.token or EDGE_ADMIN_TOKEN)"
         );
     }
+    check_children_exposure(&cfg)?;
     let mut node = build(&cfg).await?;
     if cfg.access_log != edge_config::AccessLog::Off {
         let target = match &cfg.access_log {

@@ -36,6 +36,27 @@ pub fn content_type(name: &str) -> std::borrow::Cow<'static, str> {
 }
 
 /// Is this a content type that gets the HTML cache policy?
+/// The token in an `Authorization` value with the `Bearer` scheme, in any case (RFC 9110
+/// 11.1: the scheme is case-insensitive; one or more spaces follow it).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// Whether `headers` carry `Authorization: Bearer T` with `blake3(T) == want`: the
+/// comparison is of hashes, in constant time (`blake3::Hash`'s equality is), so the time it
+/// takes says nothing about the token.
+pub fn bearer_matches(headers: &http::HeaderMap, want: &blake3::Hash) -> bool {
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .unwrap_or("");
+    blake3::hash(given.as_bytes()) == *want
+}
+
 /// `"<hex hash>"`, built on the stack: one allocation (the header value's own).
 pub fn etag(hash: &origin_client::Hash) -> http::HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -181,6 +202,23 @@ pub fn choose_encoding(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(bearer(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearert0k", "Bearer", "Token t0k"] {
+            assert_ne!(bearer(v), Some("t0k"), "{v}");
+        }
+        let want = blake3::hash(b"0123456789abcdef");
+        let mut h = http::HeaderMap::new();
+        assert!(!bearer_matches(&h, &want));
+        h.insert("authorization", "Bearer 0123456789abcdeX".parse().unwrap());
+        assert!(!bearer_matches(&h, &want));
+        h.insert("authorization", "bearer 0123456789abcdef".parse().unwrap());
+        assert!(bearer_matches(&h, &want));
+    }
 
     #[test]
     fn types() {

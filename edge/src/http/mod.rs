@@ -18,9 +18,11 @@ use crate::tiers::{Source, Tiers};
 pub mod body;
 pub mod headers;
 pub mod host;
+pub mod objects;
 pub mod routes;
 
 pub use body::Body;
+pub use objects::Children;
 pub use routes::{FileRoute, Routes, Target};
 
 pub static X_EDGE_DEPLOY: HeaderName = HeaderName::from_static("x-edge-deploy");
@@ -42,6 +44,9 @@ pub struct Handler {
     cfg: arc_swap::ArcSwap<HttpConfig>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    /// `[tiers] serve_children`: how child edges' object requests are answered; `None`:
+    /// they are not (such paths are site paths like any other).
+    children: Option<Children>,
 }
 
 /// The parts of a request the handler looks at.
@@ -154,6 +159,7 @@ impl Handler {
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
             metrics,
             access_log: None,
+            children: None,
         }
     }
 
@@ -165,6 +171,15 @@ impl Handler {
     /// Sends one JSON line per request to `log`.
     pub fn set_access_log(&mut self, log: AccessLog) {
         self.access_log = Some(log);
+    }
+
+    /// Answers child edges' `GET /.edge/objects/<hash>` from now on.
+    pub fn serve_children(&mut self, children: Children) {
+        self.children = Some(children);
+    }
+
+    pub fn children(&self) -> Option<&Children> {
+        self.children.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -283,6 +298,13 @@ impl Handler {
         let target_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if target_len > path::MAX_URI_LEN {
             return text(StatusCode::URI_TOO_LONG, "request target too long");
+        }
+        if let Some(children) = &self.children
+            && let Some(rest) = req.uri.path().strip_prefix(objects::PREFIX)
+        {
+            return self
+                .child_object(children, req, rest, head_only, facts)
+                .await;
         }
         let host = match host::request_host(req.uri, req.headers, req.version) {
             Ok(h) => h,

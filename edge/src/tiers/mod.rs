@@ -1,4 +1,5 @@
-//! Blob tiers: memory, then disk, then the origin.
+//! Blob tiers: memory, then disk, then a fill from the parents (`[tiers] parents`, each
+//! object from its home parent, then the next) and the origin.
 //!
 //! Invariant: every byte this module hands out was checked against its blake3 hash before it
 //! was cached, or is checked while it streams (the last chunk is held back until the hash
@@ -6,8 +7,9 @@
 //! complete wrong one). Sizes are checked on every hit: a blob is handed out only when its
 //! length equals the size its tree entry declares (a tree that lies about a size gets a 502,
 //! never a panic or a Content-Length that disagrees with the body). Identical concurrent
-//! misses of one (hash, size) share one origin fetch. Blocking file I/O runs on the blocking
-//! pool.
+//! misses of one (hash, size) share one origin fetch. A fill checks a parent's bytes exactly as
+//! the origin's, and bytes that fail make it read the object from the next source within the
+//! same fill (see [`Parents::fetch`]). Blocking file I/O runs on the blocking pool.
 
 use std::io;
 use std::pin::Pin;
@@ -18,7 +20,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use origin_client::resilience::{Bulkhead, bulkhead};
-use origin_client::store::ByteStream;
+use origin_client::store::{ByteStream, Parents};
 use origin_client::{Hash, Store};
 use tokio::io::AsyncWriteExt;
 
@@ -453,6 +455,9 @@ pub const DEFAULT_MAX_BUFFERED: u64 = 256 << 20;
 enum Filled {
     Memory(Bytes),
     Disk,
+    /// An object asked for by hash alone turned out to be this long: more than memory and
+    /// disk take. Not cached; streamed through instead.
+    TooLarge(u64),
 }
 
 /// Weighs memory-tier entries by their bytes (plus a little for the entry itself).
@@ -466,12 +471,14 @@ impl quick_cache::Weighter<Hash, Bytes> for BytesWeight {
 }
 
 pub struct Tiers {
-    store: Arc<dyn Store>,
+    /// Where fills read objects: the parents, then the origin.
+    objects: Arc<Parents>,
     memory: quick_cache::sync::Cache<Hash, Bytes, BytesWeight>,
     memory_max_object: u64,
     disk: Option<Arc<DiskTier>>,
     /// Origin fills by (hash, declared size): entries that disagree on a size never share
-    /// a fill (nor its size check).
+    /// a fill (nor its size check). A child edge's request, which declares no size, fills
+    /// under [`UNSIZED`].
     fills: Coalescer<(Hash, u64), Filled, EdgeError>,
     sites: moka::sync::Cache<String, Arc<Bulkhead>>,
     /// Response bytes in memory on their way to clients (`server.max_buffered`).
@@ -484,14 +491,27 @@ pub struct Tiers {
     pub stats: TierStats,
 }
 
+/// The fill key's size for an object asked for by hash alone (a child edge's request).
+const UNSIZED: u64 = u64::MAX;
+
 impl Tiers {
+    /// Tiers that fill from `store` alone.
     pub fn new(store: Arc<dyn Store>, cfg: &TierConfig, disk: Option<Arc<DiskTier>>) -> Arc<Tiers> {
+        Tiers::with_parents(Arc::new(Parents::none(store)), cfg, disk)
+    }
+
+    /// Tiers that fill from `objects`: its parents, then its origin.
+    pub fn with_parents(
+        objects: Arc<Parents>,
+        cfg: &TierConfig,
+        disk: Option<Arc<DiskTier>>,
+    ) -> Arc<Tiers> {
         // quick_cache (S3-FIFO, sharded locks): a hit is a hash lookup under a read lock, with
         // no per-read bookkeeping queue; it measured cheaper than moka on the hit path.
         let items = (cfg.memory_bytes / 16_384).clamp(1024, 1 << 22) as usize;
         let memory = quick_cache::sync::Cache::with_weighter(items, cfg.memory_bytes, BytesWeight);
         Arc::new(Tiers {
-            store,
+            objects,
             memory,
             memory_max_object: cfg.memory_max_object,
             disk,
@@ -505,6 +525,11 @@ impl Tiers {
 
     pub fn disk(&self) -> Option<&Arc<DiskTier>> {
         self.disk.as_ref()
+    }
+
+    /// The sources fills read from (the parents and their counters, the origin).
+    pub fn parents(&self) -> &Arc<Parents> {
+        &self.objects
     }
 
     /// Sets `server.max_buffered`, the node-wide bound on streamed response bytes in memory.
@@ -590,19 +615,27 @@ impl Tiers {
         }
         let disk_takes = self.disk.as_ref().is_some_and(|d| d.admits(size));
         if size <= self.memory_max_object || disk_takes {
-            match Box::pin(self.fill(hash, size)).await? {
+            match Box::pin(self.fill(hash, Some(size))).await? {
                 Filled::Memory(b) => return Ok((Blob::Bytes(b), Source::Origin)),
                 Filled::Disk => {
                     if let Some(blob) = self.from_disk(hash, size).await? {
                         return Ok((blob, Source::Origin));
                     }
                 }
+                Filled::TooLarge(_) => {}
             }
         }
-        // Too large for memory and no room on disk: stream through, verifying.
+        self.stream_through(hash, size).await
+    }
+
+    /// An object too large for memory with no room on disk: streamed through, verifying.
+    /// From the origin only: a stream is checked as it goes to the client, too late to read
+    /// the object from another source when a parent's bytes fail.
+    async fn stream_through(&self, hash: Hash, size: u64) -> EdgeResult<(Blob, Source)> {
         self.stats.origin_fetches.fetch_add(1, Ordering::Relaxed);
         let body = self
-            .store
+            .objects
+            .origin()
             .open_object(&hash)
             .await?
             .ok_or(EdgeError::MissingObject { hash })?;
@@ -698,21 +731,38 @@ impl Tiers {
 
     /// One origin fetch per (hash, size) at a time; every waiter gets its result. The fetch
     /// runs as its own task, so it completes (and fills the cache) even if every client leaves.
-    async fn fill(self: &Arc<Self>, hash: Hash, size: u64) -> EdgeResult<Filled> {
+    async fn fill(self: &Arc<Self>, hash: Hash, size: Option<u64>) -> EdgeResult<Filled> {
         let this = self.clone();
         self.fills
-            .run_detached((hash, size), async move { this.fetch(hash, size).await })
+            .run_detached((hash, size.unwrap_or(UNSIZED)), async move {
+                this.fetch(hash, size).await
+            })
             .await
     }
 
-    async fn fetch(&self, hash: Hash, size: u64) -> Result<Filled, EdgeError> {
+    /// The object from its sources in turn (home parent, next parent, origin): bytes that
+    /// fail a check move on to the next source.
+    async fn fetch(&self, hash: Hash, size: Option<u64>) -> Result<Filled, EdgeError> {
         self.stats.origin_fetches.fetch_add(1, Ordering::Relaxed);
-        if size <= self.memory_max_object {
-            let data = self
-                .store
-                .get_object(&hash)
-                .await?
-                .ok_or(EdgeError::MissingObject { hash })?;
+        self.objects
+            .fetch(&hash, |store| self.fetch_from(store, hash, size))
+            .await?
+            .ok_or(EdgeError::MissingObject { hash })
+    }
+
+    /// Reads `hash` from one source into the cache, checked: length (against `size`, the
+    /// tree entry's, when known) and blake3. Small objects into memory (and disk), large
+    /// ones streamed to the disk tier. `Ok(None)`: the source has no such object.
+    async fn fetch_from(
+        &self,
+        store: &dyn Store,
+        hash: Hash,
+        size: Option<u64>,
+    ) -> Result<Option<Filled>, EdgeError> {
+        if let Some(size) = size.filter(|&s| s <= self.memory_max_object) {
+            let Some(data) = store.get_object(&hash).await? else {
+                return Ok(None);
+            };
             if data.len() as u64 != size {
                 return Err(EdgeError::SizeMismatch {
                     hash,
@@ -725,42 +775,105 @@ impl Tiers {
                 self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(EdgeError::Corrupt { hash });
             }
-            if let Some(disk) = self.disk.clone() {
-                let d = data.clone();
-                let written = tokio::task::spawn_blocking(move || disk.write(&hash, &d)).await;
-                if let Ok(Err(e)) = written {
-                    tracing::warn!(%hash, error = %e, "disk cache write failed");
-                }
-            }
-            self.memory.insert(hash, data.clone());
-            return Ok(Filled::Memory(data));
+            return Ok(Some(self.keep(hash, data).await));
         }
-        let disk = self
-            .disk
-            .clone()
-            .ok_or_else(|| EdgeError::internal("large fill without a disk tier"))?;
-        let body = self
-            .store
-            .open_object(&hash)
-            .await?
-            .ok_or(EdgeError::MissingObject { hash })?;
-        let tmp = disk.temp_path();
-        let result = stream_to_file(body.stream, &tmp, hash, size).await;
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
+        let checked = |e: EdgeError| {
             if matches!(
                 e,
                 EdgeError::Corrupt { .. } | EdgeError::SizeMismatch { .. }
             ) {
                 self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
             }
-            return Err(e);
+            e
+        };
+        let Some(body) = store.open_object(&hash).await? else {
+            return Ok(None);
+        };
+        let len = match (size, body.len) {
+            (Some(want), Some(got)) if got != want => {
+                return Err(checked(EdgeError::SizeMismatch { hash, got, want }));
+            }
+            (Some(want), _) => want,
+            (None, Some(got)) => got,
+            // The source's fault (a parent edge always sends Content-Length): the next one.
+            (None, None) => {
+                return Err(origin_client::StoreError::Remote {
+                    op: "GET",
+                    url: format!("{} object {hash}", store.location()),
+                    why: "no length for an object asked for by hash alone".into(),
+                    source: None,
+                }
+                .into());
+            }
+        };
+        if size.is_none() && len <= self.memory_max_object {
+            let data = read_whole(body.stream, hash, len).await.map_err(checked)?;
+            return Ok(Some(self.keep(hash, data).await));
         }
-        tokio::task::spawn_blocking(move || disk.commit(&hash, &tmp, size))
+        let disk = match &self.disk {
+            Some(d) if d.admits(len) => d.clone(),
+            // Only when the size was not known before (`get` streams such objects through
+            // without a fill).
+            _ => return Ok(Some(Filled::TooLarge(len))),
+        };
+        let tmp = disk.temp_path();
+        let result = stream_to_file(body.stream, &tmp, hash, len).await;
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(checked(e));
+        }
+        tokio::task::spawn_blocking(move || disk.commit(&hash, &tmp, len))
             .await
             .map_err(|e| EdgeError::internal(format!("disk commit task: {e}")))?
             .map_err(EdgeError::disk)?;
-        Ok(Filled::Disk)
+        Ok(Some(Filled::Disk))
+    }
+
+    /// Keeps verified bytes in memory and on disk.
+    async fn keep(&self, hash: Hash, data: Bytes) -> Filled {
+        if let Some(disk) = self.disk.clone() {
+            let d = data.clone();
+            let written = tokio::task::spawn_blocking(move || disk.write(&hash, &d)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(%hash, error = %e, "disk cache write failed");
+            }
+        }
+        self.memory.insert(hash, data.clone());
+        Filled::Memory(data)
+    }
+
+    /// Object `hash` whatever its size, for a child edge: from memory, the disk tier, or a
+    /// fill (coalesced with every other request for it by hash alone; from this node's
+    /// parents or origin, verified). `Ok(None)`: the origin has no such object. An object
+    /// too large for this node's tiers streams through from the origin, verified as it goes.
+    pub async fn object(self: &Arc<Self>, hash: Hash) -> EdgeResult<Option<(Blob, Source)>> {
+        if let Some(b) = self.memory.get(&hash) {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some((Blob::Bytes(b), Source::Memory)));
+        }
+        let on_disk = |this: &Arc<Self>| this.disk.as_ref().and_then(|d| d.lookup(&hash));
+        if let Some(size) = on_disk(self)
+            && let Some(blob) = self.from_disk(hash, size).await?
+        {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some((blob, Source::Disk)));
+        }
+        match Box::pin(self.fill(hash, None)).await {
+            Ok(Filled::Memory(b)) => Ok(Some((Blob::Bytes(b), Source::Origin))),
+            Ok(Filled::TooLarge(len)) => self.stream_through(hash, len).await.map(Some),
+            Ok(Filled::Disk) => match on_disk(self) {
+                Some(size) => Ok(self
+                    .from_disk(hash, size)
+                    .await?
+                    .map(|b| (b, Source::Origin))),
+                // Evicted at once by other fills: the child reads it elsewhere.
+                None => Err(EdgeError::internal(format!(
+                    "object {hash} left the disk tier as it was filled"
+                ))),
+            },
+            Err(EdgeError::MissingObject { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -771,6 +884,33 @@ pub fn body_error(e: io::Error, hash: &Hash) -> EdgeError {
         e,
         &format!("object {hash}"),
     ))
+}
+
+/// Reads a stream of `size` bytes whole; fails unless length and hash match.
+async fn read_whole(mut stream: ByteStream, hash: Hash, size: u64) -> Result<Bytes, EdgeError> {
+    let mut data = Vec::with_capacity(size as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| body_error(e, &hash))?;
+        if (data.len() + chunk.len()) as u64 > size {
+            return Err(EdgeError::SizeMismatch {
+                hash,
+                got: (data.len() + chunk.len()) as u64,
+                want: size,
+            });
+        }
+        data.extend_from_slice(&chunk);
+    }
+    if data.len() as u64 != size {
+        return Err(EdgeError::SizeMismatch {
+            hash,
+            got: data.len() as u64,
+            want: size,
+        });
+    }
+    if Hash::of(&data) != hash {
+        return Err(EdgeError::Corrupt { hash });
+    }
+    Ok(Bytes::from(data))
 }
 
 /// Copies an origin stream into `tmp`, hashing as it goes; fails unless length and hash match.
@@ -909,6 +1049,73 @@ mod tests {
         let (reads, bodies) = concurrent_misses(1 << 20, true).await;
         assert_eq!(reads, 1);
         assert_eq!(bodies.len(), 100);
+    }
+
+    async fn read_blob(blob: Blob) -> Vec<u8> {
+        let n = blob.len();
+        blob.into_stream(0, n)
+            .try_fold(Vec::new(), |mut v, b| async move {
+                v.extend_from_slice(&b);
+                Ok(v)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// What a child edge asks for (a hash, no size): concurrent requests share one fill,
+    /// later ones hit memory, and an object more than the tiers take streams through
+    /// (verified, not cached); a missing one is `None`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_by_hash_alone_fill_once_and_stream_what_does_not_fit() {
+        let (plain, slow, reads) = slow_counting();
+        let small: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 239) as u8).collect();
+        for d in [&small, &big] {
+            plain
+                .put_object(&Hash::of(d), Bytes::from(d.clone()))
+                .await
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // One object may take an eighth of the disk tier: 256 KiB here, less than `big`.
+        let disk = Arc::new(DiskTier::open(dir.path(), 2 << 20).unwrap());
+        let tiers = Tiers::new(
+            Arc::new(slow),
+            &TierConfig {
+                memory_bytes: 8 << 20,
+                memory_max_object: 64 * 1024,
+                site_concurrency: 4,
+                site_queue: 200,
+            },
+            Some(disk),
+        );
+        let h = Hash::of(&small);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let t = tiers.clone();
+                tokio::spawn(async move { t.object(h).await.unwrap().unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            let (blob, _) = t.await.unwrap();
+            assert_eq!(read_blob(blob).await, small);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one fill for 20 requests");
+        let (blob, source) = tiers.object(h).await.unwrap().unwrap();
+        assert_eq!(source, Source::Memory);
+        assert_eq!(read_blob(blob).await, small);
+        let (_, source) = tiers.get(h, small.len() as u64, "s").await.unwrap();
+        assert_eq!(source, Source::Memory, "the node's own request finds it");
+
+        let before = reads.load(Ordering::SeqCst);
+        let (blob, source) = tiers.object(Hash::of(&big)).await.unwrap().unwrap();
+        assert_eq!(source, Source::Origin);
+        assert_eq!(read_blob(blob).await, big, "streamed through, whole");
+        assert_eq!(tiers.disk().unwrap().len(), 1, "not cached on disk");
+        assert!(reads.load(Ordering::SeqCst) > before);
+
+        assert!(tiers.object(Hash::of(b"missing")).await.unwrap().is_none());
+        assert_eq!(tiers.fills_in_flight(), 0);
     }
 
     fn chunks(data: &[u8], size: usize) -> ByteStream {

@@ -208,6 +208,8 @@ impl Workspace {
             default_site: None,
             config: None,
             log: self.root().join("edge-serve.log"),
+            listen: "127.0.0.1:0".into(),
+            args: Vec::new(),
         }
     }
 }
@@ -223,6 +225,10 @@ pub struct Serve {
     pub config: Option<PathBuf>,
     /// Where the node's standard error goes (appended).
     pub log: PathBuf,
+    /// `--listen` (a free port by default).
+    pub listen: String,
+    /// More arguments for `edge serve`.
+    pub args: Vec<String>,
 }
 
 impl Serve {
@@ -253,11 +259,23 @@ impl Serve {
         self
     }
 
+    /// Listens on `addr` (e.g. a fixed port, to restart the node on it).
+    pub fn listen(mut self, addr: &str) -> Serve {
+        self.listen = addr.to_owned();
+        self
+    }
+
+    /// Passes `arg` to `edge serve` too.
+    pub fn arg(mut self, arg: &str) -> Serve {
+        self.args.push(arg.to_owned());
+        self
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
         cmd.arg("serve").arg("--store").arg(&self.store).args([
             "--listen",
-            "127.0.0.1:0",
+            &self.listen,
             "--admin-listen",
             "127.0.0.1:0",
             "--cache-dir",
@@ -272,6 +290,7 @@ impl Serve {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.args(&self.args);
         cmd
     }
 

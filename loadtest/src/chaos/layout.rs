@@ -5,7 +5,8 @@
 //! well-formed path that names nothing in the layout, or a name a store would never hold
 //! (a host name that is not normalised, an invalid site or deploy id, a hash in the wrong
 //! folder), is not found (404), which is what a static file server over the store's folder
-//! would answer.
+//! would answer. A parent edge's object paths (`.edge/objects/<hh>/<hash>`, and
+//! `.edge/objects/<hash>`) name objects too, so that a chaos origin can pose as a parent.
 
 use origin_client::Hash;
 use origin_client::records::{normalize_host, validate_deploy_id, validate_site};
@@ -59,12 +60,15 @@ pub(crate) fn parse(key: &str) -> Result<Target, PathError> {
     if segments.iter().any(|s| bad(s)) {
         return Err(PathError::Bad);
     }
-    let found = match segments.as_slice() {
-        ["objects", hh, hex] => hex
-            .parse::<Hash>()
+    let object = |hh: Option<&str>, hex: &str| {
+        hex.parse::<Hash>()
             .ok()
-            .filter(|h| h.to_hex() == *hex && hex.get(..2) == Some(*hh))
-            .map(Target::Object),
+            .filter(|h| h.to_hex() == hex && hh.is_none_or(|hh| hex.get(..2) == Some(hh)))
+            .map(Target::Object)
+    };
+    let found = match segments.as_slice() {
+        ["objects", hh, hex] | [".edge", "objects", hh, hex] => object(Some(hh), hex),
+        [".edge", "objects", hex] => object(None, hex),
         ["hosts", host] => normalize_host(host)
             .ok()
             .filter(|h| h == host)
@@ -97,6 +101,15 @@ mod tests {
         let hex = h.to_hex();
         assert_eq!(
             parse(&format!("objects/{}/{hex}", &hex[..2])),
+            Ok(Target::Object(h))
+        );
+        // A parent edge's paths.
+        assert_eq!(
+            parse(&format!(".edge/objects/{}/{hex}", &hex[..2])),
+            Ok(Target::Object(h))
+        );
+        assert_eq!(
+            parse(&format!(".edge/objects/{hex}")),
             Ok(Target::Object(h))
         );
         assert_eq!(
@@ -145,6 +158,8 @@ mod tests {
             "objects/zz/".to_owned() + &hex,
             format!("objects/{}/{}", &hex[..2], hex.to_uppercase()),
             format!("objects/{}", hex),
+            format!(".edge/objects/zz/{hex}"),
+            ".edge/objects/abc".into(),
             "objects/ab/abc".into(),
             "hosts/Docs.Example.com".into(),
             "hosts/docs.example.com.".into(),

@@ -39,6 +39,9 @@ pub struct HttpStoreOptions {
     pub pool_max_idle_per_host: usize,
     /// Largest pointer or deploy record accepted.
     pub max_record_bytes: usize,
+    /// Sent as `Authorization` with every request (a parent edge's `Bearer TOKEN`); mark it
+    /// sensitive (`HeaderValue::set_sensitive`) so that it never shows in `Debug` output.
+    pub authorization: Option<http::HeaderValue>,
 }
 
 impl Default for HttpStoreOptions {
@@ -49,6 +52,7 @@ impl Default for HttpStoreOptions {
             body_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 64,
             max_record_bytes: 1024 * 1024,
+            authorization: None,
         }
     }
 }
@@ -134,15 +138,17 @@ impl HttpStore {
         key: &str,
     ) -> Result<Option<http::Response<hyper::body::Incoming>>, StoreError> {
         let url = self.url(key);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(&url)
-            .header(http::header::USER_AGENT, "edge-origin-client")
-            .body(Empty::new())
-            .map_err(|e| StoreError::Http {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
+            .header(http::header::USER_AGENT, "edge-origin-client");
+        if let Some(auth) = &self.opts.authorization {
+            req = req.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let req = req.body(Empty::new()).map_err(|e| StoreError::Http {
+            url: url.clone(),
+            source: Box::new(e),
+        })?;
         let resp = tokio::time::timeout(self.opts.header_timeout, self.client.request(req))
             .await
             .map_err(|_| StoreError::Timeout {

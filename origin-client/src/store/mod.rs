@@ -19,12 +19,14 @@ mod counting;
 mod http;
 mod local;
 mod memory;
+pub mod parents;
 mod s3;
 
 pub use self::counting::CountingStore;
 pub use self::http::{HttpStore, HttpStoreOptions};
 pub use self::local::LocalStore;
 pub use self::memory::MemoryStore;
+pub use self::parents::{Parent, Parents};
 pub use self::s3::{S3Options, S3Store};
 
 /// A stream of an object's bytes. Not verified: whoever consumes it checks the hash.
