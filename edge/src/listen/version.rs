@@ -253,7 +253,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for VersionShim<T> {
             let placed = buf.filled().len() - start;
             let mut pending = false;
             let mut eof = false;
-            if me.held.is_empty() && buf.remaining() > 0 {
+            let reads = me.held.is_empty() && buf.remaining() > 0;
+            if reads {
                 match Pin::new(&mut me.io).poll_read(cx, buf) {
                     Poll::Ready(Ok(())) => eof = buf.filled().len() == start + placed,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -278,6 +279,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for VersionShim<T> {
             }
             if pending {
                 return Poll::Pending;
+            }
+            if !reads {
+                // The reader's buffer has no room beyond what is held back: the line's end
+                // cannot be seen through it. Pass it on as it is (hyper sees the version it
+                // was sent) rather than wait for room that will not come.
+                me.state = State::Pass;
             }
         }
     }
@@ -406,6 +413,43 @@ mod tests {
         all_steps(
             long.as_bytes(),
             long.replace("HTTP/1.2", "HTTP/1.1").as_bytes(),
+        );
+    }
+
+    /// Read through `poll_read` into a buffer of `room` bytes at a time.
+    async fn read_in(input: &[u8], room: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut s = VersionShim::new(input, 1 << 20);
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; room];
+        loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("a read makes progress")
+                .unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn small_read_buffers_make_progress() {
+        let line = format!("GET /{} HTTP/1.2\r\nHost: a\r\n\r\n", "a".repeat(100));
+        for room in [1, 5, 10, 11, 12, 64, 4096] {
+            let out = read_in(line.as_bytes(), room).await;
+            // Rewritten when the buffer can hold the line's end, passed on as sent otherwise.
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text == line.replace("HTTP/1.2", "HTTP/1.1") || (room <= TAIL && text == line),
+                "room {room}: {text:?}"
+            );
+        }
+        let out = read_in(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 64).await;
+        assert_eq!(
+            out,
+            b"GET / HTTP/1.1\r\nedge-unsupported-http-version: 2.0\r\nHost: a\r\n\r\n"
         );
     }
 
