@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use edge::http::routes::site_headers;
+use edge::metrics::ClientLogs;
 use libfuzzer_sys::fuzz_target;
 use origin_client::rules::{self, Rules};
 
@@ -93,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let set = rules.headers(&segs);
-    let usable = site_headers(Some(&rules), &segs);
+    let usable = site_headers(Some(&rules), &segs, &ClientLogs::default());
     if compiled {
         // Publishing checked every name and value: the edge can send each one.
         assert_eq!(usable.len(), set.len(), "{set:?}");
