@@ -763,17 +763,12 @@ impl Tiers {
             let Some(data) = store.get_object(&hash).await? else {
                 return Ok(None);
             };
-            if data.len() as u64 != size {
-                return Err(EdgeError::SizeMismatch {
-                    hash,
-                    got: data.len() as u64,
-                    want: size,
-                });
-            }
             // The store checks too; the edge does not rely on it.
-            if Hash::of(&data) != hash {
-                self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
-                return Err(EdgeError::Corrupt { hash });
+            if let Err(e) = check_whole(&data, hash, size) {
+                if matches!(e, EdgeError::Corrupt { .. }) {
+                    self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(e);
             }
             return Ok(Some(self.keep(hash, data).await));
         }
@@ -900,6 +895,12 @@ async fn read_whole(mut stream: ByteStream, hash: Hash, size: u64) -> Result<Byt
         }
         data.extend_from_slice(&chunk);
     }
+    check_whole(&data, hash, size)?;
+    Ok(Bytes::from(data))
+}
+
+/// A whole object against what it should be: its length, then its hash.
+fn check_whole(data: &[u8], hash: Hash, size: u64) -> Result<(), EdgeError> {
     if data.len() as u64 != size {
         return Err(EdgeError::SizeMismatch {
             hash,
@@ -907,10 +908,10 @@ async fn read_whole(mut stream: ByteStream, hash: Hash, size: u64) -> Result<Byt
             want: size,
         });
     }
-    if Hash::of(&data) != hash {
+    if Hash::of(data) != hash {
         return Err(EdgeError::Corrupt { hash });
     }
-    Ok(Bytes::from(data))
+    Ok(())
 }
 
 /// Copies an origin stream into `tmp`, hashing as it goes; fails unless length and hash match.
