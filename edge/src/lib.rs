@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod error;
 pub mod http;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod notify;

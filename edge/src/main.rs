@@ -12,6 +12,19 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// glibc's `malloc_trim(0)`: hands the free pages of every arena back to the OS. The node
+/// calls it after load drops (`edge::memory`); glibc otherwise keeps them.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
+#[allow(unsafe_code)]
+fn malloc_trim() -> bool {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: malloc_trim takes no pointers and has no preconditions; glibc locks each arena
+    // while it walks it, so it is safe to call while other threads allocate.
+    unsafe { malloc_trim(0) == 1 }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "edge",
@@ -138,6 +151,8 @@ enum HostsCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
+    edge::memory::install_release(malloc_trim);
     // One rustls provider for the whole process (the S3 client's reqwest has none of its own
     // and uses this default).
     let _ = rustls::crypto::ring::default_provider().install_default();

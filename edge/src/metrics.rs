@@ -102,6 +102,8 @@ pub struct Metrics {
     pub stale_serves: AtomicU64,
     /// Access-log lines dropped because the log writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Times freed memory was handed back to the OS after a drop in load (`memory`).
+    pub memory_releases: AtomicU64,
     /// Body bytes of the responses sent (as announced; HEAD and 304 count 0).
     pub response_bytes: AtomicU64,
     /// Per-site counters, a bounded table.
@@ -201,6 +203,10 @@ pub struct ConnStats {
     pub idle_timeouts: AtomicU64,
     /// Closed after `server.send_timeout` without progress on a response.
     pub send_timeouts: AtomicU64,
+    /// HTTP/2 streams reset after `server.send_timeout` without progress.
+    pub h2_stream_timeouts: AtomicU64,
+    /// HTTP/3 streams reset after `server.send_timeout` without progress.
+    pub h3_stream_timeouts: AtomicU64,
     /// accept() failures (descriptor limits and the like).
     pub accept_errors: AtomicU64,
 }
@@ -411,6 +417,12 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut enc,
+            "edge_memory_releases_total",
+            "Times the node gave freed allocator memory back to the OS after connections or buffered responses went away.",
+            self.memory_releases.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
             "edge_worker_yields_total",
             "Times a serving thread busy for server.yield_after gave its CPU up between requests.",
             crate::sched::yields(),
@@ -474,6 +486,13 @@ impl Collector for Metrics {
                 ("send_timeout", &c.send_timeouts),
             ]
             .map(|(r, v)| ([("reason", r)], v.load(Relaxed))),
+        )?;
+        counter_family(
+            &mut enc,
+            "edge_streams_reset_total",
+            "HTTP/2 and HTTP/3 streams the node reset, by protocol and reason (send_timeout: no progress for server.send_timeout; the connection stays open).",
+            [("h2", &c.h2_stream_timeouts), ("h3", &c.h3_stream_timeouts)]
+                .map(|(p, v)| ([("proto", p), ("reason", "send_timeout")], v.load(Relaxed))),
         )?;
         counter(
             &mut enc,

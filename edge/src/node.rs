@@ -365,6 +365,11 @@ pub async fn serve(
             std::future::pending(),
         ));
     }
+    // Memory freed when load drops goes back to the OS (glibc's malloc keeps it otherwise).
+    tokio::spawn(crate::memory::release_after_drops(
+        node.handler.metrics().clone(),
+        Duration::from_secs(1),
+    ));
     // Installed now, before the banner is printed: a SIGHUP that came before its handler
     // would kill the process.
     #[cfg(unix)]

@@ -5,8 +5,8 @@
 //! - HTTP/2 (cleartext, prior knowledge): 20 connections with SETTINGS_INITIAL_WINDOW_SIZE 0,
 //!   200 GETs each. No body byte can go out; hyper reads a body's first frame before the
 //!   stream has a window (hyper#4003), so each stream holds its first disk block (2 KiB) and
-//!   no more. The connection watchdog drops each connection `send_timeout` after its last
-//!   write, which ends every stream on it.
+//!   no more. Each stream is reset on its own (RST_STREAM CANCEL) `send_timeout` after it
+//!   last made progress; the connections stay open.
 //! - HTTP/3: 20 QUIC connections x 100 streams whose receive windows are never raised: half
 //!   with a 64-byte stream window (the response head does not fit), half with 16 KiB (the head
 //!   and the first blocks go, then the body stalls). Each stream is reset on its own.
@@ -37,7 +37,11 @@ const RSS_BOUND_MIB: f64 = 64.0;
 /// How long after the stall began every stream must have ended: the watchdog looks within
 /// twice `send_timeout` (conn.rs); the rest is slack for a loaded debug build.
 const END_BY: Duration = Duration::from_secs(3 * SEND_TIMEOUT.as_secs() + 10);
-const SERIES: &str = "edge_connections_closed_total{reason=\"send_timeout\"}";
+/// Streams reset for making no progress.
+const H2_SERIES: &str = "edge_streams_reset_total{proto=\"h2\",reason=\"send_timeout\"}";
+const H3_SERIES: &str = "edge_streams_reset_total{proto=\"h3\",reason=\"send_timeout\"}";
+/// Connections dropped for making no progress (the backstop).
+const CONN_SERIES: &str = "edge_connections_closed_total{reason=\"send_timeout\"}";
 
 fn file_bytes() -> Vec<u8> {
     (0..FILE as u32)
@@ -123,8 +127,8 @@ impl Memory {
     }
 }
 
-/// `GET /metrics` on the admin listener: the send-timeout counter.
-async fn send_timeouts(admin: SocketAddr) -> f64 {
+/// `GET /metrics` on the admin listener: the counter `series`.
+async fn send_timeouts(admin: SocketAddr, series: &'static str) -> f64 {
     let r = tokio::task::spawn_blocking(move || {
         let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
         raw_exchange(admin, req.as_bytes())
@@ -141,9 +145,9 @@ async fn send_timeouts(admin: SocketAddr) -> f64 {
         .lines()
         .find_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
-            (k == SERIES).then(|| v.parse().expect("a number"))
+            (k == series).then(|| v.parse().expect("a number"))
         })
-        .unwrap_or_else(|| panic!("no {SERIES} in /metrics"))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
 /// The file over HTTP/1.1 once, so that it is in the disk tier before the attack.
@@ -251,6 +255,7 @@ async fn h2_streams_with_zero_windows_hold_bounded_memory_and_end_after_send_tim
     let uri = format!("http://{}/big.bin", node.addr);
     let mut tasks = Vec::with_capacity(H2_CONNS * H2_STREAMS);
     let mut senders = Vec::with_capacity(H2_CONNS);
+    let mut conn_ended = Vec::with_capacity(H2_CONNS);
     for c in 0..H2_CONNS {
         let tcp = tokio::net::TcpStream::connect(node.addr)
             .await
@@ -263,9 +268,13 @@ async fn h2_streams_with_zero_windows_hold_bounded_memory_and_end_after_send_tim
             .handshake::<_, Bytes>(tcp)
             .await
             .expect("HTTP/2 handshake");
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = ended.clone();
         tokio::spawn(async move {
             let _ = conn.await;
+            flag.store(true, Ordering::Relaxed);
         });
+        conn_ended.push(ended);
         for _ in 0..H2_STREAMS {
             client = client.ready().await.expect("a stream slot");
             let req = http::Request::get(&uri).body(()).expect("a request");
@@ -322,15 +331,20 @@ async fn h2_streams_with_zero_windows_hold_bounded_memory_and_end_after_send_tim
             ));
         }
     }
-    drop(senders);
     let shortest = stalls.iter().map(|s| s.0).min().unwrap_or_default();
     let longest = stalls.iter().map(|s| s.1).max().unwrap_or_default();
-    let counted = send_timeouts(admin).await;
+    let counted = send_timeouts(admin, H2_SERIES).await;
+    let conns_cut = send_timeouts(admin, CONN_SERIES).await;
+    let alive = conn_ended
+        .iter()
+        .filter(|e| !e.load(Ordering::Relaxed))
+        .count();
+    drop(senders);
     eprintln!(
         "HTTP/2: {H2_CONNS} x {H2_STREAMS} streams sent in {sent:?}; {heads} heads, {bytes} body bytes; ends: {hows:?}"
     );
     eprintln!(
-        "HTTP/2: per connection, last request to first end >= {shortest:?}, last head to last end <= {longest:?} (send_timeout {SEND_TIMEOUT:?}); {SERIES} = {counted}; a fresh client took {bystander_took:?} for the file meanwhile"
+        "HTTP/2: per connection, last request to first end >= {shortest:?}, last head to last end <= {longest:?} (send_timeout {SEND_TIMEOUT:?}); {H2_SERIES} = {counted}, {CONN_SERIES} = {conns_cut}; {alive} connections still open; a fresh client took {bystander_took:?} for the file meanwhile"
     );
     mem.report("HTTP/2 stall");
 
@@ -341,21 +355,28 @@ async fn h2_streams_with_zero_windows_hold_bounded_memory_and_end_after_send_tim
         open, 0,
         "{open} streams still open at the deadline: {hows:?}"
     );
-    assert!(
-        !hows.iter().any(|(h, _)| h == "finished"),
-        "a stream finished through a zero window: {hows:?}"
+    assert_eq!(
+        hows,
+        vec![("reset (Some(CANCEL))".to_string(), H2_CONNS * H2_STREAMS)],
+        "every stream reset on its own"
     );
     assert_eq!(stalls.len(), H2_CONNS);
     assert!(
         // The watchdog's clock counts whole milliseconds.
         shortest + Duration::from_millis(20) >= SEND_TIMEOUT,
-        "a connection ended {shortest:?} after its last request, before send_timeout"
+        "a stream ended {shortest:?} after its connection's last request, before send_timeout"
     );
     assert!(
         longest <= 2 * SEND_TIMEOUT + Duration::from_secs(3),
         "a stream ended only {longest:?} after its connection's last write"
     );
-    assert_eq!(counted, H2_CONNS as f64, "one send timeout per connection");
+    assert_eq!(
+        counted,
+        (H2_CONNS * H2_STREAMS) as f64,
+        "one send timeout per stream"
+    );
+    assert_eq!(conns_cut, 0.0, "no connection dropped: {alive} still open");
+    assert_eq!(alive, H2_CONNS, "the connections stay open");
     assert!(
         mem.growth_mib() <= RSS_BOUND_MIB,
         "RSS grew {:.1} MiB with stalled HTTP/2 streams",
@@ -532,7 +553,7 @@ async fn h3_streams_with_closed_windows_hold_bounded_memory_and_are_reset_after_
     let mut first_reset = None;
     let mut counted = 0.0;
     while began.elapsed() < END_BY + sent {
-        counted = send_timeouts(admin).await;
+        counted = send_timeouts(admin, H3_SERIES).await;
         if counted > 0.0 && first_reset.is_none() {
             first_reset = Some(began.elapsed());
         }

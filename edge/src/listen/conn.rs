@@ -9,6 +9,9 @@
 //! response body is dropped); at the cap the connection idle the longest is closed to admit
 //! a new one, and with none idle the new one is refused; the watchdog of a connection is
 //! the one timer it has, re-armed only when it fires (at least once per `send_timeout`).
+//! On HTTP/2 each stream has its own send timeout ([`StreamExec`]): a stalled stream is
+//! reset (RST_STREAM) while the others and the connection go on; the connection's watchdog
+//! acts only [`STREAM_FIRST`] later, as a backstop.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -217,7 +220,7 @@ impl Conn {
             )
         } else {
             let due = self.shared.last_progress.load(Ordering::Relaxed)
-                + l.send_timeout.as_millis() as u64;
+                + (l.send_timeout + STREAM_FIRST).as_millis() as u64;
             if now >= due {
                 return Check::Stalled;
             }
@@ -288,6 +291,91 @@ impl Conn {
 
 /// How long a connection asked to close (idle, evicted) may take to do so.
 pub const GRACE: Duration = Duration::from_secs(1);
+
+/// How much later than `send_timeout` the connection watchdog drops a connection whose
+/// responses make no progress: on HTTP/2 its stalled streams are reset first, one by one
+/// ([`StreamExec`]), and the connection survives them.
+pub const STREAM_FIRST: Duration = Duration::from_secs(1);
+
+/// The executor hyper spawns each HTTP/2 stream on (the request's service future, then the
+/// response body piped into the stream): a stream task not woken for `send_timeout` (its
+/// window stayed closed, or its body produced nothing) is dropped, which makes h2 send
+/// RST_STREAM(CANCEL) and frees what the stream held; the connection goes on.
+#[derive(Clone)]
+pub struct StreamExec {
+    send_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl StreamExec {
+    pub fn new(send_timeout: Duration, metrics: Arc<Metrics>) -> StreamExec {
+        StreamExec {
+            send_timeout,
+            metrics,
+        }
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Watched {
+            inner: Box::pin(fut),
+            timeout: self.send_timeout,
+            last: Instant::now(),
+            timer: None,
+            metrics: self.metrics.clone(),
+        });
+    }
+}
+
+/// A stream task under its send timeout. The timer is made only when the task first waits
+/// (a response sent in one poll never has one) and re-armed only when it fires.
+struct Watched<F> {
+    inner: Pin<Box<F>>,
+    timeout: Duration,
+    /// The last time the task was woken by anything but its timer.
+    last: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Watched<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let now = Instant::now();
+        if let Some(t) = &this.timer
+            && now >= t.deadline()
+            && now >= this.last + this.timeout
+        {
+            // Woken by the timer, nothing else since `last`: reset the stream.
+            this.metrics
+                .conns
+                .h2_stream_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("HTTP/2 response made no progress; resetting the stream");
+            return Poll::Ready(());
+        }
+        this.last = now;
+        if this.inner.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let due = this.last + this.timeout;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() <= now {
+            timer.as_mut().reset(due);
+        }
+        // Registers the task's waker with the timer; it cannot be due yet.
+        let _ = timer.as_mut().poll(cx);
+        Poll::Pending
+    }
+}
 
 enum Check {
     Wait(Instant),

@@ -386,7 +386,7 @@ fn stalled(handler: &Handler, stream: &mut H3Stream) {
     handler
         .metrics()
         .conns
-        .send_timeouts
+        .h3_stream_timeouts
         .fetch_add(1, Ordering::Relaxed);
     tracing::debug!("HTTP/3 response made no progress; resetting the stream");
     stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);

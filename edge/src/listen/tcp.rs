@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use super::Front;
-use super::conn::{Gate, Guarded};
+use super::conn::{Gate, Guarded, StreamExec};
 use super::tls::TlsServing;
 use super::version::VersionShim;
 use crate::http::Handler;
@@ -38,16 +38,18 @@ pub struct Settings {
 /// The hyper builders: cleartext (HTTP/1.1 or h2c, by the first bytes), and one per ALPN
 /// protocol over TLS.
 struct Builders {
-    auto: auto::Builder<TokioExecutor>,
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
+    auto: auto::Builder<StreamExec>,
+    h1: auto::Builder<StreamExec>,
+    h2: auto::Builder<StreamExec>,
 }
 
 impl Builders {
-    fn new(s: &Settings) -> Builders {
+    fn new(s: &Settings, metrics: Arc<crate::metrics::Metrics>) -> Builders {
         let limits = s.gate.limits();
+        // HTTP/2 streams run under their own send timeout (reset on their own).
+        let exec = StreamExec::new(limits.send_timeout, metrics);
         let make = || {
-            let mut b = auto::Builder::new(TokioExecutor::new());
+            let mut b = auto::Builder::new(exec.clone());
             b.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(s.header_read_timeout)
@@ -69,7 +71,7 @@ impl Builders {
 
     /// The builder for a TLS connection that negotiated `alpn`: HTTP/2 only for `h2`,
     /// HTTP/1.1 only otherwise (RFC 9113 3.3, RFC 7301).
-    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<StreamExec> {
         match alpn {
             Some(b"h2") => &self.h2,
             _ => &self.h1,
@@ -94,7 +96,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let builders = Arc::new(Builders::new(&settings));
+    let builders = Arc::new(Builders::new(&settings, handler.metrics().clone()));
     let max_line = settings.gate.limits().max_header_bytes as usize;
     let gate = settings.gate.clone();
     let metrics = handler.metrics().clone();
