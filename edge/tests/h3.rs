@@ -391,3 +391,35 @@ async fn idle_h3_connections_close_after_idle_timeout() {
     let c = H3::connect(&ep, node.https, "localhost").await.unwrap();
     assert_eq!(c.get("/").await.status, 200);
 }
+
+/// A request stream whose head never completes is dropped after `server.header_read_timeout`
+/// (as over TCP); the connection, then idle, closes after `server.idle_timeout`, instead of
+/// being held open by the half-sent head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_h3_request_head_does_not_hold_the_connection() {
+    let s = setup();
+    let node = start(
+        &s,
+        Some("[server]\nidle_timeout = \"800ms\"\nheader_read_timeout = \"1s\"\n"),
+    );
+    let ep = client(&s.ca);
+    let c = H3::connect(&ep, node.https, "localhost").await.unwrap();
+    let started = Instant::now();
+    let (mut send, _recv) = c.conn.open_bi().await.expect("a request stream");
+    // A HEADERS frame (type 0x01) announcing 100 bytes, of which 2 are sent; never finished.
+    send.write_all(&[0x01, 0x40, 0x64, 0x00, 0x00])
+        .await
+        .expect("the start of a head");
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.conn.closed())
+        .await
+        .expect("the connection is closed within 10 s, not held by the unfinished head");
+    let t = started.elapsed();
+    eprintln!("closed after {t:?}: {closed}");
+    assert!(
+        t >= Duration::from_millis(1_600),
+        "closed after {t:?}, before the head timed out and the connection was idle: {closed}"
+    );
+    // The node serves a new connection.
+    let c = H3::connect(&ep, node.https, "localhost").await.unwrap();
+    assert_eq!(c.get("/").await.status, 200);
+}

@@ -267,8 +267,11 @@ pub async fn run(
                 ep,
                 handler.clone(),
                 Arc::new(Front::h3(cfg)),
-                cfg.http3.clone(),
-                cfg.limits,
+                quic::Settings {
+                    http3: cfg.http3.clone(),
+                    limits: cfg.limits,
+                    header_read_timeout: cfg.header_read_timeout,
+                },
                 shutdown.clone(),
                 drain,
             )));

@@ -84,11 +84,15 @@ pub async fn run(
     endpoint: quinn::Endpoint,
     handler: Arc<Handler>,
     front: Arc<Front>,
-    cfg: Http3,
-    limits: Limits,
+    settings: Settings,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let Settings {
+        http3: cfg,
+        limits,
+        header_read_timeout,
+    } = settings;
     let max = cfg.max_connections as usize;
     loop {
         let incoming = tokio::select! {
@@ -111,7 +115,7 @@ pub async fn run(
                 handler.clone(),
                 front.clone(),
                 cfg.early_data,
-                limits,
+                (limits, header_read_timeout),
                 shutdown.clone(),
             ),
             span,
@@ -133,7 +137,7 @@ async fn connection(
     handler: Arc<Handler>,
     front: Arc<Front>,
     early_data: bool,
-    limits: Limits,
+    (limits, header_read_timeout): (Limits, Duration),
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let connecting = match incoming.accept() {
@@ -165,20 +169,30 @@ async fn connection(
         }
     };
     let quic = conn.clone();
-    let built = h3::server::builder()
-        .max_field_section_size(limits.max_header_bytes)
-        .build(h3_quinn::Connection::new(conn))
-        .await;
+    // The control stream and SETTINGS: bounded like a request head (a client that grants no
+    // stream credit holds nothing longer).
+    let built = tokio::time::timeout(
+        header_read_timeout,
+        h3::server::builder()
+            .max_field_section_size(limits.max_header_bytes)
+            .build(h3_quinn::Connection::new(conn)),
+    )
+    .await;
     let mut h3: H3Conn = match built {
-        Ok(c) => c,
-        Err(e) => {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("HTTP/3 connection setup timed out");
+            quic.close(H3_NO_ERROR.into(), b"setup timed out");
             return;
         }
     };
     let mut closing = *shutdown.borrow();
     if closing {
-        let _ = h3.shutdown(0).await;
+        goaway(&mut h3).await;
     }
     // Requests in flight; `done` is told when one ends.
     let inflight = Arc::new(AtomicUsize::new(0));
@@ -222,7 +236,7 @@ async fn connection(
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("HTTP/3 connection idle; GOAWAY");
                 closing = true;
-                let _ = h3.shutdown(0).await;
+                goaway(&mut h3).await;
                 close_at = Some(Instant::now() + super::conn::GRACE);
                 continue;
             }
@@ -231,7 +245,7 @@ async fn connection(
             None => {
                 closing = true;
                 // GOAWAY: requests already accepted finish; accept() then returns None.
-                let _ = h3.shutdown(0).await;
+                goaway(&mut h3).await;
             }
             Some(Ok(Some(resolver))) => {
                 let handler = handler.clone();
@@ -240,11 +254,15 @@ async fn connection(
                 let ended = Ended(inflight.clone(), done.clone());
                 tokio::spawn(async move {
                     let _ended = ended;
-                    match resolver.resolve_request().await {
-                        Ok((req, stream)) => {
+                    // The request head within `server.header_read_timeout`, as over TCP.
+                    match tokio::time::timeout(header_read_timeout, resolver.resolve_request())
+                        .await
+                    {
+                        Ok(Ok((req, stream))) => {
                             request(&handler, &front, req, stream, limits.send_timeout).await
                         }
-                        Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
+                        Ok(Err(e)) => tracing::debug!(error = %e, "bad HTTP/3 request"),
+                        Err(_) => tracing::debug!("HTTP/3 request head timed out"),
                     }
                 });
             }
@@ -256,6 +274,25 @@ async fn connection(
                 break;
             }
         }
+    }
+}
+
+/// What the HTTP/3 listener is served with.
+pub struct Settings {
+    pub http3: Http3,
+    pub limits: Limits,
+    /// Bounds the connection's setup (control stream, SETTINGS) and each request head.
+    pub header_read_timeout: Duration,
+}
+
+/// Sends GOAWAY, waiting at most [`super::conn::GRACE`] for the control stream to take it
+/// (a client that never raises its windows cannot hold the connection's task here).
+async fn goaway(h3: &mut H3Conn) {
+    if tokio::time::timeout(super::conn::GRACE, h3.shutdown(0))
+        .await
+        .is_err()
+    {
+        tracing::debug!("HTTP/3 GOAWAY not taken within the grace period");
     }
 }
 
