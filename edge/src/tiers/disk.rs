@@ -6,7 +6,9 @@
 //! index (hash -> size, recency) lives in memory and is rebuilt at start from file names and
 //! sizes alone (no byte is read), so a restarted node serves its disk cache at once. Damage
 //! after the write is caught when the file is read: its size is checked against the tree
-//! entry on every lookup, and its hash whenever it is read whole or streamed whole.
+//! entry on every lookup; a file read whole into memory is hashed (blake3); a file streamed
+//! (whole or a range) is checked block by block against its [`Sums`], kept with the index:
+//! made at fill, or, after a restart, by hashing the whole file once at its first read.
 //!
 //! Every method here does blocking file I/O: call them from the blocking pool.
 
@@ -19,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use origin_client::Hash;
 
+use super::sums::Sums;
+
 #[derive(Debug)]
 pub struct DiskTier {
     dir: PathBuf,
@@ -28,10 +32,18 @@ pub struct DiskTier {
     evictions: AtomicU64,
 }
 
+#[derive(Debug)]
+struct Entry {
+    size: u64,
+    tick: u64,
+    /// Block checksums, once known (at fill, or after the file's first whole check).
+    sums: Option<Sums>,
+}
+
 #[derive(Debug, Default)]
 struct Index {
-    entries: HashMap<Hash, (u64, u64)>, // size, recency tick
-    order: BTreeMap<u64, Hash>,         // recency tick -> hash, oldest first
+    entries: HashMap<Hash, Entry>,
+    order: BTreeMap<u64, Hash>, // recency tick -> hash, oldest first
     tick: u64,
     bytes: u64,
 }
@@ -47,25 +59,26 @@ impl Index {
         let tick = self.tick;
         let (size, old) = {
             let e = self.entries.get_mut(hash)?;
-            let old = e.1;
-            e.1 = tick;
-            (e.0, old)
+            let old = e.tick;
+            e.tick = tick;
+            (e.size, old)
         };
         self.order.remove(&old);
         self.order.insert(tick, *hash);
         Some(size)
     }
 
-    fn insert(&mut self, hash: Hash, size: u64) {
+    fn insert(&mut self, hash: Hash, size: u64, sums: Option<Sums>) {
         self.remove(&hash);
         self.tick += 1;
-        self.entries.insert(hash, (size, self.tick));
+        let tick = self.tick;
+        self.entries.insert(hash, Entry { size, tick, sums });
         self.order.insert(self.tick, hash);
         self.bytes += size;
     }
 
     fn remove(&mut self, hash: &Hash) -> Option<u64> {
-        let (size, tick) = self.entries.remove(hash)?;
+        let Entry { size, tick, .. } = self.entries.remove(hash)?;
         self.order.remove(&tick);
         self.bytes -= size;
         Some(size)
@@ -73,8 +86,8 @@ impl Index {
 
     fn pop_oldest(&mut self) -> Option<Hash> {
         let (_, hash) = self.order.pop_first()?;
-        if let Some((size, _)) = self.entries.remove(&hash) {
-            self.bytes -= size;
+        if let Some(e) = self.entries.remove(&hash) {
+            self.bytes -= e.size;
         }
         Some(hash)
     }
@@ -121,7 +134,7 @@ impl DiskTier {
         {
             let mut idx = tier.lock();
             for (_, hash, size) in found {
-                idx.insert(hash, size);
+                idx.insert(hash, size, None);
             }
         }
         tier.evict_to(capacity);
@@ -141,6 +154,23 @@ impl DiskTier {
     /// The size recorded for `hash` if the tier has it (marking it recently used).
     pub fn lookup(&self, hash: &Hash) -> Option<u64> {
         self.lock().touch(hash)
+    }
+
+    /// The size and, once known, the block checksums of `hash` (marking it recently used).
+    pub fn lookup_sums(&self, hash: &Hash) -> Option<(u64, Option<Sums>)> {
+        let mut idx = self.lock();
+        let size = idx.touch(hash)?;
+        Some((size, idx.entries.get(hash).and_then(|e| e.sums.clone())))
+    }
+
+    /// Records the block checksums of the `size`-byte file of `hash`, made from bytes that
+    /// passed blake3 (ignored if the file was replaced or dropped since).
+    pub fn set_sums(&self, hash: &Hash, size: u64, sums: Sums) {
+        if let Some(e) = self.lock().entries.get_mut(hash)
+            && e.size == size
+        {
+            e.sums = Some(sums);
+        }
     }
 
     /// Drops a damaged or unwanted file.
@@ -193,7 +223,7 @@ impl DiskTier {
     /// Choosing victims, moving them out of `blobs/`, the rename into place and the index
     /// update happen under one lock, so concurrent fills can never leave more bytes under
     /// `blobs/` than the bound; the victims are unlinked after the lock is released.
-    pub fn commit(&self, hash: &Hash, tmp: &Path, size: u64) -> io::Result<()> {
+    pub fn commit(&self, hash: &Hash, tmp: &Path, size: u64, sums: Option<Sums>) -> io::Result<()> {
         if !self.admits(size) {
             let _ = fs::remove_file(tmp);
             return Ok(());
@@ -216,7 +246,7 @@ impl DiskTier {
             }
             let renamed = fs::rename(tmp, &dest);
             if renamed.is_ok() {
-                idx.insert(*hash, size);
+                idx.insert(*hash, size, sums);
             }
             renamed
         };
@@ -250,7 +280,7 @@ impl DiskTier {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        self.commit(hash, &tmp, data.len() as u64)
+        self.commit(hash, &tmp, data.len() as u64, None)
     }
 
     fn evict_to(&self, target: u64) {

@@ -28,6 +28,7 @@ use crate::coalesce::Coalescer;
 use crate::error::{EdgeError, EdgeResult};
 
 pub mod disk;
+pub mod sums;
 
 pub use disk::DiskTier;
 
@@ -43,12 +44,15 @@ pub enum Source {
 pub enum Blob {
     /// Whole and verified.
     Bytes(Bytes),
-    /// A disk-tier file whose size matched; its hash is checked when streamed whole.
+    /// A disk-tier file whose size matched and whose whole bytes passed blake3 once (at
+    /// fill, or at its first read since the node started); each block is checked against
+    /// `sums` as it is read.
     File {
         file: std::fs::File,
         len: u64,
-        hash: Hash,
-        tier: Arc<DiskTier>,
+        sums: sums::Sums,
+        /// Called once if a block fails its check (counts it, drops the file).
+        on_fail: Arc<dyn Fn() + Send + Sync>,
         budget: Budget,
     },
     /// Streaming from the origin, not cached (too large for memory, no room on disk).
@@ -72,8 +76,9 @@ impl Blob {
         self.len() == 0
     }
 
-    /// The bytes `start..end` as a stream. Whole disk files and every origin stream are
-    /// verified as they go; a partial disk read is checked by size only.
+    /// The bytes `start..end` as a stream. Disk files are checked block by block (whole or a
+    /// range: no byte of a block goes out before its checksum matched); origin streams are
+    /// hashed whole as they go, the last piece held until the hash matched.
     ///
     /// Back-pressure: disk and origin bytes come in blocks of at most [`BLOCK`], each
     /// holding a share of `budget` (`server.max_buffered`, node-wide) and of this
@@ -89,22 +94,16 @@ impl Blob {
             Blob::File {
                 file,
                 len,
-                hash,
-                tier,
+                sums,
+                on_fail,
                 budget,
-            } => {
-                let whole = start == 0 && end == len;
-                let stream = read_blocks(Arc::new(file), start, end, budget);
-                if whole {
-                    let on_fail: FailHook = Box::new(move || {
-                        tracing::error!(%hash, "disk cache file failed verification; dropped");
-                        tier.remove(&hash);
-                    });
-                    Verify::new(stream, hash, len, 0, len, Some(on_fail)).boxed()
-                } else {
-                    stream
-                }
-            }
+            } => read_blocks(
+                Arc::new(file),
+                Checked { len, sums, on_fail },
+                start,
+                end,
+                budget,
+            ),
             Blob::Origin {
                 stream,
                 len,
@@ -250,30 +249,78 @@ fn next_block(size: usize, kept_up: bool) -> usize {
     }
 }
 
+/// What a disk file's blocks are checked against.
+struct Checked {
+    len: u64,
+    sums: sums::Sums,
+    on_fail: Arc<dyn Fn() + Send + Sync>,
+}
+
 /// Reads `start..end` of `file` in blocks on the blocking pool, each under its shares;
-/// block sizes start at [`FIRST_BLOCK`] and follow the client's pace ([`next_block`]).
-fn read_blocks(file: Arc<std::fs::File>, start: u64, end: u64, budget: Budget) -> ByteStream {
+/// block sizes start at [`FIRST_BLOCK`] and follow the client's pace ([`next_block`]), and
+/// no read crosses a [`sums::SUM_BLOCK`] boundary. Each read checks the whole checksum block
+/// it falls in before any of its bytes go out: an aligned full block is read as is, a
+/// smaller piece is read with the rest of its block, checked, and copied out (so a slow
+/// client holds only its piece). A block that fails ends the stream with an error (the
+/// client sees a cut response, never a wrong byte) and calls `on_fail` once.
+fn read_blocks(
+    file: Arc<std::fs::File>,
+    checked: Checked,
+    start: u64,
+    end: u64,
+    budget: Budget,
+) -> ByteStream {
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+    let checked = Arc::new(checked);
     futures_util::stream::try_unfold((start, FIRST_BLOCK), move |(pos, size)| {
-        let (file, window, budget) = (file.clone(), window.clone(), budget.clone());
+        let (file, window, budget, c) = (
+            file.clone(),
+            window.clone(),
+            budget.clone(),
+            checked.clone(),
+        );
         async move {
             if pos >= end {
                 return Ok(None);
             }
-            let n = (end - pos).min(size as u64) as usize;
+            let (i, b_start, b_end) = sums::block_of(pos, c.len);
+            let n = (end - pos).min(size as u64).min(b_end - pos) as usize;
             // Kept up: the transport has let go of every block it was given.
             let kept_up = window.available_permits() == WINDOW;
             let (held, w) = shares(&window, &budget, n).await?;
+            let whole_block = pos == b_start && pos + n as u64 == b_end;
             // Allocated here, on a runtime thread, not on the blocking pool: blocks then come
             // from the few allocator arenas of the runtime threads rather than one per pool
             // thread, and memory freed when clients leave goes back to the system.
-            let mut v = vec![0u8; n];
+            let mut v = vec![0u8; (b_end - b_start) as usize];
+            let c2 = c.clone();
             let data = tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
-                file.read_exact_at(&mut v, pos).map(|()| v)
+                file.read_exact_at(&mut v, b_start)?;
+                if !sums::block_ok(&c2.sums, i, &v) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("disk cache block at {b_start} failed its checksum"),
+                    ));
+                }
+                Ok(if whole_block {
+                    v
+                } else {
+                    let from = (pos - b_start) as usize;
+                    v[from..from + n].to_vec()
+                })
             })
             .await
-            .map_err(|e| io::Error::other(format!("disk read task: {e}")))??;
+            .map_err(|e| io::Error::other(format!("disk read task: {e}")))?;
+            let data = match data {
+                Ok(d) => d,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        (c.on_fail)();
+                    }
+                    return Err(e);
+                }
+            };
             let block = Bytes::from_owner(Block {
                 data,
                 _budget: held,
@@ -685,7 +732,7 @@ impl Tiers {
         let this = self.clone();
         let into_memory = size <= self.memory_max_object;
         tokio::task::spawn_blocking(move || {
-            let recorded = disk.lookup(&hash)?;
+            let (recorded, known) = disk.lookup_sums(&hash)?;
             let bad = |why: &str| {
                 tracing::warn!(%hash, why, "disk cache file rejected; refetching");
                 this.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
@@ -717,11 +764,32 @@ impl Tiers {
                 this.memory.insert(hash, data.clone());
                 return Some(Blob::Bytes(data));
             }
+            // Checksums come with the fill; a file met first since the node started is
+            // hashed whole once (blake3) to make them.
+            let sums = match known {
+                Some(sums) => sums,
+                None => match sums_of_verified(&file, hash, size) {
+                    Ok(sums) => {
+                        disk.set_sums(&hash, size, sums.clone());
+                        sums
+                    }
+                    Err(_) => return bad("hash mismatch"),
+                },
+            };
+            let stats = this.clone();
+            let tier = disk.clone();
+            let once = std::sync::Once::new();
             Some(Blob::File {
                 file,
                 len,
-                hash,
-                tier: disk,
+                sums,
+                on_fail: Arc::new(move || {
+                    once.call_once(|| {
+                        tracing::error!(%hash, "disk cache file failed its block check; dropped");
+                        stats.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                        tier.remove(&hash);
+                    });
+                }),
                 budget: this.budget.clone(),
             })
         })
@@ -812,12 +880,14 @@ impl Tiers {
             _ => return Ok(Some(Filled::TooLarge(len))),
         };
         let tmp = disk.temp_path();
-        let result = stream_to_file(body.stream, &tmp, hash, len).await;
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(checked(e));
-        }
-        tokio::task::spawn_blocking(move || disk.commit(&hash, &tmp, len))
+        let sums = match stream_to_file(body.stream, &tmp, hash, len).await {
+            Ok(sums) => sums,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(checked(e));
+            }
+        };
+        tokio::task::spawn_blocking(move || disk.commit(&hash, &tmp, len, Some(sums)))
             .await
             .map_err(|e| EdgeError::internal(format!("disk commit task: {e}")))?
             .map_err(EdgeError::disk)?;
@@ -920,11 +990,12 @@ async fn stream_to_file(
     tmp: &std::path::Path,
     hash: Hash,
     size: u64,
-) -> Result<(), EdgeError> {
+) -> Result<sums::Sums, EdgeError> {
     let mut file = tokio::fs::File::create(tmp)
         .await
         .map_err(EdgeError::disk)?;
     let mut hasher = blake3::Hasher::new();
+    let mut sums = sums::SumsBuilder::with_len(size);
     let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| body_error(e, &hash))?;
@@ -937,6 +1008,7 @@ async fn stream_to_file(
             });
         }
         hasher.update(&chunk);
+        sums.update(&chunk);
         file.write_all(&chunk).await.map_err(EdgeError::disk)?;
     }
     if got != size {
@@ -950,7 +1022,31 @@ async fn stream_to_file(
         return Err(EdgeError::Corrupt { hash });
     }
     file.flush().await.map_err(EdgeError::disk)?;
-    Ok(())
+    Ok(sums.finish())
+}
+
+/// The block checksums of a disk file, made while hashing it whole: `Err` unless its bytes
+/// are `size` long and hash to `hash`. Blocking; reads in 1 MiB steps.
+fn sums_of_verified(file: &std::fs::File, hash: Hash, size: u64) -> io::Result<sums::Sums> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut sums = sums::SumsBuilder::with_len(size);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], pos)?;
+        hasher.update(&buf[..n]);
+        sums.update(&buf[..n]);
+        pos += n as u64;
+    }
+    if Hash::from(hasher.finalize()) != hash {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("disk cache file {hash} failed verification"),
+        ));
+    }
+    Ok(sums.finish())
 }
 
 #[cfg(test)]
@@ -1169,15 +1265,61 @@ mod tests {
     }
 
     /// A disk read starts with a small block, doubling while the client keeps up.
-    #[tokio::test]
-    async fn disk_reads_start_small() {
+    /// A disk file with its checksums, and how many times its check failed.
+    fn checked_file(
+        data: &[u8],
+        damage: Option<usize>,
+    ) -> (
+        tempfile::TempDir,
+        Arc<std::fs::File>,
+        Checked,
+        Arc<AtomicU64>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let mut on_disk = data.to_vec();
+        if let Some(at) = damage {
+            on_disk[at] ^= 0x10;
+        }
+        std::fs::write(&path, &on_disk).unwrap();
         let file = Arc::new(std::fs::File::open(&path).unwrap());
+        let fails = Arc::new(AtomicU64::new(0));
+        let f = fails.clone();
+        let checked = Checked {
+            len: data.len() as u64,
+            sums: sums::of(data),
+            on_fail: Arc::new(move || {
+                f.fetch_add(1, Ordering::SeqCst);
+            }),
+        };
+        (dir, file, checked, fails)
+    }
+
+    /// Reads `start..end`: the bytes that came, and whether the stream ended in an error.
+    async fn read_range(
+        file: &Arc<std::fs::File>,
+        c: Checked,
+        start: u64,
+        end: u64,
+    ) -> (Vec<u8>, bool) {
         let budget = Budget::new(1 << 20, Arc::default());
-        let mut blocks = read_blocks(file, 0, data.len() as u64, budget);
+        let mut blocks = read_blocks(file.clone(), c, start, end, budget);
+        let mut out = Vec::new();
+        loop {
+            match blocks.try_next().await {
+                Ok(Some(b)) => out.extend_from_slice(&b),
+                Ok(None) => return (out, false),
+                Err(_) => return (out, true),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn disk_reads_start_small_and_keep_to_checksum_blocks() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (_dir, file, checked, fails) = checked_file(&data, None);
+        let budget = Budget::new(1 << 20, Arc::default());
+        let mut blocks = read_blocks(file, checked, 0, data.len() as u64, budget);
         let mut sizes = Vec::new();
         let mut out = Vec::new();
         while let Some(b) = blocks.try_next().await.unwrap() {
@@ -1185,16 +1327,61 @@ mod tests {
             out.extend_from_slice(&b);
         }
         assert_eq!(out, data);
+        // Doubling from 2 KiB, cut at the first 32 KiB boundary, then whole blocks.
         assert_eq!(
-            sizes[..5],
+            sizes[..7],
             [
                 FIRST_BLOCK,
                 2 * FIRST_BLOCK,
                 4 * FIRST_BLOCK,
                 8 * FIRST_BLOCK,
+                FIRST_BLOCK,
+                BLOCK,
                 BLOCK
             ]
         );
+        assert_eq!(fails.load(Ordering::SeqCst), 0);
+    }
+
+    /// A flipped byte on disk: a range (or whole read) over it never yields a byte of the
+    /// damaged block; ranges that miss it are served; the failure is reported once per read.
+    #[tokio::test]
+    async fn disk_reads_never_yield_a_damaged_block() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        // Byte 100,000 is in the block 98,304..131,072.
+        let damaged = 100_000;
+        let cases: [(u64, u64, usize); 5] = [
+            (0, 50_000, 50_000),
+            (140_000, 200_000, 60_000),
+            (99_000, 99_500, 0),
+            (60_000, 150_000, 98_304 - 60_000),
+            (0, 200_000, 98_304),
+        ];
+        for (start, end, good) in cases {
+            let (_dir, file, checked, fails) = checked_file(&data, Some(damaged));
+            let (out, failed) = read_range(&file, checked, start, end).await;
+            let whole = good as u64 == end - start;
+            assert_eq!(failed, !whole, "{start}..{end}: failed={failed}");
+            assert_eq!(
+                out.len(),
+                good,
+                "{start}..{end}: bytes before the damaged block only"
+            );
+            assert!(
+                out == data[start as usize..start as usize + good],
+                "{start}..{end}: a wrong byte"
+            );
+            assert_eq!(fails.load(Ordering::SeqCst), u64::from(!whole));
+        }
+        // A truncated file fails its check too (a short read is an I/O error, not wrong bytes).
+        let (dir, file, checked, _) = checked_file(&data, None);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("blob"))
+            .and_then(|f| f.set_len(150_000))
+            .unwrap();
+        let (out, failed) = read_range(&file, checked, 0, 200_000).await;
+        assert!(failed && out.len() <= 150_000 && out == data[..out.len()]);
     }
 
     #[tokio::test]
