@@ -71,8 +71,10 @@ cleanup() {
   ip netns del "$NSP" 2>/dev/null || true
   if [ -n "${KEEP_WORK:-}" ]; then echo "work folder kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
+PY=""
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# A signal stops the python side (it stops what it started), then cleanup runs.
+trap 'if [ -n "$PY" ]; then kill -TERM "$PY" 2>/dev/null || true; wait "$PY" || true; fi; exit 130' INT TERM
 
 ip netns add "$NSC"
 ip netns add "$NSP"
@@ -87,7 +89,7 @@ ip -n "$NSP" link set "$VP" up
 ip netns exec "$NSC" nft add table inet pops
 
 export EDGE S3S WORK NSC NSP TIME_LIMIT
-timeout -k 10 $((TIME_LIMIT + 30)) python3 - <<'EOF'
+timeout -k 10 $((TIME_LIMIT + 30)) python3 - <<'EOF' &
 import base64, ctypes, hashlib, http.client, http.server, json, os, random, re, signal
 import socket, socketserver, subprocess, sys, threading, time
 
@@ -117,10 +119,16 @@ CREDS = {"AWS_ACCESS_KEY_ID": "rig", "AWS_SECRET_ACCESS_KEY": "rigsecret", "AWS_
 class Abort(Exception):
     pass
 
+class Stop(Abort):
+    """The whole run ends: its time limit, or a signal."""
+
 def on_alarm(*_):
-    raise Abort(f"time limit ({E['TIME_LIMIT']} s) reached")
+    raise Stop(f"time limit ({E['TIME_LIMIT']} s) reached")
+def on_term(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # timeout(1) signals its whole group too
+    raise Stop("stopped by a signal")
 signal.signal(signal.SIGALRM, on_alarm)
-signal.signal(signal.SIGTERM, on_alarm)
+signal.signal(signal.SIGTERM, on_term)
 signal.alarm(int(E["TIME_LIMIT"]))
 
 T0 = time.monotonic()
@@ -834,9 +842,9 @@ try:
         figure(f"S6 parent A unreachable (100% drop, for comparison): {LOSS_OBJECTS} cold objects: client errors {dead_bad} "
                f"[{check(dead_bad == 0, 'S6 blackhole client errors')}], latency {dist(dead_lat)}; parent A {delta(r2, r3, 'A')}; "
                f"parent B {delta(r2, r3, 'B')}; origin GETs {origin_gets('s6dead')}")
-        figure(f"S6 added latency with loss: p50 +{(quantile(loss_lat, .5) - quantile(base_lat, .5)) * 1000:.1f} ms, "
-               f"p99 +{(quantile(loss_lat, .99) - quantile(base_lat, .99)) * 1000:.1f} ms, "
-               f"mean +{(sum(loss_lat) / len(loss_lat) - sum(base_lat) / len(base_lat)) * 1000:.1f} ms")
+        figure(f"S6 added latency with loss: p50 {(quantile(loss_lat, .5) - quantile(base_lat, .5)) * 1000:+.1f} ms, "
+               f"p99 {(quantile(loss_lat, .99) - quantile(base_lat, .99)) * 1000:+.1f} ms, "
+               f"mean {(sum(loss_lat) / len(loss_lat) - sum(base_lat) / len(base_lat)) * 1000:+.1f} ms")
 
     def s7():
         pop, nft = NSE["pop"], NSE["nft"]
@@ -873,9 +881,15 @@ try:
         figure(f"S7 cut off from NATS, origin and parents for {CUT} s (nft drop in the PoP namespace): "
                f"{ok} requests for cached paths answered 200 with the last-known-good deploy, {bad} otherwise "
                f"[{check(bad == 0, 'S7 serving while cut')}]; notify connected at the end of the cut: {nst.get('connected')}")
+        # How it caught up: a pushed hint (accepted), the catch-up round after a NATS
+        # reconnect (disconnects), or the refresh round that fell due (neither).
         figure(f"S7 rule lifted: the publish made during the cut served {caught:.2f} s later "
-               f"[{check(caught < 65, 'S7 catch-up')}] (notify: disconnects {nst2.get('disconnects')}, "
-               f"messages {nst2.get('messages')}, refreshes {nst2.get('refreshes')})")
+               f"[{check(caught < 65, 'S7 catch-up')}] (notify then: disconnects {nst2.get('disconnects')}, "
+               f"accepted hints {(nst2.get('messages') or {}).get('accepted')}, hint refreshes {nst2.get('refreshes')})")
+        time.sleep(8)
+        nst3 = pop.status().get("notify") or {}
+        figure(f"S7 8 s later: NATS connected {nst3.get('connected')}, disconnects {nst3.get('disconnects')}, "
+               f"accepted hints {(nst3.get('messages') or {}).get('accepted')}")
 
     # ------------------------------------------------------------ 8. pointer load on the origin
     def s8():
@@ -915,9 +929,9 @@ try:
                 ns_setup()
             log(f"scenario {n}")
             fn()
+        except Stop:
+            raise
         except Abort as e:
-            if str(e).startswith("time limit"):
-                raise
             figure(f"S{n} FAILED: {e}")
             failed.append(f"S{n} aborted")
     log("done" + (f"; FAILED: {', '.join(failed)}" if failed else "; every check passed"))
@@ -927,6 +941,9 @@ except Abort as e:
     sys.exit(2)
 finally:
     signal.alarm(0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for name in list(procs):
         kill(name)
 EOF
+PY=$!
+wait "$PY"
