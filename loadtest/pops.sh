@@ -23,6 +23,8 @@
 #
 #   loadtest/pops.sh                 # everything, full size (about 10 minutes)
 #   QUICK=1 loadtest/pops.sh         # a smoke run: 2 MiB object, 10 clients, 100 sites, 15 s windows
+#                                    # (a 15 s window is shorter than the 60 s interval: scenario 8's
+#                                    # notifications figure is then 0 or one round)
 #   SCENARIOS="1 4" loadtest/pops.sh # a subset (setup always runs)
 #
 # Variables (defaults; QUICK=1 in brackets): CHILDREN 8, CLIENTS 50 [10], BIG_MIB 10 [2],
