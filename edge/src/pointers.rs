@@ -666,7 +666,9 @@ impl Pointers {
     }
 
     /// Refreshes every cached positive pointer (negative ones simply expire). Hosts come
-    /// from the host index when the store has one (one read), else one record each.
+    /// from the host index when the store has one (one read), else one record each. Hosts
+    /// loaded from the saved state, with the index never read yet (a restarted node), read
+    /// it too rather than one record each.
     pub async fn refresh_all(&self) {
         let sites: Vec<String> = self.sites.positive().into_iter().map(|(k, _)| k).collect();
         let hosts: Vec<String> = self.hosts.positive().into_iter().map(|(k, _)| k).collect();
@@ -675,7 +677,7 @@ impl Pointers {
                 let _ = self.refresh_site(&s).await;
             })
             .await;
-        if !matches!(**self.host_index.load(), HostIndexState::Unknown) {
+        if !hosts.is_empty() || !matches!(**self.host_index.load(), HostIndexState::Unknown) {
             self.read_host_index().await;
         }
         if let HostIndexState::Loaded(index) = &**self.host_index.load() {
@@ -1048,6 +1050,58 @@ mod tests {
             "each lookup reached the store"
         );
         assert_eq!(p.lookups_in_flight(), 0);
+    }
+
+    /// A node restarted with hosts in its saved state has not read the host index yet: its
+    /// refresh round reads the index (one request), not one record per host.
+    #[tokio::test]
+    async fn a_restarted_node_refreshes_saved_hosts_from_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(origin_client::store::MemoryStore::new());
+        let store: Arc<dyn Store> =
+            Arc::new(origin_client::store::CountingStore::new(memory.clone()));
+        std::fs::create_dir(dir.path().join("site")).unwrap();
+        publish_version(&*store, &dir.path().join("site"), "one").await;
+        for i in 0..20 {
+            let record = origin_client::records::HostRecord {
+                host: format!("h{i}.example"),
+                site: "s".into(),
+            };
+            origin_client::hosts::add(&*store, &record).await.unwrap();
+        }
+        let cfg = PointersConfig {
+            state_file: Some(dir.path().join("pointers.json")),
+            ..cfg()
+        };
+        let first = Pointers::new(
+            store.clone(),
+            Trees::new(store.clone(), 1 << 20, None),
+            cfg.clone(),
+        );
+        for i in 0..20 {
+            let site = first
+                .site_for_host(Some(&format!("h{i}.example")))
+                .await
+                .unwrap();
+            assert_eq!(site.as_deref(), Some("s"));
+        }
+        first.save_state().await.unwrap();
+
+        let counting = Arc::new(origin_client::store::CountingStore::new(memory));
+        let store: Arc<dyn Store> = counting.clone();
+        let second = Pointers::new(store.clone(), Trees::new(store, 1 << 20, None), cfg);
+        assert_eq!(second.load_state().await, 20);
+        second.refresh_all().await;
+        assert_eq!(second.stats.host_index_reads.load(Ordering::Relaxed), 1);
+        assert_eq!(counting.ops(), 1, "one read of the index, no host records");
+        assert_eq!(
+            second
+                .site_for_host(Some("h7.example"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("s")
+        );
     }
 
     #[test]
