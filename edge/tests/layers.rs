@@ -68,6 +68,8 @@ const LAYERS: &[(&str, Option<&[&str]>)] = &[
     ("accesslog", Some(&["metrics"])),
     // The per-second sample ring of the status page: pure, over the metrics' counters.
     ("samples", Some(&["metrics"])),
+    // Freed memory back to the OS after load drops: reads two of the metrics' gauges.
+    ("memory", Some(&["metrics"])),
     // exception: `Metrics::render` prints `sched::yields()` (edge_worker_yields_total); it
     // goes when the count is passed in by the caller. `sched` uses nothing from the crate.
     ("metrics", Some(&["sched"])),

@@ -298,9 +298,10 @@ pub const GRACE: Duration = Duration::from_secs(1);
 pub const STREAM_FIRST: Duration = Duration::from_secs(1);
 
 /// The executor hyper spawns each HTTP/2 stream on (the request's service future, then the
-/// response body piped into the stream): a stream task not woken for `send_timeout` (its
-/// window stayed closed, or its body produced nothing) is dropped, which makes h2 send
-/// RST_STREAM(CANCEL) and frees what the stream held; the connection goes on.
+/// response body piped into the stream): a stream whose response body has not moved (no
+/// frame taken from it) for `send_timeout` is dropped, which makes h2 send
+/// RST_STREAM(CANCEL) and frees what the stream held; the connection goes on. Wake-ups
+/// alone are not progress: h2 wakes waiting streams when others end or capacity moves.
 #[derive(Clone)]
 pub struct StreamExec {
     send_timeout: Duration,
@@ -331,12 +332,19 @@ where
     }
 }
 
+thread_local! {
+    /// Set when a response body hands over a frame ([`Guarded`]) while a stream task is
+    /// polled on this thread: the stream's progress, read and cleared by [`Watched`]. A
+    /// stream task and the body it pipes are polled together, on one thread.
+    static BODY_MOVED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A stream task under its send timeout. The timer is made only when the task first waits
 /// (a response sent in one poll never has one) and re-armed only when it fires.
 struct Watched<F> {
     inner: Pin<Box<F>>,
     timeout: Duration,
-    /// The last time the task was woken by anything but its timer.
+    /// When the stream started, or its body last handed over a frame.
     last: Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     metrics: Arc<Metrics>,
@@ -348,11 +356,8 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for Watched<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let now = Instant::now();
-        if let Some(t) = &this.timer
-            && now >= t.deadline()
-            && now >= this.last + this.timeout
-        {
-            // Woken by the timer, nothing else since `last`: reset the stream.
+        if this.timer.is_some() && now >= this.last + this.timeout {
+            // No frame taken for `send_timeout`: reset the stream.
             this.metrics
                 .conns
                 .h2_stream_timeouts
@@ -360,18 +365,22 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for Watched<F> {
             tracing::debug!("HTTP/2 response made no progress; resetting the stream");
             return Poll::Ready(());
         }
-        this.last = now;
-        if this.inner.as_mut().poll(cx).is_ready() {
+        BODY_MOVED.set(false);
+        let ready = this.inner.as_mut().poll(cx).is_ready();
+        if BODY_MOVED.replace(false) {
+            this.last = now;
+        }
+        if ready {
             return Poll::Ready(());
         }
         let due = this.last + this.timeout;
         let timer = this
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if timer.deadline() <= now {
+        if timer.deadline() != due {
             timer.as_mut().reset(due);
         }
-        // Registers the task's waker with the timer; it cannot be due yet.
+        // Registers the task's waker with the timer.
         let _ = timer.as_mut().poll(cx);
         Poll::Pending
     }
@@ -430,7 +439,11 @@ impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let r = Pin::new(&mut self.get_mut().body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = r {
+            BODY_MOVED.set(true);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
