@@ -12,11 +12,18 @@
 //! On HTTP/2 each stream has its own send timeout ([`StreamExec`]): a stalled stream is
 //! reset (RST_STREAM) while the others and the connection go on; the connection's watchdog
 //! acts only [`STREAM_FIRST`] later, as a backstop.
+//!
+//! An idle HTTP/1 connection can be *parked*: hyper's connection (its 8 KiB read and write
+//! buffers) is taken apart and only the socket is kept until it is readable again
+//! ([`Conn::watch_until_quiet`], [`Conn::idle_until`]). The socket wrapper ([`Tracked`]) tells
+//! when that is safe: the request had no body, its response ended, hyper flushed every byte
+//! since, and then found nothing to read; bytes read after the response end keep hyper's
+//! connection (a partial head stays under hyper's header-read timeout).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -127,6 +134,7 @@ impl Gate {
             last_progress: AtomicU64::new(self.now_ms()),
             idle_key: Mutex::new(None),
             close: Notify::new(),
+            quiet: AtomicU8::new(QUIET),
         });
         let conn = Conn {
             gate: self.clone(),
@@ -146,6 +154,30 @@ struct Shared {
     idle_key: Mutex<Option<u64>>,
     /// Told to close (evicted at the cap).
     close: Notify,
+    /// How far an HTTP/1 connection is on the way to being parked: [`BUSY`] .. [`QUIET`],
+    /// or [`HELD`].
+    quiet: AtomicU8,
+}
+
+/// A request is in flight (or hyper is reading one).
+const BUSY: u8 = 0;
+/// The last request's response body was dropped (its bytes are in hyper's buffer).
+const ENDED: u8 = 1;
+/// hyper flushed its buffer to the socket after that.
+const FLUSHED: u8 = 2;
+/// hyper then found nothing to read: it holds nothing but its buffers, so it can be taken
+/// apart. Also the state of a connection no request has started on.
+const QUIET: u8 = 3;
+/// Not to be parked until the next request ends: a request with a body (hyper may still
+/// be reading it), or bytes read since the last response ended (a head hyper is reading).
+const HELD: u8 = 4;
+
+/// How [`Conn::watch_until_quiet`] returned.
+pub enum Outcome {
+    /// The connection is done.
+    Ended,
+    /// The HTTP/1 connection is quiet: take it apart and wait for readability.
+    Quiet,
 }
 
 /// One admitted connection: counted until dropped.
@@ -187,10 +219,43 @@ impl Conn {
         self.shared
             .last_progress
             .store(self.gate.now_ms(), Ordering::Relaxed);
+        self.shared.quiet.store(BUSY, Ordering::Relaxed);
         if self.shared.inflight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.leave_idle();
         }
         InFlight { conn: self.clone() }
+    }
+
+    /// The request just begun has a body: hyper's connection is not parked after it.
+    pub fn hold(&self) {
+        self.shared.quiet.store(HELD, Ordering::Relaxed);
+    }
+
+    /// The connection is rebuilt with bytes hyper had read and not parsed: not parked again
+    /// until a request ends.
+    pub fn held_over(&self) {
+        self.hold();
+    }
+
+    /// Waits, holding only the socket, until `readable` is ready (`true`), or until the
+    /// connection is to close (`false`): idle for `idle_timeout` (counted), evicted at the
+    /// cap, `shutdown` turned true, or `readable` failed. Only while nothing is in flight.
+    pub async fn idle_until(
+        &self,
+        readable: impl Future<Output = io::Result<()>>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let due = self.shared.idle_since.load(Ordering::Relaxed)
+            + self.gate.limits.idle_timeout.as_millis() as u64;
+        tokio::select! {
+            r = readable => r.is_ok(),
+            () = self.shared.close.notified() => false,
+            _ = shutdown.wait_for(|s| *s) => false,
+            () = tokio::time::sleep_until(self.gate.at(due)) => {
+                self.gate.metrics.conns.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// Wraps the connection's socket so that writes count as progress.
@@ -236,10 +301,39 @@ impl Conn {
     /// listener's drain deadline bounds the rest.
     pub async fn watch<F, E>(
         &self,
+        conn: Pin<&mut F>,
+        graceful: impl Fn(Pin<&mut F>),
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), E>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        self.watching(conn, graceful, shutdown, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Conn::watch`] for an HTTP/1 connection that may be parked: also returns
+    /// [`Outcome::Quiet`] once hyper holds nothing but its buffers (and no close was asked).
+    pub async fn watch_until_quiet<F, E>(
+        &self,
+        conn: Pin<&mut F>,
+        graceful: impl Fn(Pin<&mut F>),
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Outcome, E>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        self.watching(conn, graceful, shutdown, true).await
+    }
+
+    async fn watching<F, E>(
+        &self,
         mut conn: Pin<&mut F>,
         graceful: impl Fn(Pin<&mut F>),
         mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), E>
+        park: bool,
+    ) -> Result<Outcome, E>
     where
         F: Future<Output = Result<(), E>>,
     {
@@ -250,7 +344,7 @@ impl Conn {
             let wake = match self.check() {
                 Check::Wait(t) => t,
                 Check::Idle => match closing {
-                    Some(deadline) if Instant::now() >= deadline => return Ok(()),
+                    Some(deadline) if Instant::now() >= deadline => return Ok(Outcome::Ended),
                     Some(deadline) => deadline,
                     None => {
                         c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -261,12 +355,20 @@ impl Conn {
                 },
                 Check::Stalled => {
                     c.send_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(Outcome::Ended);
                 }
             };
             let wake = closing.map_or(wake, |d| d.min(wake));
+            let parkable = park && closing.is_none();
+            let served = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map(|()| Outcome::Ended)),
+                Poll::Pending if parkable && self.shared.quiet.load(Ordering::Relaxed) == QUIET => {
+                    Poll::Ready(Ok(Outcome::Quiet))
+                }
+                Poll::Pending => Poll::Pending,
+            });
             tokio::select! {
-                r = conn.as_mut() => return r,
+                r = served => return r,
                 () = self.shared.close.notified(), if closing.is_none() => {
                     graceful(conn.as_mut());
                     closing = Some(Instant::now() + GRACE);
@@ -281,7 +383,7 @@ impl Conn {
                     if closing.is_some_and(|d| Instant::now() >= d)
                         && self.shared.inflight.load(Ordering::Acquire) == 0
                     {
-                        return Ok(());
+                        return Ok(Outcome::Ended);
                     }
                 }
             }
@@ -410,6 +512,9 @@ impl Drop for InFlight {
         s.last_progress
             .store(self.conn.gate.now_ms(), Ordering::Relaxed);
         if s.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = s
+                .quiet
+                .compare_exchange(BUSY, ENDED, Ordering::Relaxed, Ordering::Relaxed);
             self.conn.become_idle();
         }
     }
@@ -468,6 +573,13 @@ impl<T> Tracked<T> {
 
     fn progress(&self, n: usize) {
         if n > 0 {
+            // Bytes after the flush: another flush is needed before parking.
+            let _ = self.conn.shared.quiet.compare_exchange(
+                FLUSHED,
+                ENDED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             self.conn
                 .shared
                 .last_progress
@@ -482,7 +594,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let quiet = &this.conn.shared.quiet;
+        match quiet.load(Ordering::Relaxed) {
+            ENDED | FLUSHED | QUIET if buf.filled().len() > before => {
+                quiet.store(HELD, Ordering::Relaxed);
+            }
+            FLUSHED if r.is_pending() => quiet.store(QUIET, Ordering::Relaxed),
+            _ => {}
+        }
+        r
     }
 }
 
@@ -518,7 +641,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            // hyper flushes the socket only once its own buffer is empty.
+            let _ = this.conn.shared.quiet.compare_exchange(
+                ENDED,
+                FLUSHED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
