@@ -14,6 +14,11 @@
 #
 #   scripts/bench-idle.sh [N] [HOLD_SECONDS] [STATES]
 #
+# HOLD (default 3 s) must exceed the node's PARK_AFTER (1 s, listen/conn.rs) plus the
+# memory release's 1 s sample: an HTTP/1 connection is parked only after a second idle, and
+# the freed buffers go back to the OS only at the next `malloc_trim`. All N connections
+# arrive within that second here, so h1 measures what is left after N hyper connections
+# were held at once and then parked (freed heap between live allocations stays resident).
 # STATES is a comma list (default accepted,h1,h2c). EDGE_BIN overrides the binary. Needs a
 # release build of `edge` (built when missing) and python3; run as a user that may raise
 # its descriptor limit to N + 1000 (prlimit). Everything listens on 127.0.0.1; every process

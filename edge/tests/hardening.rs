@@ -131,13 +131,15 @@ fn responses(s: &mut TcpStream, count: usize) -> Vec<u16> {
     }
 }
 
-/// An idle connection holds no hyper state (it is rebuilt once the socket is readable), and
+/// An idle connection holds no hyper state once parked (rebuilt once the socket is readable), and
 /// that changes nothing a client sees: a connection silent for a while is served when it
 /// finally sends; a keep-alive one is served again after a pause, pipelined requests and a
 /// head split over a pause included; a request body sent late is never read as a request;
 /// and the gauges count every such connection open and idle.
 #[test]
 fn idle_connections_are_served_when_they_speak_again() {
+    // Longer than PARK_AFTER (1 s): each pause parks the connection.
+    const PARKED: Duration = Duration::from_millis(1300);
     let f = fixture("idle_timeout = \"20s\"", &[]);
     let admin = f.node.admin.expect("the admin address");
     let mut silent = TcpStream::connect(f.node.addr).unwrap();
@@ -145,7 +147,7 @@ fn idle_connections_are_served_when_they_speak_again() {
     kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert_eq!(responses(&mut kept, 1), [200]);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(PARKED);
     assert_eq!(conn_gauges(admin), (2, 2), "both open and idle");
 
     silent
@@ -158,10 +160,10 @@ fn idle_connections_are_served_when_they_speak_again() {
     )
     .unwrap();
     assert_eq!(responses(&mut kept, 2), [200, 404]);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(PARKED);
     kept.write_all(b"TP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(responses(&mut kept, 1), [200], "the split head");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(PARKED);
     assert_eq!(conn_gauges(admin), (2, 2));
 
     // A body that looks like a request, sent after a pause: one response only.
@@ -174,7 +176,7 @@ fn idle_connections_are_served_when_they_speak_again() {
         .as_bytes(),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(PARKED);
     let _ = kept.write_all(smuggled);
     let _ = kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let got = responses(&mut kept, 3);
@@ -184,7 +186,7 @@ fn idle_connections_are_served_when_they_speak_again() {
         "the body was read as a request: {got:?}"
     );
     drop((silent, kept));
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(PARKED);
     assert_eq!(conn_gauges(admin), (0, 0), "closed ones counted out");
 }
 

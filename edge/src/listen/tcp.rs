@@ -7,7 +7,7 @@
 //! admitted by the node-wide [`Gate`] (cap, idle and send timeouts); accept errors back off
 //! (10 ms doubling to 1 s) and are logged at a bounded rate. An idle connection holds no
 //! hyper state: a cleartext one gets it only once readable, and an HTTP/1 one is taken
-//! apart whenever it goes quiet between requests (see `conn`), so what it keeps while idle
+//! apart once quiet and idle for `conn::PARK_AFTER` (1 s) between requests, so what it keeps while idle
 //! is the socket and its small task.
 
 use std::convert::Infallible;
@@ -293,8 +293,8 @@ impl<T> H1Service for T where
 {
 }
 
-/// Serves HTTP/1.1 on `io`, taking hyper's connection apart each time it goes quiet between
-/// requests (its buffers freed; bytes it read ahead kept) and building a new one once the
+/// Serves HTTP/1.1 on `io`, taking hyper's connection apart each time it has been quiet and
+/// idle for [`PARK_AFTER`](super::conn::PARK_AFTER) between requests (its buffers freed; bytes it read ahead kept) and building a new one once the
 /// socket (`tcp(&io)`) is readable again.
 async fn serve_h1<T, S>(
     builder: &http1::Builder,
