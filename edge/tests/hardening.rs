@@ -82,8 +82,8 @@ fn silent_and_keep_alive_connections_close_after_idle_timeout() {
     assert_eq!(get(f.node.addr, "/"), 200);
 }
 
-/// The admin listener's connection gauges: (open, idle).
-fn conn_gauges(admin: SocketAddr) -> (u64, u64) {
+/// The admin listener's connection gauges: (open, idle, parked).
+fn conn_gauges(admin: SocketAddr) -> (u64, u64, u64) {
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(
@@ -97,7 +97,11 @@ fn conn_gauges(admin: SocketAddr) -> (u64, u64) {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("{name} in the metrics: {text}")) as u64
     };
-    (get("edge_connections_open"), get("edge_connections_idle"))
+    (
+        get("edge_connections_open"),
+        get("edge_connections_idle"),
+        get("edge_connections_parked"),
+    )
 }
 
 /// Reads until `count` complete responses with `Content-Length` bodies have arrived; their
@@ -139,7 +143,7 @@ fn responses(s: &mut TcpStream, count: usize) -> Vec<u16> {
 #[test]
 fn idle_connections_are_served_when_they_speak_again() {
     // Longer than PARK_AFTER (1 s): each pause parks the connection.
-    const PARKED: Duration = Duration::from_millis(1300);
+    const PARKED: Duration = Duration::from_millis(1500);
     let f = fixture("idle_timeout = \"20s\"", &[]);
     let admin = f.node.admin.expect("the admin address");
     let mut silent = TcpStream::connect(f.node.addr).unwrap();
@@ -147,8 +151,13 @@ fn idle_connections_are_served_when_they_speak_again() {
     kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert_eq!(responses(&mut kept, 1), [200]);
+    assert_eq!(
+        conn_gauges(admin).2,
+        1,
+        "within PARK_AFTER of its response, only the silent one is parked"
+    );
     std::thread::sleep(PARKED);
-    assert_eq!(conn_gauges(admin), (2, 2), "both open and idle");
+    assert_eq!(conn_gauges(admin), (2, 2, 2), "both open, idle and parked");
 
     silent
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -164,7 +173,7 @@ fn idle_connections_are_served_when_they_speak_again() {
     kept.write_all(b"TP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(responses(&mut kept, 1), [200], "the split head");
     std::thread::sleep(PARKED);
-    assert_eq!(conn_gauges(admin), (2, 2));
+    assert_eq!(conn_gauges(admin), (2, 2, 2), "parked again");
 
     // A body that looks like a request, sent after a pause: one response only.
     let smuggled = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -187,7 +196,7 @@ fn idle_connections_are_served_when_they_speak_again() {
     );
     drop((silent, kept));
     std::thread::sleep(PARKED);
-    assert_eq!(conn_gauges(admin), (0, 0), "closed ones counted out");
+    assert_eq!(conn_gauges(admin), (0, 0, 0), "closed ones counted out");
 }
 
 #[test]
