@@ -25,7 +25,8 @@ pub fn install_release(release: Release) {
 
 /// A drop in response bytes held in memory that makes a release worth it.
 const BUFFERED_DROP: u64 = 8 << 20;
-/// A drop in open connections that makes a release worth it (each held buffers and a task).
+/// A drop in open connections holding HTTP state (closed or parked) that makes a release
+/// worth it (each held buffers and a task).
 const CONNECTIONS_DROP: u64 = 64;
 
 /// Decides, from one sample a tick, when a release is due: after what the node holds for
@@ -64,7 +65,9 @@ pub async fn release_after_drops(metrics: std::sync::Arc<Metrics>, every: Durati
     loop {
         tick.tick().await;
         let buffered = metrics.buffered_bytes.load(Relaxed);
-        let connections = metrics.conns.open.load(Relaxed);
+        // Parked connections hold no HTTP state: parking many frees as much as closing them.
+        let c = &metrics.conns;
+        let connections = c.open.load(Relaxed).saturating_sub(c.parked.load(Relaxed));
         if !marks.sample(buffered, connections) {
             continue;
         }

@@ -195,6 +195,9 @@ pub struct ConnStats {
     pub open: AtomicU64,
     /// Open with no request in flight.
     pub idle: AtomicU64,
+    /// Open and holding no hyper state: only the socket, until it is readable (accepted
+    /// cleartext ones before their first byte, HTTP/1 ones parked).
+    pub parked: AtomicU64,
     /// Refused at `server.max_connections` with no idle connection to close.
     pub refused: AtomicU64,
     /// Idle connections closed to admit new ones at the cap.
@@ -474,6 +477,12 @@ impl Collector for Metrics {
             "edge_connections_idle",
             "Client TCP connections open with no request in flight.",
             c.idle.load(Relaxed) as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "edge_connections_parked",
+            "Client TCP connections open holding only their socket (no HTTP state) until readable.",
+            c.parked.load(Relaxed) as f64,
         )?;
         counter_family(
             &mut enc,

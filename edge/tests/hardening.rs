@@ -82,6 +82,123 @@ fn silent_and_keep_alive_connections_close_after_idle_timeout() {
     assert_eq!(get(f.node.addr, "/"), 200);
 }
 
+/// The admin listener's connection gauges: (open, idle, parked).
+fn conn_gauges(admin: SocketAddr) -> (u64, u64, u64) {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} in the metrics: {text}")) as u64
+    };
+    (
+        get("edge_connections_open"),
+        get("edge_connections_idle"),
+        get("edge_connections_parked"),
+    )
+}
+
+/// Reads until `count` complete responses with `Content-Length` bodies have arrived; their
+/// status codes.
+fn responses(s: &mut TcpStream, count: usize) -> Vec<u16> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let mut statuses = Vec::new();
+        let mut rest = &got[..];
+        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
+                .unwrap_or(0);
+            if rest.len() < end + 4 + len {
+                break;
+            }
+            statuses.push(head[9..12].parse().unwrap());
+            rest = &rest[end + 4 + len..];
+        }
+        if statuses.len() >= count {
+            return statuses;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return statuses,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// An idle connection holds no hyper state once parked (rebuilt once the socket is readable), and
+/// that changes nothing a client sees: a connection silent for a while is served when it
+/// finally sends; a keep-alive one is served again after a pause, pipelined requests and a
+/// head split over a pause included; a request body sent late is never read as a request;
+/// and the gauges count every such connection open and idle.
+#[test]
+fn idle_connections_are_served_when_they_speak_again() {
+    // Longer than PARK_AFTER (1 s): each pause parks the connection.
+    const PARKED: Duration = Duration::from_millis(1500);
+    let f = fixture("idle_timeout = \"20s\"", &[]);
+    let admin = f.node.admin.expect("the admin address");
+    let mut silent = TcpStream::connect(f.node.addr).unwrap();
+    let mut kept = TcpStream::connect(f.node.addr).unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(responses(&mut kept, 1), [200]);
+    assert_eq!(
+        conn_gauges(admin).2,
+        1,
+        "within PARK_AFTER of its response, only the silent one is parked"
+    );
+    std::thread::sleep(PARKED);
+    assert_eq!(conn_gauges(admin), (2, 2, 2), "both open, idle and parked");
+
+    silent
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(responses(&mut silent, 1), [200], "served after its silence");
+    // Two pipelined requests and the start of a third; the rest after a pause.
+    kept.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET / HT",
+    )
+    .unwrap();
+    assert_eq!(responses(&mut kept, 2), [200, 404]);
+    std::thread::sleep(PARKED);
+    kept.write_all(b"TP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(responses(&mut kept, 1), [200], "the split head");
+    std::thread::sleep(PARKED);
+    assert_eq!(conn_gauges(admin), (2, 2, 2), "parked again");
+
+    // A body that looks like a request, sent after a pause: one response only.
+    let smuggled = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+    kept.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(PARKED);
+    let _ = kept.write_all(smuggled);
+    let _ = kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let got = responses(&mut kept, 3);
+    assert_eq!(got[0], 405);
+    assert!(
+        !got.contains(&404),
+        "the body was read as a request: {got:?}"
+    );
+    drop((silent, kept));
+    std::thread::sleep(PARKED);
+    assert_eq!(conn_gauges(admin), (0, 0, 0), "closed ones counted out");
+}
+
 #[test]
 fn idle_h2_gets_a_goaway() {
     let f = fixture("idle_timeout = \"600ms\"", &[]);

@@ -12,11 +12,20 @@
 //! On HTTP/2 each stream has its own send timeout ([`StreamExec`]): a stalled stream is
 //! reset (RST_STREAM) while the others and the connection go on; the connection's watchdog
 //! acts only [`STREAM_FIRST`] later, as a backstop.
+//!
+//! An HTTP/1 connection idle for [`PARK_AFTER`] (1 s) is *parked*: hyper's connection (its
+//! 8 KiB read and write buffers) is taken apart and only the socket is kept until it is
+//! readable again ([`Conn::watch_until_quiet`], [`Conn::idle_until`]). Until then hyper's
+//! connection stays, so keep-alive requests that follow each other closely never rebuild
+//! it; the watchdog's one timer, not one per request, looks when that time is up. The socket wrapper ([`Tracked`]) tells
+//! when that is safe: the request had no body, its response ended, hyper flushed every byte
+//! since, and then found nothing to read; bytes read after the response end keep hyper's
+//! connection (a partial head stays under hyper's header-read timeout).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -127,6 +136,7 @@ impl Gate {
             last_progress: AtomicU64::new(self.now_ms()),
             idle_key: Mutex::new(None),
             close: Notify::new(),
+            quiet: AtomicU8::new(QUIET),
         });
         let conn = Conn {
             gate: self.clone(),
@@ -146,6 +156,30 @@ struct Shared {
     idle_key: Mutex<Option<u64>>,
     /// Told to close (evicted at the cap).
     close: Notify,
+    /// How far an HTTP/1 connection is on the way to being parked: [`BUSY`] .. [`QUIET`],
+    /// or [`HELD`].
+    quiet: AtomicU8,
+}
+
+/// A request is in flight (or hyper is reading one).
+const BUSY: u8 = 0;
+/// The last request's response body was dropped (its bytes are in hyper's buffer).
+const ENDED: u8 = 1;
+/// hyper flushed its buffer to the socket after that.
+const FLUSHED: u8 = 2;
+/// hyper then found nothing to read: it holds nothing but its buffers, so it can be taken
+/// apart. Also the state of a connection no request has started on.
+const QUIET: u8 = 3;
+/// Not to be parked until the next request ends: a request with a body (hyper may still
+/// be reading it), or bytes read since the last response ended (a head hyper is reading).
+const HELD: u8 = 4;
+
+/// How [`Conn::watch_until_quiet`] returned.
+pub enum Outcome {
+    /// The connection is done.
+    Ended,
+    /// The HTTP/1 connection is quiet: take it apart and wait for readability.
+    Quiet,
 }
 
 /// One admitted connection: counted until dropped.
@@ -187,10 +221,44 @@ impl Conn {
         self.shared
             .last_progress
             .store(self.gate.now_ms(), Ordering::Relaxed);
+        self.shared.quiet.store(BUSY, Ordering::Relaxed);
         if self.shared.inflight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.leave_idle();
         }
         InFlight { conn: self.clone() }
+    }
+
+    /// The request just begun has a body: hyper's connection is not parked after it.
+    pub fn hold(&self) {
+        self.shared.quiet.store(HELD, Ordering::Relaxed);
+    }
+
+    /// The connection is rebuilt with bytes hyper had read and not parsed: not parked again
+    /// until a request ends.
+    pub fn held_over(&self) {
+        self.hold();
+    }
+
+    /// Waits, holding only the socket, until `readable` is ready (`true`), or until the
+    /// connection is to close (`false`): idle for `idle_timeout` (counted), evicted at the
+    /// cap, `shutdown` turned true, or `readable` failed. Only while nothing is in flight.
+    pub async fn idle_until(
+        &self,
+        readable: impl Future<Output = io::Result<()>>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let due = self.shared.idle_since.load(Ordering::Relaxed)
+            + self.gate.limits.idle_timeout.as_millis() as u64;
+        let _parked = Parked::new(&self.gate.metrics.conns.parked);
+        tokio::select! {
+            r = readable => r.is_ok(),
+            () = self.shared.close.notified() => false,
+            _ = shutdown.wait_for(|s| *s) => false,
+            () = tokio::time::sleep_until(self.gate.at(due)) => {
+                self.gate.metrics.conns.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// Wraps the connection's socket so that writes count as progress.
@@ -228,6 +296,29 @@ impl Conn {
         }
     }
 
+    /// When the watchdog of an HTTP/1 connection that may be parked looks again: idle for
+    /// [`PARK_AFTER`] already (`Now`: parked if quiet); idle since less (`At` its
+    /// `PARK_AFTER`); busy (`At` a `PARK_AFTER` from now, so a request that ends is parked
+    /// within twice that, at one wake-up a second and none per request); `None`, idle but
+    /// held (a request body, or a head begun): not parked before another request, which
+    /// the watchdog sees within `send_timeout` anyway ([`Conn::check`]).
+    fn park_check(&self) -> Option<Park> {
+        let now = self.gate.now_ms();
+        let after = PARK_AFTER.as_millis() as u64;
+        if self.shared.inflight.load(Ordering::Acquire) > 0 {
+            return Some(Park::At(self.gate.at(now + after)));
+        }
+        if self.shared.quiet.load(Ordering::Relaxed) == HELD {
+            return None;
+        }
+        let due = self.shared.idle_since.load(Ordering::Relaxed) + after;
+        Some(if now >= due {
+            Park::Now
+        } else {
+            Park::At(self.gate.at(due))
+        })
+    }
+
     /// Drives `conn` (a hyper connection) until it ends; or until it is idle for
     /// `idle_timeout` or evicted at the cap (then `graceful` is called: HTTP/2 GOAWAY,
     /// HTTP/1.1 closes once idle; it is dropped if still open [`GRACE`] later with nothing
@@ -236,10 +327,40 @@ impl Conn {
     /// listener's drain deadline bounds the rest.
     pub async fn watch<F, E>(
         &self,
+        conn: Pin<&mut F>,
+        graceful: impl Fn(Pin<&mut F>),
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), E>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        self.watching(conn, graceful, shutdown, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Conn::watch`] for an HTTP/1 connection that may be parked: also returns
+    /// [`Outcome::Quiet`] once hyper holds nothing but its buffers and the connection has
+    /// been idle for [`PARK_AFTER`] (and no close was asked).
+    pub async fn watch_until_quiet<F, E>(
+        &self,
+        conn: Pin<&mut F>,
+        graceful: impl Fn(Pin<&mut F>),
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Outcome, E>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        self.watching(conn, graceful, shutdown, true).await
+    }
+
+    async fn watching<F, E>(
+        &self,
         mut conn: Pin<&mut F>,
         graceful: impl Fn(Pin<&mut F>),
         mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), E>
+        park: bool,
+    ) -> Result<Outcome, E>
     where
         F: Future<Output = Result<(), E>>,
     {
@@ -250,7 +371,7 @@ impl Conn {
             let wake = match self.check() {
                 Check::Wait(t) => t,
                 Check::Idle => match closing {
-                    Some(deadline) if Instant::now() >= deadline => return Ok(()),
+                    Some(deadline) if Instant::now() >= deadline => return Ok(Outcome::Ended),
                     Some(deadline) => deadline,
                     None => {
                         c.idle_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -261,12 +382,29 @@ impl Conn {
                 },
                 Check::Stalled => {
                     c.send_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(Outcome::Ended);
                 }
             };
             let wake = closing.map_or(wake, |d| d.min(wake));
+            // Parked only once idle for PARK_AFTER: until then hyper's connection stays, so a
+            // keep-alive client that sends again soon (any closed loop) never rebuilds it.
+            let (parkable, wake) = match (park && closing.is_none())
+                .then(|| self.park_check())
+                .flatten()
+            {
+                Some(Park::Now) => (true, wake.min(Instant::now() + PARK_AFTER)),
+                Some(Park::At(t)) => (false, wake.min(t)),
+                None => (false, wake),
+            };
+            let served = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map(|()| Outcome::Ended)),
+                Poll::Pending if parkable && self.shared.quiet.load(Ordering::Relaxed) == QUIET => {
+                    Poll::Ready(Ok(Outcome::Quiet))
+                }
+                Poll::Pending => Poll::Pending,
+            });
             tokio::select! {
-                r = conn.as_mut() => return r,
+                r = served => return r,
                 () = self.shared.close.notified(), if closing.is_none() => {
                     graceful(conn.as_mut());
                     closing = Some(Instant::now() + GRACE);
@@ -281,12 +419,41 @@ impl Conn {
                     if closing.is_some_and(|d| Instant::now() >= d)
                         && self.shared.inflight.load(Ordering::Acquire) == 0
                     {
-                        return Ok(());
+                        return Ok(Outcome::Ended);
                     }
                 }
             }
         }
     }
+}
+
+/// How long an HTTP/1 connection stays idle (and quiet) before it is parked: its hyper
+/// connection taken apart, only the socket kept. Long enough that a client sending its next
+/// request within it (any closed loop, a page's requests) keeps hyper's connection, whose
+/// rebuild costs about 40% more instructions per request; short against `idle_timeout`.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Counts a connection parked while it lives (the `memory` release sees hyper's buffers
+/// freed as a drop in connections holding them).
+struct Parked<'a>(&'a AtomicU64);
+
+impl<'a> Parked<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What [`Conn::park_check`] found.
+enum Park {
+    Now,
+    At(Instant),
 }
 
 /// How long a connection asked to close (idle, evicted) may take to do so.
@@ -410,6 +577,9 @@ impl Drop for InFlight {
         s.last_progress
             .store(self.conn.gate.now_ms(), Ordering::Relaxed);
         if s.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = s
+                .quiet
+                .compare_exchange(BUSY, ENDED, Ordering::Relaxed, Ordering::Relaxed);
             self.conn.become_idle();
         }
     }
@@ -468,6 +638,13 @@ impl<T> Tracked<T> {
 
     fn progress(&self, n: usize) {
         if n > 0 {
+            // Bytes after the flush: another flush is needed before parking.
+            let _ = self.conn.shared.quiet.compare_exchange(
+                FLUSHED,
+                ENDED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             self.conn
                 .shared
                 .last_progress
@@ -482,7 +659,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let quiet = &this.conn.shared.quiet;
+        match quiet.load(Ordering::Relaxed) {
+            ENDED | FLUSHED | QUIET if buf.filled().len() > before => {
+                quiet.store(HELD, Ordering::Relaxed);
+            }
+            FLUSHED if r.is_pending() => quiet.store(QUIET, Ordering::Relaxed),
+            _ => {}
+        }
+        r
     }
 }
 
@@ -518,7 +706,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            // hyper flushes the socket only once its own buffer is empty.
+            let _ = this.conn.shared.quiet.compare_exchange(
+                ENDED,
+                FLUSHED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,27 +1,37 @@
-//! TCP listeners: binding (`SO_REUSEPORT`, one socket per worker), the accept loop (hyper-util
-//! auto: HTTP/1.1 + h2c; over TLS the protocol ALPN chose, and only it; HTTP/1 request-line
-//! versions through [`VersionShim`]), and the serving threads (one single-threaded tokio
-//! runtime per worker).
+//! TCP listeners: binding (`SO_REUSEPORT`, one socket per worker), the accept loop (HTTP/1.1
+//! or h2c by the first bytes; over TLS the protocol ALPN chose, and only it; HTTP/1
+//! request-line versions through [`VersionShim`]), and the serving threads (one
+//! single-threaded tokio runtime per worker).
 //!
 //! Invariants: a connection stays on the thread that accepted it; every connection is
 //! admitted by the node-wide [`Gate`] (cap, idle and send timeouts); accept errors back off
-//! (10 ms doubling to 1 s) and are logged at a bounded rate.
+//! (10 ms doubling to 1 s) and are logged at a bounded rate. An idle connection holds no
+//! hyper state: a cleartext one gets it only once readable, and an HTTP/1 one is taken
+//! apart once quiet and idle for `conn::PARK_AFTER` (1 s) between requests, so what it keeps while idle
+//! is the socket and its small task.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::{Buf, Bytes};
+use hyper::body::Body as _;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::Front;
-use super::conn::{Gate, Guarded, StreamExec};
+use super::conn::{Conn, Gate, Guarded, Outcome, StreamExec, Tracked};
 use super::tls::TlsServing;
 use super::version::VersionShim;
 use crate::http::Handler;
@@ -35,12 +45,13 @@ pub struct Settings {
     pub gate: Arc<Gate>,
 }
 
-/// The hyper builders: cleartext (HTTP/1.1 or h2c, by the first bytes), and one per ALPN
-/// protocol over TLS.
+/// The hyper builders: HTTP/1.1 (hyper's own, so that an idle connection can be taken
+/// apart), and HTTP/2 (h2c, or ALPN `h2` over TLS).
 struct Builders {
-    auto: auto::Builder<StreamExec>,
-    h1: auto::Builder<StreamExec>,
+    h1: http1::Builder,
     h2: auto::Builder<StreamExec>,
+    /// How long a cleartext client may take to send the whole h2c preface.
+    header_read_timeout: Duration,
 }
 
 impl Builders {
@@ -48,33 +59,21 @@ impl Builders {
         let limits = s.gate.limits();
         // HTTP/2 streams run under their own send timeout (reset on their own).
         let exec = StreamExec::new(limits.send_timeout, metrics);
-        let make = || {
-            let mut b = auto::Builder::new(exec.clone());
-            b.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(s.header_read_timeout)
-                // Bounds the request head (431 beyond) and the response bytes hyper queues.
-                .max_buf_size(limits.max_header_bytes as usize)
-                .keep_alive(true);
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_bytes as u32)
-                .max_concurrent_streams(256);
-            b
-        };
+        let mut h2 = auto::Builder::new(exec);
+        h2.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(s.header_read_timeout)
+            // Bounds the request head (431 beyond) and the response bytes hyper queues.
+            .max_buf_size(limits.max_header_bytes as usize)
+            .keep_alive(true);
         Builders {
-            auto: make(),
-            h1: make().http1_only(),
-            h2: make().http2_only(),
-        }
-    }
-
-    /// The builder for a TLS connection that negotiated `alpn`: HTTP/2 only for `h2`,
-    /// HTTP/1.1 only otherwise (RFC 9113 3.3, RFC 7301).
-    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<StreamExec> {
-        match alpn {
-            Some(b"h2") => &self.h2,
-            _ => &self.h1,
+            h1,
+            h2: h2.http2_only(),
+            header_read_timeout: s.header_read_timeout,
         }
     }
 }
@@ -137,9 +136,12 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let svc = {
             let (handler, front, conn) = (handler.clone(), front.clone(), conn.clone());
-            service_fn(move |req| {
+            service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let (handler, front) = (handler.clone(), front.clone());
                 let inflight = conn.begin();
+                if !req.body().is_end_stream() {
+                    conn.hold();
+                }
                 async move {
                     let resp = front.respond(&handler, req).await;
                     Ok::<_, Infallible>(resp.map(|b| Guarded::new(b, inflight)))
@@ -154,55 +156,24 @@ pub async fn serve(
             peer.addr = %peer,
             proto = if tls.is_some() { "tls" } else { "tcp" }
         );
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let _token = token;
-                let io = conn.io(stream);
-                let result = match tls {
-                    None => {
-                        let io = VersionShim::new(io, max_line);
-                        let c = builders.auto.serve_connection(TokioIo::new(io), svc);
-                        tokio::pin!(c);
-                        conn.watch(c, |c| c.graceful_shutdown(), stop).await
-                    }
-                    Some(tls) => {
-                        let handshake =
-                            tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io));
-                        let stream = match handshake.await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                if logs.allow(ClientLog::TlsHandshake) {
-                                    tracing::info!(peer.addr = %peer, error = %e, "TLS handshake failed");
-                                }
-                                return;
-                            }
-                            Err(_) => {
-                                if logs.allow(ClientLog::TlsHandshake) {
-                                    tracing::info!(peer.addr = %peer, "TLS handshake timed out");
-                                }
-                                return;
-                            }
-                        };
-                        let alpn = stream.get_ref().1.alpn_protocol();
-                        let builder = builders.for_alpn(alpn);
-                        if alpn == Some(b"h2") {
-                            let c = builder.serve_connection(TokioIo::new(stream), svc);
-                            tokio::pin!(c);
-                            conn.watch(c, |c| c.graceful_shutdown(), stop).await
-                        } else {
-                            let io = VersionShim::new(stream, max_line);
-                            let c = builder.serve_connection(TokioIo::new(io), svc);
-                            tokio::pin!(c);
-                            conn.watch(c, |c| c.graceful_shutdown(), stop).await
-                        }
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
+        let io = conn.io(stream);
+        let work = async move {
+            let _token = token;
+            let result = match tls {
+                None => serve_cleartext(&builders, &conn, io, svc, stop, max_line).await,
+                // Boxed: the handshake's state would make every cleartext task as large.
+                Some(tls) => {
+                    Box::pin(serve_tls(
+                        &builders, &conn, io, svc, stop, max_line, tls, logs,
+                    ))
+                    .await
                 }
-            },
-            span,
-        ));
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(work, span));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -212,6 +183,245 @@ pub async fn serve(
             tracing::warn!("drain deadline passed with connections still open");
         }
     }
+}
+
+/// A cleartext connection: nothing but the socket until it is readable, then HTTP/1.1 or
+/// h2c by its first bytes.
+async fn serve_cleartext<S>(
+    builders: &Builders,
+    conn: &Arc<Conn>,
+    io: Tracked<TcpStream>,
+    svc: S,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    max_line: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: H1Service,
+{
+    if !conn.idle_until(readable(io.get_ref()), &mut stop).await {
+        return Ok(());
+    }
+    match sniff_h2c(io.get_ref(), builders.header_read_timeout).await {
+        None => Ok(()),
+        Some(true) => {
+            let mut c = Box::pin(builders.h2.serve_connection(TokioIo::new(io), svc));
+            conn.watch(c.as_mut(), |c| c.graceful_shutdown(), stop)
+                .await
+        }
+        Some(false) => {
+            let io = VersionShim::new(io, max_line);
+            serve_h1(&builders.h1, conn, io, svc, stop, |io| {
+                io.get_ref().get_ref()
+            })
+            .await
+            .map_err(Into::into)
+        }
+    }
+}
+
+/// A TLS connection: the handshake, then the protocol ALPN chose, and only it (HTTP/2 for
+/// `h2`, HTTP/1.1 otherwise: RFC 9113 3.3, RFC 7301).
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls<S>(
+    builders: &Builders,
+    conn: &Arc<Conn>,
+    io: Tracked<TcpStream>,
+    svc: S,
+    stop: tokio::sync::watch::Receiver<bool>,
+    max_line: usize,
+    tls: TlsServing,
+    logs: Arc<crate::metrics::ClientLogs>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: H1Service,
+{
+    let peer = io.get_ref().peer_addr().ok();
+    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io));
+    let stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            if logs.allow(ClientLog::TlsHandshake) {
+                tracing::info!(peer.addr = ?peer, error = %e, "TLS handshake failed");
+            }
+            return Ok(());
+        }
+        Err(_) => {
+            if logs.allow(ClientLog::TlsHandshake) {
+                tracing::info!(peer.addr = ?peer, "TLS handshake timed out");
+            }
+            return Ok(());
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let mut c = Box::pin(builders.h2.serve_connection(TokioIo::new(stream), svc));
+        conn.watch(c.as_mut(), |c| c.graceful_shutdown(), stop)
+            .await
+    } else {
+        let io = VersionShim::new(stream, max_line);
+        serve_h1(&builders.h1, conn, io, svc, stop, |io| {
+            io.get_ref().get_ref().0.get_ref()
+        })
+        .await
+        .map_err(Into::into)
+    }
+}
+
+/// The service every connection gets (one `service_fn` type; named for the bounds).
+trait H1Service:
+    hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<Guarded<crate::http::Body>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> H1Service for T where
+    T: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<Guarded<crate::http::Body>>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
+/// Serves HTTP/1.1 on `io`, taking hyper's connection apart each time it has been quiet and
+/// idle for [`PARK_AFTER`](super::conn::PARK_AFTER) between requests (its buffers freed; bytes it read ahead kept) and building a new one once the
+/// socket (`tcp(&io)`) is readable again.
+async fn serve_h1<T, S>(
+    builder: &http1::Builder,
+    conn: &Arc<Conn>,
+    io: T,
+    mut svc: S,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    tcp: impl Fn(&T) -> &TcpStream,
+) -> hyper::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: H1Service,
+{
+    let mut io = Rewind {
+        pre: Bytes::new(),
+        io,
+    };
+    loop {
+        // Boxed: the task holds it only while a request may be on its way.
+        let mut c = Box::new(builder.serve_connection(TokioIo::new(io), svc));
+        match conn
+            .watch_until_quiet(Pin::new(&mut *c), |c| c.graceful_shutdown(), stop.clone())
+            .await?
+        {
+            Outcome::Ended => return Ok(()),
+            Outcome::Quiet => {}
+        }
+        let parts = c.into_parts();
+        (io, svc) = (parts.io.into_inner(), parts.service);
+        io.pre = parts.read_buf;
+        if io.pre.is_empty() {
+            // Frees the buffer hyper read into (an empty view still holds it).
+            io.pre = Bytes::new();
+            if !conn.idle_until(readable(tcp(&io.io)), &mut stop).await {
+                return Ok(());
+            }
+        } else {
+            conn.held_over();
+        }
+    }
+}
+
+/// Bytes hyper read and did not parse, handed back before the socket's.
+struct Rewind<T> {
+    pre: Bytes,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pre.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.pre.len().min(buf.remaining());
+        buf.put_slice(&this.pre[..n]);
+        this.pre.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once `stream` has a byte to read, or its end. Not `TcpStream::readable`: that
+/// reports a socket readable before it has seen a byte (the readiness tokio starts with).
+async fn readable(stream: &TcpStream) -> io::Result<()> {
+    stream.peek(&mut [0u8; 1]).await.map(drop)
+}
+
+/// What an h2c client sends first (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a readable cleartext connection speaks h2c (`Some(true)`: the preface) or
+/// HTTP/1 (`Some(false)`), from bytes peeked, not read; `None` (close): end of stream, or
+/// only a part of the preface within `limit`.
+async fn sniff_h2c(stream: &TcpStream, limit: Duration) -> Option<bool> {
+    let wait = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == buf.len() {
+                return Some(true);
+            }
+            // A part of the preface so far: a real client sends all 24 bytes at once, so
+            // this polls only for one that trickles them.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(limit, wait).await.ok().flatten()
 }
 
 /// Connections of one listener still running (for the drain).

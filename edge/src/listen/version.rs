@@ -70,6 +70,10 @@ impl<T> VersionShim<T> {
         }
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
     fn keep(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(HEADER_KEEP - self.head_len);
         self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
