@@ -13,9 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 
-/// What an h2c client sends first (RFC 9113 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Serves `handle` on `listener` until `shutdown` resolves.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
@@ -68,20 +65,5 @@ pub async fn serve<F, Fut, B>(
 /// h2c preface, with no timeout of its own), so a client that connects and sends nothing, or
 /// a few bytes of the preface, would otherwise hold its connection forever. `false`: close.
 async fn first_bytes(stream: &TcpStream, limit: Duration) -> bool {
-    let wait = async {
-        let mut buf = [0u8; H2_PREFACE.len()];
-        loop {
-            let n = stream.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
-                return Some(());
-            }
-            // A part of the preface so far: a real client sends all 24 bytes at once, so
-            // this polls only for one that trickles them.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    matches!(tokio::time::timeout(limit, wait).await, Ok(Some(())))
+    super::tcp::sniff_h2c(stream, limit).await.is_some()
 }

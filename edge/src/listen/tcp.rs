@@ -402,7 +402,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Whether a readable cleartext connection speaks h2c (`Some(true)`: the preface) or
 /// HTTP/1 (`Some(false)`), from bytes peeked, not read; `None` (close): end of stream, or
 /// only a part of the preface within `limit`.
-async fn sniff_h2c(stream: &TcpStream, limit: Duration) -> Option<bool> {
+pub(super) async fn sniff_h2c(stream: &TcpStream, limit: Duration) -> Option<bool> {
     let wait = async {
         let mut buf = [0u8; H2_PREFACE.len()];
         loop {
