@@ -775,6 +775,12 @@ impl Collector for NodeStats {
         )?;
         counter(
             &mut enc,
+            "edge_fill_streams_total",
+            "Responses that joined a large object's fill and streamed it as it was written.",
+            ts.fill_streams.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
             "edge_site_shed_total",
             "Origin fetches refused because a site's bulkhead was full.",
             ts.site_shed.load(Relaxed),

@@ -21,8 +21,12 @@ pub struct FaultStore {
     pub meta_hang: AtomicBool,
     /// Whole-object reads never answer.
     pub objects_hang: AtomicBool,
-    /// Streamed objects stop after this many bytes and never end (`u64::MAX`: off).
+    /// Streamed objects stop after this many bytes until [`FaultStore::release`] (never, if
+    /// it is not called) (`u64::MAX`: off).
     pub stall_after: AtomicU64,
+    /// Streamed objects have the byte at this offset inverted (`u64::MAX`: off).
+    pub flip_at: AtomicU64,
+    released: tokio::sync::watch::Sender<bool>,
     pub meta_reads: AtomicU32,
     pub object_reads: AtomicU32,
 }
@@ -41,6 +45,8 @@ impl FaultStore {
             meta_hang: AtomicBool::new(false),
             objects_hang: AtomicBool::new(false),
             stall_after: AtomicU64::new(u64::MAX),
+            flip_at: AtomicU64::new(u64::MAX),
+            released: tokio::sync::watch::Sender::new(false),
             meta_reads: AtomicU32::new(0),
             object_reads: AtomicU32::new(0),
         }
@@ -48,6 +54,11 @@ impl FaultStore {
 
     pub fn set(flag: &AtomicBool, on: bool) {
         flag.store(on, Ordering::SeqCst);
+    }
+
+    /// Streams stalled at `stall_after` go on (and later ones no longer stall).
+    pub fn release(&self) {
+        self.released.send_replace(true);
     }
 
     async fn meta(&self) -> Result<(), StoreError> {
@@ -72,6 +83,16 @@ impl FaultStore {
     }
 }
 
+/// `chunk` (at `offset` in its object) with the byte at `flip` inverted, if it holds it.
+fn flipped(chunk: Bytes, offset: u64, flip: u64) -> Bytes {
+    if flip < offset || flip >= offset + chunk.len() as u64 {
+        return chunk;
+    }
+    let mut v = chunk.to_vec();
+    v[(flip - offset) as usize] ^= 0xff;
+    Bytes::from(v)
+}
+
 #[async_trait::async_trait]
 impl Store for FaultStore {
     fn location(&self) -> String {
@@ -87,20 +108,31 @@ impl Store for FaultStore {
             return Ok(None);
         };
         let stall = self.stall_after.load(Ordering::SeqCst);
-        if stall == u64::MAX {
+        let flip = self.flip_at.load(Ordering::SeqCst);
+        if stall == u64::MAX && flip == u64::MAX {
             return Ok(Some(body));
         }
-        let mut sent = 0u64;
-        let stream = body
-            .stream
-            .map(move |chunk| {
-                let chunk = chunk?;
-                let take = (stall - sent.min(stall)).min(chunk.len() as u64) as usize;
-                sent += take as u64;
-                Ok(chunk.slice(..take))
+        // (inner stream, bytes sent, release, the rest of a chunk cut at the stall)
+        let state = (body.stream, 0u64, self.released.subscribe(), None::<Bytes>);
+        let stream =
+            futures_util::stream::unfold(state, move |(mut s, sent, mut rel, rest)| async move {
+                let mut chunk = match rest {
+                    Some(c) => c,
+                    None => match s.next().await? {
+                        Ok(c) => c,
+                        Err(e) => return Some((Err(e), (s, sent, rel, None))),
+                    },
+                };
+                let end = sent + chunk.len() as u64;
+                if sent < stall && end > stall {
+                    let rest = chunk.split_off((stall - sent) as usize);
+                    return Some((Ok(flipped(chunk, sent, flip)), (s, stall, rel, Some(rest))));
+                }
+                if sent >= stall && rel.wait_for(|r| *r).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                Some((Ok(flipped(chunk, sent, flip)), (s, end, rel, None)))
             })
-            .take_while(|c| std::future::ready(c.as_ref().map_or(true, |b| !b.is_empty())))
-            .chain(futures_util::stream::pending())
             .boxed();
         Ok(Some(ObjectBody {
             len: body.len,

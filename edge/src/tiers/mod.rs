@@ -22,15 +22,17 @@ use futures_util::{Stream, StreamExt};
 use origin_client::resilience::{Bulkhead, bulkhead};
 use origin_client::store::{ByteStream, Parents};
 use origin_client::{Hash, Store};
-use tokio::io::AsyncWriteExt;
 
 use crate::coalesce::Coalescer;
 use crate::error::{EdgeError, EdgeResult};
 
 pub mod disk;
+mod filling;
 pub mod sums;
 
 pub use disk::DiskTier;
+pub use filling::Attempt;
+use filling::{Live, Writer, read_filling};
 
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,13 @@ pub enum Blob {
         on_fail: Arc<dyn Fn() + Send + Sync>,
         budget: Budget,
     },
+    /// A fill being written to the disk tier, read as it is written (a coalesced miss
+    /// streamed to its waiter): bytes go out as they reach the file, the response's last
+    /// byte only once the whole object passed blake3.
+    Filling {
+        attempt: Arc<Attempt>,
+        budget: Budget,
+    },
     /// Streaming from the origin, not cached (too large for memory, no room on disk).
     Origin {
         stream: ByteStream,
@@ -69,6 +78,7 @@ impl Blob {
         match self {
             Blob::Bytes(b) => b.len() as u64,
             Blob::File { len, .. } | Blob::Origin { len, .. } => *len,
+            Blob::Filling { attempt, .. } => attempt.len,
         }
     }
 
@@ -104,6 +114,7 @@ impl Blob {
                 end,
                 budget,
             ),
+            Blob::Filling { attempt, budget } => read_filling(attempt, start, end, budget),
             Blob::Origin {
                 stream,
                 len,
@@ -484,6 +495,8 @@ pub struct TierStats {
     /// Cached blobs whose length differs from the size a tree entry declares for their hash
     /// (the tree lies about a size): not served for that entry, refetched.
     pub size_mismatches: AtomicU64,
+    /// Responses that joined a fill and streamed it from its file as it was written.
+    pub fill_streams: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -527,6 +540,8 @@ pub struct Tiers {
     /// a fill (nor its size check). A child edge's request, which declares no size, fills
     /// under [`UNSIZED`].
     fills: Coalescer<(Hash, u64), Filled, EdgeError>,
+    /// Fills being written to disk, readable by the requests that join them.
+    live: Live,
     sites: moka::sync::Cache<String, Arc<Bulkhead>>,
     /// Response bytes in memory on their way to clients (`server.max_buffered`).
     budget: Budget,
@@ -563,6 +578,7 @@ impl Tiers {
             memory_max_object: cfg.memory_max_object,
             disk,
             fills: Coalescer::default(),
+            live: Live::default(),
             sites: moka::sync::Cache::new(100_000),
             budget: Budget::new(DEFAULT_MAX_BUFFERED, Arc::default()),
             site_limits: (cfg.site_concurrency.into(), cfg.site_queue.into()),
@@ -662,7 +678,26 @@ impl Tiers {
         }
         let disk_takes = self.disk.as_ref().is_some_and(|d| d.admits(size));
         if size <= self.memory_max_object || disk_takes {
-            match Box::pin(self.fill(hash, Some(size))).await? {
+            // A large object is streamed from its fill's file as soon as the fill has one;
+            // a small one is waited for whole.
+            let mut watch = (size > self.memory_max_object).then(|| self.live.watch((hash, size)));
+            let attempt = async {
+                match watch.as_mut() {
+                    Some(w) => w.attempt().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let filled = tokio::select! {
+                biased;
+                filled = Box::pin(self.fill(hash, Some(size), slot)) => filled?,
+                attempt = attempt => {
+                    self.stats.fill_streams.fetch_add(1, Ordering::Relaxed);
+                    let budget = self.budget.clone();
+                    return Ok((Blob::Filling { attempt, budget }, Source::Origin));
+                }
+            };
+            drop(watch);
+            match filled {
                 Filled::Memory(b) => return Ok((Blob::Bytes(b), Source::Origin)),
                 Filled::Disk => {
                     if let Some(blob) = self.from_disk(hash, size).await? {
@@ -798,11 +833,19 @@ impl Tiers {
     }
 
     /// One origin fetch per (hash, size) at a time; every waiter gets its result. The fetch
-    /// runs as its own task, so it completes (and fills the cache) even if every client leaves.
-    async fn fill(self: &Arc<Self>, hash: Hash, size: Option<u64>) -> EdgeResult<Filled> {
+    /// runs as its own task, so it completes (and fills the cache) even if every client leaves;
+    /// it holds `slot` (the site's bulkhead) until it ends, when this call started it (one
+    /// that joins a fill under way lets its slot go at once).
+    async fn fill(
+        self: &Arc<Self>,
+        hash: Hash,
+        size: Option<u64>,
+        slot: Option<bulkhead::Slot>,
+    ) -> EdgeResult<Filled> {
         let this = self.clone();
         self.fills
             .run_detached((hash, size.unwrap_or(UNSIZED)), async move {
+                let _slot = slot;
                 this.fetch(hash, size).await
             })
             .await
@@ -880,17 +923,45 @@ impl Tiers {
             _ => return Ok(Some(Filled::TooLarge(len))),
         };
         let tmp = disk.temp_path();
-        let sums = match stream_to_file(body.stream, &tmp, hash, len).await {
+        let file = {
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(tmp)
+            })
+            .await
+            .map_err(|e| EdgeError::internal(format!("disk fill task: {e}")))?
+            .map_err(EdgeError::disk)?
+        };
+        // Readable by every request that joins this fill, as it is written, when the source
+        // is the origin: its failure is the fill's. A parent's is not (its wrong bytes move
+        // the fill on to the next source), so requests wait for a parent's fill whole and
+        // never see a cut response for bytes the origin would have given right.
+        let attempt = Attempt::new(file, hash, len);
+        let from_origin = std::ptr::addr_eq(store, Arc::as_ptr(self.objects.origin()));
+        let writer = from_origin
+            .then(|| Writer::publish(&self.live, (hash, size.unwrap_or(UNSIZED)), attempt.clone()));
+        let sums = match stream_to_file(body.stream, &attempt, hash, len).await {
             Ok(sums) => sums,
             Err(e) => {
+                if let Some(w) = &writer {
+                    w.fail(e.to_string());
+                }
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(checked(e));
             }
         };
+        if let Some(w) = &writer {
+            w.verified();
+        }
         tokio::task::spawn_blocking(move || disk.commit(&hash, &tmp, len, Some(sums)))
             .await
             .map_err(|e| EdgeError::internal(format!("disk commit task: {e}")))?
             .map_err(EdgeError::disk)?;
+        drop(writer);
         Ok(Some(Filled::Disk))
     }
 
@@ -923,7 +994,19 @@ impl Tiers {
             self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some((blob, Source::Disk)));
         }
-        match Box::pin(self.fill(hash, None)).await {
+        // A large object is streamed to the child from the fill's file as it is written.
+        let mut watch = self.live.watch((hash, UNSIZED));
+        let filled = tokio::select! {
+            biased;
+            filled = Box::pin(self.fill(hash, None, None)) => filled,
+            attempt = watch.attempt() => {
+                self.stats.fill_streams.fetch_add(1, Ordering::Relaxed);
+                let budget = self.budget.clone();
+                return Ok(Some((Blob::Filling { attempt, budget }, Source::Origin)));
+            }
+        };
+        drop(watch);
+        match filled {
             Ok(Filled::Memory(b)) => Ok(Some((Blob::Bytes(b), Source::Origin))),
             Ok(Filled::TooLarge(len)) => self.stream_through(hash, len).await.map(Some),
             Ok(Filled::Disk) => match on_disk(self) {
@@ -984,32 +1067,68 @@ fn check_whole(data: &[u8], hash: Hash, size: u64) -> Result<(), EdgeError> {
     Ok(())
 }
 
-/// Copies an origin stream into `tmp`, hashing as it goes; fails unless length and hash match.
+/// The most a fill takes from its source before writing to its file: what the source has
+/// ready, up to this.
+const FILL_BATCH: usize = 256 << 10;
+
+/// Copies a source's stream into the attempt's file (`pwrite` on the blocking pool, a batch
+/// of what the source has ready at a time), hashing as it goes and telling the attempt's
+/// readers after each batch; fails unless length and hash match.
 async fn stream_to_file(
     mut stream: ByteStream,
-    tmp: &std::path::Path,
+    attempt: &Attempt,
     hash: Hash,
     size: u64,
 ) -> Result<sums::Sums, EdgeError> {
-    let mut file = tokio::fs::File::create(tmp)
-        .await
-        .map_err(EdgeError::disk)?;
+    use futures_util::FutureExt;
     let mut hasher = blake3::Hasher::new();
     let mut sums = sums::SumsBuilder::with_len(size);
     let mut got = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| body_error(e, &hash))?;
-        got += chunk.len() as u64;
-        if got > size {
-            return Err(EdgeError::SizeMismatch {
-                hash,
-                got,
-                want: size,
-            });
+    let mut ended = false;
+    while !ended {
+        let Some(first) = stream.next().await else {
+            break;
+        };
+        let mut batch = vec![first.map_err(|e| body_error(e, &hash))?];
+        let mut n = batch[0].len();
+        while n < FILL_BATCH && !ended {
+            match stream.next().now_or_never() {
+                Some(Some(chunk)) => {
+                    let chunk = chunk.map_err(|e| body_error(e, &hash))?;
+                    n += chunk.len();
+                    batch.push(chunk);
+                }
+                Some(None) => ended = true,
+                None => break,
+            }
         }
-        hasher.update(&chunk);
-        sums.update(&chunk);
-        file.write_all(&chunk).await.map_err(EdgeError::disk)?;
+        let from = got;
+        for chunk in &batch {
+            got += chunk.len() as u64;
+            if got > size {
+                return Err(EdgeError::SizeMismatch {
+                    hash,
+                    got,
+                    want: size,
+                });
+            }
+            hasher.update(chunk);
+            sums.update(chunk);
+        }
+        let file = attempt.file().clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut pos = from;
+            for chunk in &batch {
+                file.write_all_at(chunk, pos)?;
+                pos += chunk.len() as u64;
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| EdgeError::internal(format!("disk write task: {e}")))?
+        .map_err(EdgeError::disk)?;
+        attempt.wrote(got);
     }
     if got != size {
         return Err(EdgeError::SizeMismatch {
@@ -1021,7 +1140,6 @@ async fn stream_to_file(
     if Hash::from(hasher.finalize()) != hash {
         return Err(EdgeError::Corrupt { hash });
     }
-    file.flush().await.map_err(EdgeError::disk)?;
     Ok(sums.finish())
 }
 
@@ -1146,6 +1264,146 @@ mod tests {
         let (reads, bodies) = concurrent_misses(1 << 20, true).await;
         assert_eq!(reads, 1);
         assert_eq!(bodies.len(), 100);
+    }
+
+    /// Tiers with a 64 MiB disk tier (objects over 64 KiB go to disk) over `store`.
+    fn disk_tiers(store: Arc<dyn Store>, dir: &std::path::Path) -> Arc<Tiers> {
+        let disk = Arc::new(DiskTier::open(dir, 64 << 20).unwrap());
+        Tiers::new(
+            store,
+            &TierConfig {
+                memory_bytes: 8 << 20,
+                memory_max_object: 64 * 1024,
+                site_concurrency: 4,
+                site_queue: 200,
+            },
+            Some(disk),
+        )
+    }
+
+    /// One client of a burst: its first block (reported on `first`), then the rest.
+    fn burst_client(
+        tiers: &Arc<Tiers>,
+        hash: Hash,
+        size: u64,
+        first: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> tokio::task::JoinHandle<io::Result<Vec<u8>>> {
+        let t = tiers.clone();
+        tokio::spawn(async move {
+            let (blob, source) = t.get(hash, size, "s").await.unwrap();
+            assert_eq!(source, Source::Origin);
+            let mut s = blob.into_stream(0, size);
+            let mut got = Vec::new();
+            while let Some(b) = s.next().await {
+                if got.is_empty() {
+                    let _ = first.send(());
+                }
+                got.extend_from_slice(&b?);
+            }
+            Ok(got)
+        })
+    }
+
+    /// A burst on a cold large object: one origin fetch, every client has bytes while the
+    /// fill is still under way (the origin stalls mid-body), none has its last byte before
+    /// the object checked out, and all get it whole once the origin goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_streams_one_fill_to_every_waiter_as_it_is_written() {
+        let faults = Arc::new(crate::testing::FaultStore::default());
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 13 % 251) as u8).collect();
+        let (hash, size) = (Hash::of(&data), data.len() as u64);
+        faults
+            .store
+            .put_object(&hash, Bytes::from(data.clone()))
+            .await
+            .unwrap();
+        faults.stall_after.store(300_000, Ordering::SeqCst);
+        let dir = tempfile::tempdir().unwrap();
+        let tiers = disk_tiers(faults.clone(), dir.path());
+        let (tx, mut firsts) = tokio::sync::mpsc::unbounded_channel();
+        let clients: Vec<_> = (0..50)
+            .map(|_| burst_client(&tiers, hash, size, tx.clone()))
+            .collect();
+        let wait = std::time::Duration::from_secs(20);
+        for _ in 0..50 {
+            tokio::time::timeout(wait, firsts.recv())
+                .await
+                .expect("every client has its first bytes while the origin stalls")
+                .unwrap();
+        }
+        // The origin is still stalled: one fetch, under way, and no client done.
+        assert_eq!(faults.object_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(tiers.fills_in_flight(), 1);
+        assert!(clients.iter().all(|c| !c.is_finished()));
+        faults.release();
+        for c in clients {
+            let got = tokio::time::timeout(wait, c)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert!(
+                got == data,
+                "a client got {} wrong or missing bytes",
+                got.len()
+            );
+        }
+        assert_eq!(faults.object_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(tiers.stats.fill_streams.load(Ordering::Relaxed), 50);
+        assert_eq!(
+            tiers.live.len(),
+            0,
+            "no entry outlives its fill and waiters"
+        );
+        // Filled: the next request is a disk hit.
+        let (_, source) = tiers.get(hash, size, "s").await.unwrap();
+        assert_eq!(source, Source::Disk);
+    }
+
+    /// Wrong bytes from the origin while clients stream a fill: every client's stream
+    /// fails, none is handed the whole length, nothing is cached, and the next request
+    /// fills again from a healed origin.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_that_fails_its_hash_cuts_every_waiter_short() {
+        let faults = Arc::new(crate::testing::FaultStore::default());
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 17 % 253) as u8).collect();
+        let (hash, size) = (Hash::of(&data), data.len() as u64);
+        faults
+            .store
+            .put_object(&hash, Bytes::from(data.clone()))
+            .await
+            .unwrap();
+        faults.stall_after.store(500_000, Ordering::SeqCst);
+        // Inverted near the end, after every client has had bytes.
+        faults.flip_at.store(size - 10, Ordering::SeqCst);
+        let dir = tempfile::tempdir().unwrap();
+        let tiers = disk_tiers(faults.clone(), dir.path());
+        let (tx, mut firsts) = tokio::sync::mpsc::unbounded_channel();
+        let clients: Vec<_> = (0..20)
+            .map(|_| burst_client(&tiers, hash, size, tx.clone()))
+            .collect();
+        let wait = std::time::Duration::from_secs(20);
+        for _ in 0..20 {
+            tokio::time::timeout(wait, firsts.recv())
+                .await
+                .expect("every client has its first bytes while the origin stalls")
+                .unwrap();
+        }
+        faults.release();
+        for c in clients {
+            let got = tokio::time::timeout(wait, c).await.unwrap().unwrap();
+            assert!(
+                got.is_err(),
+                "a client was handed the whole length of wrong bytes"
+            );
+        }
+        assert_eq!(tiers.stats.verify_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(tiers.live.len(), 0);
+        assert!(tiers.disk.as_ref().unwrap().lookup(&hash).is_none());
+        faults.flip_at.store(u64::MAX, Ordering::SeqCst);
+        let (blob, _) = tiers.get(hash, size, "s").await.unwrap();
+        assert!(read_blob(blob).await == data);
+        assert_eq!(faults.object_reads.load(Ordering::SeqCst), 2);
     }
 
     async fn read_blob(blob: Blob) -> Vec<u8> {
