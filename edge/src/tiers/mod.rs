@@ -1281,6 +1281,18 @@ mod tests {
         )
     }
 
+    /// Waits (up to 10 s) for the fill's task to end: clients may finish just before it
+    /// commits the file and leaves.
+    async fn fills_done(tiers: &Tiers) {
+        for _ in 0..2000 {
+            if tiers.fills_in_flight() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the fill did not end");
+    }
+
     /// One client of a burst: its first block (reported on `first`), then the rest.
     fn burst_client(
         tiers: &Arc<Tiers>,
@@ -1349,6 +1361,7 @@ mod tests {
             );
         }
         assert_eq!(faults.object_reads.load(Ordering::SeqCst), 1);
+        fills_done(&tiers).await;
         assert_eq!(tiers.stats.fill_streams.load(Ordering::Relaxed), 50);
         assert_eq!(
             tiers.live.len(),
@@ -1397,6 +1410,7 @@ mod tests {
                 "a client was handed the whole length of wrong bytes"
             );
         }
+        fills_done(&tiers).await;
         assert_eq!(tiers.stats.verify_failures.load(Ordering::Relaxed), 1);
         assert_eq!(tiers.live.len(), 0);
         assert!(tiers.disk.as_ref().unwrap().lookup(&hash).is_none());
