@@ -1316,11 +1316,22 @@ mod tests {
         })
     }
 
-    /// A burst on a cold large object: one origin fetch, every client has bytes while the
-    /// fill is still under way (the origin stalls mid-body), none has its last byte before
-    /// the object checked out, and all get it whole once the origin goes on.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_burst_streams_one_fill_to_every_waiter_as_it_is_written() {
+    /// A burst of `n` clients on a cold 1 MiB object whose origin stream stalls at
+    /// `stall_after` (and inverts the byte at `flip_at`, if given), returned once every
+    /// client has had its first bytes.
+    struct Burst {
+        faults: Arc<crate::testing::FaultStore>,
+        tiers: Arc<Tiers>,
+        _dir: tempfile::TempDir,
+        data: Vec<u8>,
+        hash: Hash,
+        size: u64,
+        clients: Vec<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
+    }
+
+    const BURST_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+    async fn burst(n: usize, stall_after: u64, flip_at: Option<u64>) -> Burst {
         let faults = Arc::new(crate::testing::FaultStore::default());
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 13 % 251) as u8).collect();
         let (hash, size) = (Hash::of(&data), data.len() as u64);
@@ -1329,27 +1340,54 @@ mod tests {
             .put_object(&hash, Bytes::from(data.clone()))
             .await
             .unwrap();
-        faults.stall_after.store(300_000, Ordering::SeqCst);
+        faults.stall_after.store(stall_after, Ordering::SeqCst);
+        if let Some(at) = flip_at {
+            faults.flip_at.store(at, Ordering::SeqCst);
+        }
         let dir = tempfile::tempdir().unwrap();
         let tiers = disk_tiers(faults.clone(), dir.path());
         let (tx, mut firsts) = tokio::sync::mpsc::unbounded_channel();
-        let clients: Vec<_> = (0..50)
+        let clients: Vec<_> = (0..n)
             .map(|_| burst_client(&tiers, hash, size, tx.clone()))
             .collect();
-        let wait = std::time::Duration::from_secs(20);
-        for _ in 0..50 {
-            tokio::time::timeout(wait, firsts.recv())
+        for _ in 0..n {
+            tokio::time::timeout(BURST_WAIT, firsts.recv())
                 .await
                 .expect("every client has its first bytes while the origin stalls")
                 .unwrap();
         }
+        Burst {
+            faults,
+            tiers,
+            _dir: dir,
+            data,
+            hash,
+            size,
+            clients,
+        }
+    }
+
+    /// A burst on a cold large object: one origin fetch, every client has bytes while the
+    /// fill is still under way (the origin stalls mid-body), none has its last byte before
+    /// the object checked out, and all get it whole once the origin goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_streams_one_fill_to_every_waiter_as_it_is_written() {
+        let Burst {
+            faults,
+            tiers,
+            _dir,
+            data,
+            hash,
+            size,
+            clients,
+        } = burst(50, 300_000, None).await;
         // The origin is still stalled: one fetch, under way, and no client done.
         assert_eq!(faults.object_reads.load(Ordering::SeqCst), 1);
         assert_eq!(tiers.fills_in_flight(), 1);
         assert!(clients.iter().all(|c| !c.is_finished()));
         faults.release();
         for c in clients {
-            let got = tokio::time::timeout(wait, c)
+            let got = tokio::time::timeout(BURST_WAIT, c)
                 .await
                 .unwrap()
                 .unwrap()
@@ -1378,33 +1416,19 @@ mod tests {
     /// fills again from a healed origin.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fill_that_fails_its_hash_cuts_every_waiter_short() {
-        let faults = Arc::new(crate::testing::FaultStore::default());
-        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 17 % 253) as u8).collect();
-        let (hash, size) = (Hash::of(&data), data.len() as u64);
-        faults
-            .store
-            .put_object(&hash, Bytes::from(data.clone()))
-            .await
-            .unwrap();
-        faults.stall_after.store(500_000, Ordering::SeqCst);
         // Inverted near the end, after every client has had bytes.
-        faults.flip_at.store(size - 10, Ordering::SeqCst);
-        let dir = tempfile::tempdir().unwrap();
-        let tiers = disk_tiers(faults.clone(), dir.path());
-        let (tx, mut firsts) = tokio::sync::mpsc::unbounded_channel();
-        let clients: Vec<_> = (0..20)
-            .map(|_| burst_client(&tiers, hash, size, tx.clone()))
-            .collect();
-        let wait = std::time::Duration::from_secs(20);
-        for _ in 0..20 {
-            tokio::time::timeout(wait, firsts.recv())
-                .await
-                .expect("every client has its first bytes while the origin stalls")
-                .unwrap();
-        }
+        let Burst {
+            faults,
+            tiers,
+            _dir,
+            data,
+            hash,
+            size,
+            clients,
+        } = burst(20, 500_000, Some((1 << 20) - 10)).await;
         faults.release();
         for c in clients {
-            let got = tokio::time::timeout(wait, c).await.unwrap().unwrap();
+            let got = tokio::time::timeout(BURST_WAIT, c).await.unwrap().unwrap();
             assert!(
                 got.is_err(),
                 "a client was handed the whole length of wrong bytes"
