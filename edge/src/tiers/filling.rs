@@ -23,7 +23,7 @@ use origin_client::Hash;
 use origin_client::store::ByteStream;
 use tokio::sync::watch;
 
-use super::{Block, Budget, FIRST_BLOCK, WINDOW, next_block, shares};
+use super::{Block, Budget, Pace, WINDOW, shares};
 
 /// How far an attempt has got.
 #[derive(Debug, Clone)]
@@ -209,7 +209,8 @@ pub(super) fn read_filling(
 ) -> ByteStream {
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let rx = attempt.progress.subscribe();
-    futures_util::stream::try_unfold((start, FIRST_BLOCK, rx), move |(pos, size, mut rx)| {
+    futures_util::stream::try_unfold((start, Pace::new(), rx), move |(pos, pace, mut rx)| {
+        let size = pace.size;
         let (attempt, window, budget) = (attempt.clone(), window.clone(), budget.clone());
         async move {
             if pos >= end {
@@ -234,9 +235,8 @@ pub(super) fn read_filling(
                     return Err(io::Error::other("fill ended without an outcome"));
                 }
             };
-            let n = (upto - pos).min(size as u64) as usize;
-            let kept_up = window.available_permits() == WINDOW;
-            let (held, w) = shares(&window, &budget, n).await?;
+            let n = (upto - pos).min(size.min(budget.block_cap()) as u64) as usize;
+            let (held, w, kept_up) = shares(&window, &budget, n).await?;
             // Allocated on the runtime thread, as disk reads are (see `read_blocks`).
             let mut v = vec![0u8; n];
             let file = attempt.file.clone();
@@ -251,10 +251,7 @@ pub(super) fn read_filling(
                 _budget: held,
                 _window: w,
             });
-            Ok(Some((
-                block,
-                (pos + n as u64, next_block(size, kept_up), rx),
-            )))
+            Ok(Some((block, (pos + n as u64, pace.next(n, kept_up), rx))))
         }
     })
     .boxed()

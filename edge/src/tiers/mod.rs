@@ -126,8 +126,9 @@ impl Blob {
 }
 
 /// The largest block a streamed response reads at a time from disk or takes from the
-/// origin before the client has it.
-pub const BLOCK: usize = 32 << 10;
+/// origin before the client has it: four checksum blocks ([`sums::SUM_BLOCK`]), so a fast
+/// client's disk read is one `pread` and one blocking-pool trip per 128 KiB.
+pub const BLOCK: usize = 128 << 10;
 /// Blocks one response may hold at a time (read, verified, or queued in the transport):
 /// the next one is read while the transport writes the one before.
 pub const WINDOW: usize = 2;
@@ -181,6 +182,25 @@ impl Budget {
         }
     }
 
+    /// The largest block a response may read now: [`BLOCK`] while less than 1/32 of the
+    /// bound is held (8 MiB of the default 256), [`SMALL_BLOCK`] while less than 1/16 is,
+    /// else [`MIN_BLOCK`].
+    /// Many stalled clients (slow readers) so fill the budget with small blocks: full ones
+    /// are for when there is plenty of room.
+    fn block_cap(&self) -> usize {
+        let (held, max) = (
+            self.held.load(Ordering::Relaxed),
+            self.max.load(Ordering::Relaxed),
+        );
+        if held < max / 32 {
+            BLOCK
+        } else if held < max / 16 {
+            SMALL_BLOCK
+        } else {
+            MIN_BLOCK
+        }
+    }
+
     /// Waits for room for `n` bytes (at most [`BLOCK`]).
     async fn take(&self, n: usize) -> io::Result<Held> {
         let permit = self
@@ -225,18 +245,26 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Block<T> {
 }
 
 /// Shares of the budget and of a response's window for a block of `n` bytes, waiting for
-/// both (the window first: a response waiting on its client takes no budget).
+/// both (the window first: a response waiting on its client takes no budget), and whether
+/// the client kept up: a window slot was free without waiting, so the transport had let go
+/// of a block before this one was wanted.
 async fn shares(
     window: &Arc<tokio::sync::Semaphore>,
     budget: &Budget,
     n: usize,
-) -> io::Result<(Held, tokio::sync::OwnedSemaphorePermit)> {
-    let w = window
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| io::Error::other("response window closed"))?;
-    Ok((budget.take(n).await?, w))
+) -> io::Result<(Held, tokio::sync::OwnedSemaphorePermit, bool)> {
+    let (w, kept_up) = match window.clone().try_acquire_owned() {
+        Ok(w) => (w, true),
+        Err(_) => (
+            window
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| io::Error::other("response window closed"))?,
+            false,
+        ),
+    };
+    Ok((budget.take(n).await?, w, kept_up))
 }
 
 /// The smallest block a slow client is held to.
@@ -249,14 +277,48 @@ pub const MIN_BLOCK: usize = 8 << 10;
 /// Doubling from here reaches [`BLOCK`] four blocks later.
 pub const FIRST_BLOCK: usize = 2 << 10;
 
-/// The next block size: doubled (up to [`BLOCK`]) when the client kept up (it had taken
-/// every block before this one), halved (down to [`MIN_BLOCK`]) when it had not.
-/// A slow reader so holds two small blocks, a fast one two full ones.
-fn next_block(size: usize, kept_up: bool) -> usize {
-    if kept_up {
-        (size * 2).min(BLOCK)
-    } else {
-        (size / 2).max(MIN_BLOCK)
+/// A response's block size, following its client: doubled when the client kept up (a window
+/// slot was free when the next block was wanted), halved (down to [`MIN_BLOCK`]) when it made
+/// the response wait. Up to [`SMALL_BLOCK`] at first; up to [`BLOCK`] once the response has
+/// sent [`PROVEN`] bytes, more than most clients that stop reading have soaked up in socket
+/// buffers by then. On top of that, [`Budget::block_cap`]: many stalled clients fill the
+/// node-wide budget with small blocks only.
+///
+/// (Until 2026-12-02 "kept up" meant both window slots free, which a streaming response
+/// almost never sees: the block just handed to the transport is still held while the next
+/// is wanted. Disk reads were stuck at [`MIN_BLOCK`], 8 KiB per blocking-pool trip, about
+/// 150 MB/s per response.)
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    size: usize,
+    /// Bytes handed to the transport so far.
+    sent: u64,
+}
+
+/// The largest block before a response has sent [`PROVEN`] bytes.
+pub const SMALL_BLOCK: usize = 32 << 10;
+/// Bytes a response sends before its blocks may grow past [`SMALL_BLOCK`].
+const PROVEN: u64 = 1 << 20;
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            size: FIRST_BLOCK,
+            sent: 0,
+        }
+    }
+
+    /// The pace after a block of `n` bytes, read when the client had (`kept_up`) or had not
+    /// left a window slot free.
+    fn next(self, n: usize, kept_up: bool) -> Pace {
+        let sent = self.sent + n as u64;
+        let max = if sent >= PROVEN { BLOCK } else { SMALL_BLOCK };
+        let size = if kept_up {
+            (self.size * 2).min(max)
+        } else {
+            (self.size / 2).max(MIN_BLOCK)
+        };
+        Pace { size, sent }
     }
 }
 
@@ -268,10 +330,10 @@ struct Checked {
 }
 
 /// Reads `start..end` of `file` in blocks on the blocking pool, each under its shares;
-/// block sizes start at [`FIRST_BLOCK`] and follow the client's pace ([`next_block`]), and
-/// no read crosses a [`sums::SUM_BLOCK`] boundary. Each read checks the whole checksum block
-/// it falls in before any of its bytes go out: an aligned full block is read as is, a
-/// smaller piece is read with the rest of its block, checked, and copied out (so a slow
+/// block sizes start at [`FIRST_BLOCK`] and follow the client's pace ([`Pace`]). Each
+/// read covers whole checksum blocks ([`sums::SUM_BLOCK`]) and checks every one of them
+/// before any of its bytes go out: a read that is exactly those blocks is sent as is, a
+/// smaller piece is read with the rest of its blocks, checked, and copied out (so a slow
 /// client holds only its piece). A block that fails ends the stream with an error (the
 /// client sees a cut response, never a wrong byte) and calls `on_fail` once.
 fn read_blocks(
@@ -283,7 +345,8 @@ fn read_blocks(
 ) -> ByteStream {
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let checked = Arc::new(checked);
-    futures_util::stream::try_unfold((start, FIRST_BLOCK), move |(pos, size)| {
+    futures_util::stream::try_unfold((start, Pace::new()), move |(pos, pace)| {
+        let size = pace.size;
         let (file, window, budget, c) = (
             file.clone(),
             window.clone(),
@@ -294,30 +357,42 @@ fn read_blocks(
             if pos >= end {
                 return Ok(None);
             }
-            let (i, b_start, b_end) = sums::block_of(pos, c.len);
-            let n = (end - pos).min(size as u64).min(b_end - pos) as usize;
-            // Kept up: the transport has let go of every block it was given.
-            let kept_up = window.available_permits() == WINDOW;
-            let (held, w) = shares(&window, &budget, n).await?;
-            let whole_block = pos == b_start && pos + n as u64 == b_end;
+            // The piece ends on a checksum-block boundary when it can, so that after the
+            // first pieces every read is whole blocks, sent without a copy.
+            let mut stop = pos + (end - pos).min(size.min(budget.block_cap()) as u64);
+            let boundary = stop / sums::SUM_BLOCK * sums::SUM_BLOCK;
+            if stop < end && boundary > pos {
+                stop = boundary;
+            }
+            let n = (stop - pos) as usize;
+            // The checksum blocks the piece pos..pos+n touches.
+            let (first, r_start, _) = sums::block_of(pos, c.len);
+            let (_, _, r_end) = sums::block_of(pos + n as u64 - 1, c.len);
+            let (held, w, kept_up) = shares(&window, &budget, n).await?;
+            let exact = pos == r_start && pos + n as u64 == r_end;
             // Allocated here, on a runtime thread, not on the blocking pool: blocks then come
             // from the few allocator arenas of the runtime threads rather than one per pool
             // thread, and memory freed when clients leave goes back to the system.
-            let mut v = vec![0u8; (b_end - b_start) as usize];
+            let mut v = vec![0u8; (r_end - r_start) as usize];
             let c2 = c.clone();
             let data = tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
-                file.read_exact_at(&mut v, b_start)?;
-                if !sums::block_ok(&c2.sums, i, &v) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("disk cache block at {b_start} failed its checksum"),
-                    ));
+                file.read_exact_at(&mut v, r_start)?;
+                for (k, block) in v.chunks(sums::SUM_BLOCK as usize).enumerate() {
+                    if !sums::block_ok(&c2.sums, first + k, block) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "disk cache block at {} failed its checksum",
+                                r_start + k as u64 * sums::SUM_BLOCK
+                            ),
+                        ));
+                    }
                 }
-                Ok(if whole_block {
+                Ok(if exact {
                     v
                 } else {
-                    let from = (pos - b_start) as usize;
+                    let from = (pos - r_start) as usize;
                     v[from..from + n].to_vec()
                 })
             })
@@ -337,7 +412,7 @@ fn read_blocks(
                 _budget: held,
                 _window: w,
             });
-            Ok(Some((block, (pos + n as u64, next_block(size, kept_up)))))
+            Ok(Some((block, (pos + n as u64, pace.next(n, kept_up)))))
         }
     })
     .boxed()
@@ -363,7 +438,7 @@ fn metered(inner: ByteStream, budget: Budget) -> ByteStream {
             let (window, budget) = (window.clone(), budget.clone());
             async move {
                 let chunk = r?;
-                let (held, w) = shares(&window, &budget, chunk.len()).await?;
+                let (held, w, _) = shares(&window, &budget, chunk.len()).await?;
                 Ok(Bytes::from_owner(Block {
                     data: chunk,
                     _budget: held,
@@ -1173,21 +1248,31 @@ mod tests {
     use futures_util::TryStreamExt;
     use origin_client::store::MemoryStore;
 
-    /// Block sizes follow the client: up while it keeps up, down while it does not, within
-    /// [MIN_BLOCK, BLOCK].
+    /// Block sizes follow the client: up while it keeps up (at most once per GROW_EVERY),
+    /// down while it does not, within [MIN_BLOCK, BLOCK].
     #[test]
     fn block_sizes_follow_the_client() {
-        let mut size = MIN_BLOCK;
+        let mut pace = Pace {
+            size: MIN_BLOCK,
+            sent: 0,
+        };
+        // Up to SMALL_BLOCK until PROVEN bytes went out, then up to BLOCK.
         for _ in 0..10 {
-            size = next_block(size, true);
+            pace = pace.next(pace.size, true);
         }
-        assert_eq!(size, BLOCK);
-        size = next_block(size, false);
-        assert_eq!(size, BLOCK / 2);
+        assert_eq!(pace.size, SMALL_BLOCK);
+        assert!(pace.sent < PROVEN);
+        pace = pace.next(PROVEN as usize, true);
         for _ in 0..10 {
-            size = next_block(size, false);
+            pace = pace.next(pace.size, true);
         }
-        assert_eq!(size, MIN_BLOCK);
+        assert_eq!(pace.size, BLOCK);
+        pace = pace.next(BLOCK, false);
+        assert_eq!(pace.size, BLOCK / 2);
+        for _ in 0..10 {
+            pace = pace.next(MIN_BLOCK, false);
+        }
+        assert_eq!(pace.size, MIN_BLOCK);
     }
 
     /// A memory store that counts object reads and answers them slowly, so misses overlap.
@@ -1612,7 +1697,7 @@ mod tests {
 
     #[tokio::test]
     async fn disk_reads_start_small_and_keep_to_checksum_blocks() {
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         let (_dir, file, checked, fails) = checked_file(&data, None);
         let budget = Budget::new(1 << 20, Arc::default());
         let mut blocks = read_blocks(file, checked, 0, data.len() as u64, budget);
@@ -1623,20 +1708,55 @@ mod tests {
             out.extend_from_slice(&b);
         }
         assert_eq!(out, data);
-        // Doubling from 2 KiB, cut at the first 32 KiB boundary, then whole blocks.
-        assert_eq!(
-            sizes[..7],
-            [
-                FIRST_BLOCK,
-                2 * FIRST_BLOCK,
-                4 * FIRST_BLOCK,
-                8 * FIRST_BLOCK,
-                FIRST_BLOCK,
-                BLOCK,
-                BLOCK
-            ]
-        );
+        // From 2 KiB up, never more than BLOCK; a piece smaller than a checksum block stays
+        // inside one, a larger one is whole checksum blocks (the last may end at the end of
+        // the file), so it is sent without a copy.
+        assert_eq!(sizes[0], FIRST_BLOCK);
+        let sum = sums::SUM_BLOCK;
+        let mut pos = 0u64;
+        for &n in &sizes {
+            let n = n as u64;
+            assert!(n <= BLOCK as u64, "{sizes:?}");
+            if n < sum {
+                assert_eq!(pos / sum, (pos + n - 1) / sum, "{sizes:?}");
+            } else {
+                assert_eq!(pos % sum, 0, "{sizes:?}");
+                assert!(
+                    (pos + n).is_multiple_of(sum) || pos + n == data.len() as u64,
+                    "{sizes:?}"
+                );
+            }
+            pos += n;
+        }
         assert_eq!(fails.load(Ordering::SeqCst), 0);
+    }
+
+    /// A client that still holds the block being written while it asks for the next (as
+    /// every transport does) is keeping up: its reads grow to full blocks. (They stayed at
+    /// MIN_BLOCK when "kept up" needed both window slots free: 8 KiB per disk read.)
+    #[tokio::test]
+    async fn a_streaming_client_gets_full_blocks() {
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 249) as u8).collect();
+        let (_dir, file, checked, _fails) = checked_file(&data, None);
+        let budget = Budget::new(256 << 20, Arc::default());
+        let mut blocks = read_blocks(file, checked, 0, data.len() as u64, budget);
+        let mut sizes = Vec::new();
+        let mut out = Vec::new();
+        let mut writing: Option<Bytes> = None;
+        while let Some(b) = blocks.try_next().await.unwrap() {
+            sizes.push(b.len());
+            out.extend_from_slice(&b);
+            // The block before is let go only now, once the next one has come.
+            writing = Some(b);
+        }
+        drop(writing);
+        assert_eq!(out, data);
+        let full = sizes.iter().filter(|&&n| n == BLOCK).count();
+        assert!(
+            full >= 16,
+            "{full} full blocks of {}: {sizes:?}",
+            sizes.len()
+        );
     }
 
     /// A flipped byte on disk: a range (or whole read) over it never yields a byte of the
