@@ -37,7 +37,7 @@ fn draw_inner(
     outcome: &Outcome,
     open_rate: f64,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let root = SVGBackend::new(path, (1400, 1000)).into_drawing_area();
+    let root = SVGBackend::new(path, (1400, 1900)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
         &format!(
@@ -46,7 +46,7 @@ fn draw_inner(
         ),
         ("sans-serif", 22),
     )?;
-    let panels = root.split_evenly((2, 2));
+    let panels = root.split_evenly((SCENARIOS.len().div_ceil(2), 2));
     for (area, s) in panels.iter().zip(SCENARIOS.iter()) {
         let Some(by) = outcome.cells.get(s.name) else {
             continue;

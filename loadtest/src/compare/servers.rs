@@ -71,13 +71,29 @@ impl Proc {
 
     /// The sum of peak resident set sizes (VmHWM) of this process and its descendants, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.tree()
+            .iter()
+            .filter_map(|&p| status_kib(p, "VmHWM:"))
+            .sum()
+    }
+
+    /// The sum of resident set sizes now (VmRSS) of this process and its descendants, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.tree()
+            .iter()
+            .filter_map(|&p| status_kib(p, "VmRSS:"))
+            .sum()
+    }
+
+    /// This process and its descendants.
+    fn tree(&self) -> Vec<u32> {
         let mut pids = vec![self.pid()];
         let mut i = 0;
         while i < pids.len() {
             pids.extend(children(pids[i]));
             i += 1;
         }
-        pids.iter().filter_map(|&p| vm_hwm_kib(p)).sum()
+        pids
     }
 }
 
@@ -129,11 +145,11 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
 }
@@ -229,23 +245,74 @@ pub async fn wait_ready(proc: &mut Proc, addr: SocketAddr) -> Result<(), Compare
     }
 }
 
-/// Writes an nginx configuration serving `root` on `h1` (HTTP/1.1) and, when given, `h2`
-/// (cleartext HTTP/2 with prior knowledge; nginx 1.22 cannot serve both on one cleartext
-/// port). Static serving as a tuned deployment would: sendfile, open-file cache, no access
-/// log, long keep-alive.
-pub fn nginx_conf(prefix: &Path, root: &Path, workers: usize, h1: u16, h2: Option<u16>) -> String {
-    let h2_server = h2.map_or(String::new(), |p| {
-        format!(
-            "  server {{ listen 127.0.0.1:{p} http2; root {}; }}\n",
-            root.display()
-        )
-    });
+/// What one nginx process serves, besides static HTTP/1.1 on `h1`.
+#[derive(Debug, Clone, Default)]
+pub struct NginxPorts {
+    pub h1: u16,
+    /// Cleartext HTTP/2 with prior knowledge (nginx 1.22 cannot serve both on one cleartext
+    /// port).
+    pub h2: Option<u16>,
+    /// HTTPS (HTTP/1.1 and h2 by ALPN) with this certificate and key, static.
+    pub tls: Option<(u16, PathBuf, PathBuf)>,
+    /// A `proxy_cache` in front of this origin port (HTTP/1.1), with `proxy_cache_lock` on:
+    /// nginx as a cache.
+    pub cache: Option<(u16, u16)>,
+}
+
+/// Writes an nginx configuration serving `root` as a tuned static deployment would (sendfile,
+/// open-file cache, no access log, long keep-alive), plus the HTTPS and cache servers asked for.
+/// TLS: 1.2 and 1.3, the same groups and suites as the edge (Mozilla intermediate).
+pub fn nginx_conf(prefix: &Path, root: &Path, workers: usize, ports: &NginxPorts) -> String {
+    let root_s = root.display();
+    let mut servers = format!(
+        "  server {{ listen 127.0.0.1:{}; root {root_s}; }}\n",
+        ports.h1
+    );
+    if let Some(p) = ports.h2 {
+        servers += &format!("  server {{ listen 127.0.0.1:{p} http2; root {root_s}; }}\n");
+    }
+    if let Some((p, cert, key)) = &ports.tls {
+        servers += &format!(
+            r#"  server {{
+    listen 127.0.0.1:{p} ssl http2; root {root_s};
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ecdh_curve X25519:prime256v1:secp384r1;
+    ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:SSL:10m; ssl_session_timeout 1d;
+  }}
+"#,
+            cert = cert.display(),
+            key = key.display()
+        );
+    }
+    let mut cache_zone = String::new();
+    if let Some((p, origin)) = ports.cache {
+        cache_zone = format!(
+            "  proxy_cache_path {prefix}/cache levels=1:2 keys_zone=edge:64m max_size=8g inactive=1d use_temp_path=off;\n  upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}\n",
+            prefix = prefix.display()
+        );
+        servers += &format!(
+            r#"  server {{
+    listen 127.0.0.1:{p};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache edge; proxy_cache_key $uri; proxy_cache_valid 200 1d;
+      proxy_cache_lock on;
+    }}
+  }}
+"#
+        );
+    }
     format!(
         r#"# Written by loadtest compare.
 worker_processes {workers};
+worker_rlimit_nofile 30000;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 12000; }}
 http {{
   access_log off;
   sendfile on; tcp_nopush on; tcp_nodelay on;
@@ -264,10 +331,8 @@ http {{
   }}
   default_type application/octet-stream;
   etag on;
-  server {{ listen 127.0.0.1:{h1}; root {root}; }}
-{h2_server}}}
+{cache_zone}{servers}}}
 "#,
         prefix = prefix.display(),
-        root = root.display(),
     )
 }

@@ -20,6 +20,14 @@ pub enum SizeMix {
     /// 70% 1-16 KiB, 25% 32-512 KiB, 5% 1-3 MiB: the throughput case. Every file stays below the
     /// edge's default 4 MiB memory-tier object limit.
     Mixed,
+    /// A PoP-sized site: 75% 1-16 KiB, 24% 32-512 KiB and every hundredth file 4-16 MiB (above
+    /// the memory tier's object limit), four levels deep (`large/3/4/00345.bin`). 2,150 files
+    /// make about 375 MiB, more than the edge's default 256 MiB memory tier.
+    Large,
+    /// 2-8 KiB files four levels deep (`cold/1/2/01234.bin`), each requested once: misses.
+    Cold,
+    /// 13.6 MiB files (`burst/03.bin`), each requested by a burst of clients at once.
+    Burst,
 }
 
 impl SizeMix {
@@ -27,6 +35,9 @@ impl SizeMix {
         match self {
             SizeMix::Small => "small",
             SizeMix::Mixed => "mixed",
+            SizeMix::Large => "large",
+            SizeMix::Cold => "cold",
+            SizeMix::Burst => "burst",
         }
     }
 }
@@ -49,16 +60,29 @@ fn salt(mix: SizeMix) -> u64 {
     match mix {
         SizeMix::Small => 0x5A11,
         SizeMix::Mixed => 0x313D,
+        SizeMix::Large => 0x1A26,
+        SizeMix::Cold => 0xC01D,
+        SizeMix::Burst => 0xB025,
     }
 }
 
+/// The size of every [`SizeMix::Burst`] file: 13.6 MiB.
+pub const BURST_SIZE: u64 = 14_260_634;
+
 /// The URL path of file `index` (with a leading `/`).
 pub fn file_path(mix: SizeMix, index: usize) -> String {
-    let ext = match mix {
-        SizeMix::Small => SMALL_EXTS[index % SMALL_EXTS.len()],
-        SizeMix::Mixed => MIXED_EXTS[index % MIXED_EXTS.len()],
-    };
-    format!("/{}/{index:05}.{ext}", mix.as_str())
+    match mix {
+        SizeMix::Small => format!("/small/{index:05}.{}", SMALL_EXTS[index % SMALL_EXTS.len()]),
+        SizeMix::Mixed => format!("/mixed/{index:05}.{}", MIXED_EXTS[index % MIXED_EXTS.len()]),
+        SizeMix::Large => format!(
+            "/large/{}/{}/{index:05}.{}",
+            index / 100 % 10,
+            index / 10 % 10,
+            MIXED_EXTS[index % MIXED_EXTS.len()]
+        ),
+        SizeMix::Cold => format!("/cold/{}/{}/{index:05}.bin", index / 1000, index / 100 % 10),
+        SizeMix::Burst => format!("/burst/{index:02}.bin"),
+    }
 }
 
 /// The size in bytes of file `index`.
@@ -72,6 +96,13 @@ pub fn file_size(mix: SizeMix, index: usize) -> u64 {
             70..95 => pick(32 * 1024, 512 * 1024, h >> 8),
             _ => pick(1024 * 1024, 3 * 1024 * 1024, h >> 8),
         },
+        SizeMix::Large if index.is_multiple_of(100) => pick(4 << 20, 16 << 20, h >> 8),
+        SizeMix::Large => match h % 100 {
+            0..75 => pick(1024, 16 * 1024, h >> 8),
+            _ => pick(32 * 1024, 512 * 1024, h >> 8),
+        },
+        SizeMix::Cold => pick(2 * 1024, 8 * 1024, h >> 8),
+        SizeMix::Burst => BURST_SIZE,
     }
 }
 
@@ -128,6 +159,12 @@ pub fn write_site(dir: &Path, files: usize, mix: SizeMix) -> Result<SiteSummary,
     for i in 0..files {
         let rel = file_path(mix, i);
         let path = dir.join(rel.trim_start_matches('/'));
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|source| SiteError::Write {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
         let size = file_size(mix, i);
         fill(&mut buf, mix, i, size as usize);
         let write = || -> io::Result<()> {
@@ -153,7 +190,7 @@ fn fill(buf: &mut Vec<u8>, mix: SizeMix, index: usize, len: usize) {
         SizeMix::Small => buf
             .iter_mut()
             .for_each(|b| *b = TEXT[rng.usize(..TEXT.len())]),
-        SizeMix::Mixed => rng.fill(buf),
+        SizeMix::Mixed | SizeMix::Large | SizeMix::Cold | SizeMix::Burst => rng.fill(buf),
     }
 }
 
@@ -184,6 +221,19 @@ mod tests {
             .filter(|&i| file_size(SizeMix::Mixed, i) >= 1024 * 1024)
             .count();
         assert!((50..150).contains(&large), "{large} large files of 2000");
+        let total: u64 = (0..2150).map(|i| file_size(SizeMix::Large, i)).sum();
+        let big = (0..2150)
+            .filter(|&i| file_size(SizeMix::Large, i) > 4 << 20)
+            .count();
+        assert_eq!(big, 22);
+        assert!(
+            (300 << 20..450 << 20).contains(&total),
+            "the large site is {} MiB",
+            total >> 20
+        );
+        assert_eq!(file_path(SizeMix::Large, 345), "/large/3/4/00345.jpg");
+        assert_eq!(file_path(SizeMix::Cold, 1234), "/cold/1/2/01234.bin");
+        assert_eq!(file_size(SizeMix::Burst, 3), BURST_SIZE);
     }
 
     #[test]
@@ -193,6 +243,14 @@ mod tests {
         let m = write_site(dir.path(), 5, SizeMix::Mixed).unwrap();
         assert_eq!(s.files, 20);
         assert_eq!(m.files, 5);
+        let c = write_site(dir.path(), 3, SizeMix::Cold).unwrap();
+        assert_eq!(c.files, 3);
+        assert_eq!(
+            fs::metadata(dir.path().join("cold/0/0/00002.bin"))
+                .unwrap()
+                .len(),
+            file_size(SizeMix::Cold, 2)
+        );
         for i in 0..20 {
             let p = dir
                 .path()
