@@ -561,3 +561,70 @@ async fn h3_is_served_on_every_serving_thread() {
         );
     }
 }
+
+/// SIGTERM drains HTTP/3 on every serving thread's endpoint: responses in flight on
+/// connections from many client ports (so on every endpoint) complete; each connection is
+/// then closed by the node (this client does not close on GOAWAY, so at the drain deadline,
+/// 10 s, with a CONNECTION_CLOSE the client receives, not by its idle timeout), and the
+/// node exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_h3_on_every_endpoint() {
+    let s = setup();
+    let mut node = start(&s, None);
+    let big = s
+        .files
+        .iter()
+        .find(|(n, _)| n == "big.bin")
+        .unwrap()
+        .1
+        .clone();
+    let big = Arc::new(big);
+    let config = quic_client_config(client_config(&s.ca, &[b"h3"]));
+    let mut conns = Vec::new();
+    for i in 0..8 {
+        let ep = quic_endpoint(config.clone());
+        let h3 = H3::connect(&ep, node.https, "localhost")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        // Warm: the drain measures serving, not the origin.
+        assert_eq!(h3.get("/big.bin").await.status, 200);
+        conns.push((ep, Arc::new(h3)));
+    }
+    let mut inflight = Vec::new();
+    for (i, (_, h3)) in conns.iter().enumerate() {
+        let (h3, big) = (h3.clone(), big.clone());
+        inflight.push(tokio::spawn(async move {
+            let r = h3
+                .try_request("GET", "/big.bin", &[])
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            assert!(
+                r.status == 200 && r.complete && r.body == *big,
+                "connection {i}: a drained response is complete and right ({} bytes)",
+                r.body.len()
+            );
+        }));
+    }
+    // The requests reach the node before the signal does.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = node.pid().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for t in inflight {
+        t.await.expect("a response in flight");
+    }
+    for (i, (_, h3)) in conns.iter().enumerate() {
+        let closed = tokio::time::timeout(Duration::from_secs(15), h3.conn.closed())
+            .await
+            .unwrap_or_else(|_| panic!("connection {i}: not closed after the drain"));
+        eprintln!("connection {i}: {closed}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.is_alive() {
+        assert!(Instant::now() < deadline, "did not exit after draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

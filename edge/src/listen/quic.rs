@@ -221,6 +221,10 @@ pub async fn run(
         tracing::warn!("HTTP/3 drain deadline passed with connections still open");
     }
     endpoint.close(0u32.into(), b"shutting down");
+    // The endpoint's driver runs on this thread's runtime, which ends when this returns: let
+    // it send the CONNECTION_CLOSE frames first (bounded), or clients wait out their idle
+    // timeout.
+    let _ = tokio::time::timeout(super::conn::GRACE, endpoint.wait_idle()).await;
 }
 
 async fn connection(
@@ -335,7 +339,11 @@ async fn connection(
         match next {
             None => {
                 closing = true;
-                // GOAWAY: requests already accepted finish; accept() then returns None.
+                // GOAWAY: requests already accepted finish. h3's accept() returns None only
+                // once the client answers with its own GOAWAY, which a client need not do:
+                // one that does not is closed by the idle timer, or by the endpoint's close
+                // at the drain deadline. Not at once when idle: a finished response may
+                // still be in quinn's send buffer, unacknowledged, and a close drops it.
                 goaway(&mut h3).await;
             }
             Some(Ok(Some(resolver))) => {
