@@ -220,14 +220,23 @@ async fn garbage_datagrams_do_not_crash_or_wedge_the_node() {
 async fn connections_and_streams_are_bounded() {
     let s = setup();
     let node = start(&s, Some("[http3]\nmax_connections = 2\nmax_streams = 3\n"));
-    let ep = client(&s.ca);
-    let a = H3::connect(&ep, node.https, "localhost").await.unwrap();
-    let b = H3::connect(&ep, node.https, "localhost").await.unwrap();
+    // Every connection from its own client socket (port): the kernel spreads them over the
+    // node's endpoints, one per serving thread, and the cap is the node's, not each one's.
+    let fresh = || client(&s.ca);
+    let (ea, eb) = (fresh(), fresh());
+    let a = H3::connect(&ea, node.https, "localhost").await.unwrap();
+    let b = H3::connect(&eb, node.https, "localhost").await.unwrap();
     assert_eq!(a.get("/").await.status, 200);
     assert_eq!(b.get("/").await.status, 200);
-    let refused = H3::connect(&ep, node.https, "localhost").await;
-    let e = refused.err().expect("a third connection is refused");
-    assert!(e.to_lowercase().contains("refused"), "{e}");
+    for i in 0..8 {
+        let e = fresh();
+        let refused = H3::connect(&e, node.https, "localhost").await;
+        let e = refused
+            .err()
+            .unwrap_or_else(|| panic!("connection {} beyond the cap of 2 is refused", i + 3));
+        assert!(e.to_lowercase().contains("refused"), "{e}");
+    }
+    let ep = client(&s.ca);
 
     // Three streams at a time: 30 concurrent requests queue for slots and all complete.
     let a = Arc::new(a);
@@ -265,13 +274,22 @@ async fn connections_and_streams_are_bounded() {
 /// Connects once to get a session ticket, then again trying 0-RTT. Returns whether the
 /// client could send 0-RTT and, if it did, whether the server accepted it, with the reply.
 async fn second_connection_0rtt(ep: &quinn::Endpoint, addr: SocketAddr) -> (bool, bool, u16) {
+    second_connection_0rtt_from(ep, ep, addr).await
+}
+
+/// [`second_connection_0rtt`] with the second connection from `second` (its own UDP port).
+async fn second_connection_0rtt_from(
+    ep: &quinn::Endpoint,
+    second: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> (bool, bool, u16) {
     let first = H3::connect(ep, addr, "localhost").await.unwrap();
     assert_eq!(first.get("/").await.status, 200);
     // Let the NewSessionTicket arrive, then close.
     tokio::time::sleep(Duration::from_millis(200)).await;
     first.conn.close(0u32.into(), b"bye");
     drop(first);
-    let connecting = ep.connect(addr, "localhost").unwrap();
+    let connecting = second.connect(addr, "localhost").unwrap();
     match connecting.into_0rtt() {
         Ok((conn, accepted)) => {
             let h3 = H3::over(conn, "localhost").await.unwrap();
@@ -301,6 +319,19 @@ async fn zero_rtt_is_off_by_default_and_works_when_switched_on() {
     assert!(sent, "the server's ticket should allow 0-RTT");
     assert!(accepted, "the server should accept 0-RTT");
     assert_eq!(status, 200);
+
+    // From another client port the second connection may reach another serving thread's
+    // endpoint: the endpoints share one TLS configuration, so its ticket works there too.
+    // (One client configuration: its session store is shared by both client endpoints.)
+    let config = quic_client_config(client_config(&s.ca, &[b"h3"]));
+    for i in 0..6 {
+        let (a, b) = (quic_endpoint(config.clone()), quic_endpoint(config.clone()));
+        let (sent, accepted, status) = second_connection_0rtt_from(&a, &b, node.https).await;
+        assert!(
+            sent && accepted && status == 200,
+            "pair {i}: 0-RTT from a new port: sent={sent} accepted={accepted} status={status}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,4 +453,178 @@ async fn an_unfinished_h3_request_head_does_not_hold_the_connection() {
     // The node serves a new connection.
     let c = H3::connect(&ep, node.https, "localhost").await.unwrap();
     assert_eq!(c.get("/").await.status, 200);
+}
+
+/// The local ports and inodes of the sockets in a `/proc/net/{udp,tcp}` table, with the
+/// state column (`0A` is a TCP listener; `07` an unconnected UDP socket).
+fn proc_net(table: &str) -> Vec<(u16, String, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/net/{table}")).unwrap();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            Some((port, f.get(3)?.to_string(), f.get(9)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The socket inodes process `pid` holds.
+fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.ok()?.path()).ok()?;
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// CPU time (user + system, clock ticks) of each thread of `pid` named `edge-worker-*`.
+fn worker_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let name = name.trim().to_owned();
+        if !name.starts_with("edge-worker-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // After the `(comm)` field: state is field 3, utime 14 and stime 15.
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+        out.insert(name, ticks);
+    }
+    out
+}
+
+/// HTTP/3 runs on every serving thread: as many UDP sockets on the HTTPS port as there are
+/// TCP listeners on it (one of each per thread, `SO_REUSEPORT`), all held by the node;
+/// connections from many client ports are all served, and every serving thread does
+/// HTTP/3 work for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_is_served_on_every_serving_thread() {
+    let s = setup();
+    let node = start(&s, None);
+    let port = node.https.port();
+    let mine = socket_inodes(node.pid());
+    let count = |table: &str, state: &str| {
+        proc_net(table)
+            .into_iter()
+            .filter(|(p, st, inode)| *p == port && st == state && mine.contains(inode))
+            .count()
+    };
+    let (udp, tcp) = (count("udp", "07"), count("tcp", "0A"));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("port {port}: {udp} UDP sockets, {tcp} TCP listeners, {threads} cores");
+    assert_eq!(udp, tcp, "one UDP socket per serving thread, as TCP");
+    if threads > 1 {
+        assert!(udp > 1, "{udp} UDP socket(s) on a {threads}-core machine");
+    }
+
+    // 64 connections, each from its own client port, 20 requests each.
+    let before = worker_cpu(node.pid());
+    let config = quic_client_config(client_config(&s.ca, &[b"h3"]));
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (config, addr) = (config.clone(), node.https);
+        tasks.push(tokio::spawn(async move {
+            let ep = quic_endpoint(config);
+            let h3 = H3::connect(&ep, addr, "localhost")
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            for _ in 0..20 {
+                let r = h3.get("/style.css").await;
+                assert_eq!(r.status, 200, "connection {i}");
+            }
+            h3.conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a connection's requests");
+    }
+    let after = worker_cpu(node.pid());
+    eprintln!("serving threads' CPU ticks before {before:?}, after {after:?}");
+    assert_eq!(after.len(), tcp, "one serving thread per TCP listener");
+    for (name, ticks) in &after {
+        let was = before.get(name).copied().unwrap_or(0);
+        assert!(
+            *ticks > was,
+            "{name} did no HTTP/3 work for 64 connections from distinct ports"
+        );
+    }
+}
+
+/// SIGTERM drains HTTP/3 on every serving thread's endpoint: responses in flight on
+/// connections from many client ports (so on every endpoint) complete; each connection is
+/// then closed by the node (this client does not close on GOAWAY, so at the drain deadline,
+/// 10 s, with a CONNECTION_CLOSE the client receives, not by its idle timeout), and the
+/// node exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_h3_on_every_endpoint() {
+    let s = setup();
+    let mut node = start(&s, None);
+    let big = s
+        .files
+        .iter()
+        .find(|(n, _)| n == "big.bin")
+        .unwrap()
+        .1
+        .clone();
+    let big = Arc::new(big);
+    let config = quic_client_config(client_config(&s.ca, &[b"h3"]));
+    let mut conns = Vec::new();
+    for i in 0..8 {
+        let ep = quic_endpoint(config.clone());
+        let h3 = H3::connect(&ep, node.https, "localhost")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        // Warm: the drain measures serving, not the origin.
+        assert_eq!(h3.get("/big.bin").await.status, 200);
+        conns.push((ep, Arc::new(h3)));
+    }
+    let mut inflight = Vec::new();
+    for (i, (_, h3)) in conns.iter().enumerate() {
+        let (h3, big) = (h3.clone(), big.clone());
+        inflight.push(tokio::spawn(async move {
+            let r = h3
+                .try_request("GET", "/big.bin", &[])
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            assert!(
+                r.status == 200 && r.complete && r.body == *big,
+                "connection {i}: a drained response is complete and right ({} bytes)",
+                r.body.len()
+            );
+        }));
+    }
+    // The requests reach the node before the signal does.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = node.pid().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for t in inflight {
+        t.await.expect("a response in flight");
+    }
+    for (i, (_, h3)) in conns.iter().enumerate() {
+        let closed = tokio::time::timeout(Duration::from_secs(15), h3.conn.closed())
+            .await
+            .unwrap_or_else(|_| panic!("connection {i}: not closed after the drain"));
+        eprintln!("connection {i}: {closed}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.is_alive() {
+        assert!(Instant::now() < deadline, "did not exit after draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! The listeners around the one request handler: every socket the node binds and every accept
 //! loop it runs. Cleartext HTTP/1.1 + h2c and HTTPS with HTTP/2 and HTTP/1.1 by ALPN on the
-//! serving threads ([`tcp`], certificates in [`tls`]), and HTTP/3 over QUIC ([`quic`]).
+//! serving threads ([`tcp`], certificates in [`tls`]), and HTTP/3 over QUIC on the same
+//! threads ([`quic`]).
 //! `listen` knows the handler, not how it is built: it never imports `node` or `cli`.
 //!
 //! Every protocol ends in `Handler::serve`, which alone decides what a request gets. What a
@@ -176,12 +177,13 @@ pub struct Secure {
     pub addr: SocketAddr,
     pub certs: Arc<CertStore>,
     tcp: Vec<std::net::TcpListener>,
-    quic: Option<quinn::Endpoint>,
+    quic: Option<quic::Sockets>,
 }
 
 impl Secure {
-    /// Loads the certificates and binds `workers` TCP sockets (`SO_REUSEPORT`) and, with
-    /// HTTP/3 on, a UDP socket on the same port. `None` when TLS is off.
+    /// Loads the certificates and binds `workers` TCP sockets and, with HTTP/3 on, `workers`
+    /// UDP sockets on the same port (`SO_REUSEPORT` both: one of each per serving thread).
+    /// `None` when TLS is off.
     pub async fn bind(
         cfg: &Config,
         workers: usize,
@@ -208,14 +210,14 @@ impl Secure {
                     quic: None,
                 }));
             }
-            match std::net::UdpSocket::bind(addr) {
+            match quic::bind_reuseport(addr, tcp.len()) {
                 Ok(udp) => {
-                    let quic = quic::endpoint(udp, certs.clone(), &cfg.http3)?;
+                    let shared = quic::Shared::new(certs.clone(), &cfg.http3, udp.len())?;
                     return Ok(Some(Secure {
                         addr,
                         certs,
                         tcp,
-                        quic: Some(quic),
+                        quic: Some(quic::Sockets { udp, shared }),
                     }));
                 }
                 Err(e) if attempt < attempts && e.kind() == std::io::ErrorKind::AddrInUse => {}
@@ -235,8 +237,9 @@ impl Secure {
 }
 
 /// Serves the cleartext listeners and, when given, HTTPS and HTTP/3 until `shutdown` turns
-/// true, then drains them for up to `drain`. Certificates reload on SIGHUP and, with
-/// `tls.watch`, when their files change.
+/// true, then drains them for up to `drain`: all of them on the serving threads, each with
+/// its own socket of each. Certificates reload on SIGHUP and, with `tls.watch`, when their
+/// files change.
 pub async fn run(
     handler: Arc<Handler>,
     cfg: &Config,
@@ -250,7 +253,7 @@ pub async fn run(
         front: Front::cleartext(cfg, secure.as_ref().map(|s| s.addr.port())),
         tls: None,
     }];
-    let mut quic_task = None;
+    let mut quic = None;
     let mut _reloader = None;
     if let (Some(s), Some(t)) = (secure, &cfg.tls) {
         _reloader = Some(tls::spawn_reloader(s.certs.clone(), t.watch)?);
@@ -262,20 +265,15 @@ pub async fn run(
                 handshake_timeout: t.handshake_timeout,
             }),
         });
-        if let Some(ep) = s.quic {
-            quic_task = Some(tokio::spawn(quic::run(
-                ep,
-                handler.clone(),
-                Arc::new(Front::h3(cfg)),
-                quic::Settings {
-                    http3: cfg.http3.clone(),
-                    limits: cfg.limits,
-                    header_read_timeout: cfg.header_read_timeout,
-                },
-                shutdown.clone(),
-                drain,
-            )));
-        }
+        quic = s.quic.map(|sockets| quic::Service {
+            sockets,
+            front: Arc::new(Front::h3(cfg)),
+            settings: quic::Settings {
+                http3: cfg.http3.clone(),
+                limits: cfg.limits,
+                header_read_timeout: cfg.header_read_timeout,
+            },
+        });
     }
     let settings = tcp::Settings {
         header_read_timeout: cfg.header_read_timeout,
@@ -285,11 +283,7 @@ pub async fn run(
         max_connections = settings.gate.max(),
         "client connections capped (server.max_connections)"
     );
-    let r = tcp::run_workers(handler, services, settings, shutdown, drain).await;
-    if let Some(t) = quic_task {
-        let _ = t.await;
-    }
-    r
+    tcp::run_workers(handler, services, quic, settings, shutdown, drain).await
 }
 
 /// Installs the SIGINT/SIGTERM handlers now and returns the future that resolves on either.

@@ -1,15 +1,20 @@
-//! HTTP/3: a quinn endpoint on the HTTPS port number over UDP, h3 on each connection, and
-//! every request answered by the same `Handler::serve` as HTTP/1.1 and HTTP/2.
+//! HTTP/3: a quinn endpoint per serving thread, each on its own UDP socket on the HTTPS port
+//! number (`SO_REUSEPORT`, as the TCP listeners), h3 on each connection, and every request
+//! answered by the same `Handler::serve` as HTTP/1.1 and HTTP/2.
 //!
 //! Invariants: a connection with no request in flight for `server.idle_timeout` gets a
 //! GOAWAY and is closed; a response that makes no progress for `server.send_timeout` is
 //! reset; what a connection's streams make the node buffer is bounded ([`SEND_WINDOW`]);
-//! connections are bounded (`http3.max_connections`; beyond it new ones are
-//! refused) and so are concurrent requests per connection (`http3.max_streams`, enforced by
+//! connections are bounded node-wide (`http3.max_connections`, one count shared by every
+//! endpoint; beyond it new ones are refused) and so are concurrent requests per connection (`http3.max_streams`, enforced by
 //! QUIC flow control: a client waits for a slot); a packet or request a peer controls never
 //! panics, it ends that connection or stream; a response whose body fails mid-way is reset,
-//! never finished, so a client cannot take a cut body for a whole one.
+//! never finished, so a client cannot take a cut body for a whole one. A connection stays on
+//! the thread whose endpoint accepted it; with more than one endpoint, connection migration
+//! is off (see [`Shared::new`]).
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -39,49 +44,132 @@ const SEND_WINDOW: u64 = 2 << 20;
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
-/// Builds the endpoint on a bound UDP socket. Must run inside a tokio runtime, which then
-/// drives the endpoint.
-pub fn endpoint(
-    udp: std::net::UdpSocket,
-    certs: Arc<CertStore>,
-    cfg: &Http3,
-) -> anyhow::Result<quinn::Endpoint> {
-    let sock = socket2::SockRef::from(&udp);
-    for (what, r) in [
-        ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
-        ("send", sock.set_send_buffer_size(UDP_BUFFER)),
-    ] {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not enlarge the UDP {what} buffer");
+/// Binds `n` UDP sockets on `addr` with `SO_REUSEPORT`, one per serving thread: the kernel
+/// hashes each datagram's 4-tuple to one of them, so a client's packets keep reaching the
+/// same socket, and so the same thread, for as long as its address and port stay the same.
+/// `addr` has a port (the HTTPS one); every socket gets it or the call fails.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        sock.set_reuse_port(true)?;
+        sock.set_nonblocking(true)?;
+        for (what, r) in [
+            ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
+            ("send", sock.set_send_buffer_size(UDP_BUFFER)),
+        ] {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not enlarge the UDP {what} buffer");
+            }
         }
+        sock.bind(&addr.into())?;
+        out.push(sock.into());
     }
-    let tls = tls::quic_config(certs, cfg.early_data)?;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .send_window(SEND_WINDOW)
-        .max_concurrent_bidi_streams(cfg.max_streams.into())
-        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
-        .max_idle_timeout(Some(cfg.idle_timeout.try_into()?));
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport));
-    // Handshakes waiting to be accepted: no more than the connections we would take.
-    server.max_incoming(cfg.max_connections as usize);
-    let ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        udp,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    Ok(ep)
+    Ok(out)
+}
+
+/// What every HTTP/3 endpoint of the node shares: one server configuration (one rustls
+/// configuration, so one session cache and ticketer: a client resumes, or sends 0-RTT, on
+/// whichever thread its new connection hashes to; one address-validation token key), one
+/// endpoint configuration (one stateless-reset key), and the node-wide connection count.
+#[derive(Clone)]
+pub struct Shared {
+    endpoint: quinn::EndpointConfig,
+    server: quinn::ServerConfig,
+    slots: Arc<Slots>,
+}
+
+impl Shared {
+    /// The configuration for `endpoints` endpoints (one per serving thread).
+    pub fn new(certs: Arc<CertStore>, cfg: &Http3, endpoints: usize) -> anyhow::Result<Shared> {
+        let endpoints = endpoints.max(1);
+        let tls = tls::quic_config(certs, cfg.early_data)?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .send_window(SEND_WINDOW)
+            .max_concurrent_bidi_streams(cfg.max_streams.into())
+            .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+            .max_idle_timeout(Some(cfg.idle_timeout.try_into()?));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(transport));
+        // Handshakes waiting to be accepted, per endpoint: the node-wide cap split between
+        // the endpoints, so all of them together wait on no more than the connections we
+        // would take. The accept loop takes each at once, so the queue only holds what
+        // arrives faster than one thread's loop runs.
+        server.max_incoming((cfg.max_connections as usize).div_ceil(endpoints));
+        if endpoints > 1 {
+            // One socket per thread (`SO_REUSEPORT`) and the kernel picks the socket by the
+            // 4-tuple: a client's packets from a new address or port most likely reach
+            // another thread's endpoint, which does not know the connection. So connection
+            // migration is off: clients are told not to migrate (`disable_active_migration`)
+            // and no endpoint follows a peer to a new path. A NAT rebinding still moves a
+            // client: its packets then reach an endpoint that does not know the connection
+            // and answers with a stateless reset (rate-limited), valid for the connection
+            // since every endpoint shares the reset key, so the client learns at once that
+            // the connection is gone and reconnects, resuming its TLS session; when none
+            // arrives the connection ends at its idle timeout.
+            server.migration(false);
+        }
+        Ok(Shared {
+            endpoint: quinn::EndpointConfig::default(),
+            server,
+            slots: Arc::new(Slots {
+                open: AtomicUsize::new(0),
+                max: cfg.max_connections as usize,
+            }),
+        })
+    }
+
+    /// Builds an endpoint on `udp`, driven by the current tokio runtime: call it on the
+    /// serving thread that will run it (inside its runtime).
+    pub fn endpoint(&self, udp: std::net::UdpSocket) -> io::Result<quinn::Endpoint> {
+        quinn::Endpoint::new(
+            self.endpoint.clone(),
+            Some(self.server.clone()),
+            udp,
+            Arc::new(quinn::TokioRuntime),
+        )
+    }
+}
+
+/// HTTP/3 connections open across every endpoint of the node (`http3.max_connections`).
+struct Slots {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl Slots {
+    /// A slot for one more connection, or `None` at the cap.
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One connection's place under `http3.max_connections`, given back on drop (when the
+/// connection's task ends).
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Accepts connections until `shutdown` turns true; then asks each connection to finish
 /// (HTTP/3 GOAWAY), waits up to `drain` for them, and closes the endpoint. A connection with
 /// no request in flight for `limits.idle_timeout` gets a GOAWAY and is closed; a response
-/// that makes no progress for `limits.send_timeout` has its stream reset.
+/// that makes no progress for `limits.send_timeout` has its stream reset. Runs on the
+/// thread whose runtime drives `endpoint`; its connections stay on that thread.
 pub async fn run(
     endpoint: quinn::Endpoint,
+    shared: Shared,
     handler: Arc<Handler>,
     front: Arc<Front>,
     settings: Settings,
@@ -93,7 +181,6 @@ pub async fn run(
         limits,
         header_read_timeout,
     } = settings;
-    let max = cfg.max_connections as usize;
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -102,22 +189,26 @@ pub async fn run(
             },
             _ = shutdown.wait_for(|s| *s) => break,
         };
-        if endpoint.open_connections() >= max {
+        let Some(slot) = shared.slots.take() else {
             tracing::debug!(peer.addr = %incoming.remote_address(), "HTTP/3 connection refused: at http3.max_connections");
             incoming.refuse();
             continue;
-        }
+        };
         let span =
             tracing::debug_span!("conn", peer.addr = %incoming.remote_address(), proto = "h3");
+        let conn = connection(
+            incoming,
+            handler.clone(),
+            front.clone(),
+            cfg.early_data,
+            (limits, header_read_timeout),
+            shutdown.clone(),
+        );
         tokio::spawn(tracing::Instrument::instrument(
-            connection(
-                incoming,
-                handler.clone(),
-                front.clone(),
-                cfg.early_data,
-                (limits, header_read_timeout),
-                shutdown.clone(),
-            ),
+            async move {
+                let _slot = slot;
+                conn.await
+            },
             span,
         ));
     }
@@ -130,6 +221,10 @@ pub async fn run(
         tracing::warn!("HTTP/3 drain deadline passed with connections still open");
     }
     endpoint.close(0u32.into(), b"shutting down");
+    // The endpoint's driver runs on this thread's runtime, which ends when this returns: let
+    // it send the CONNECTION_CLOSE frames first (bounded), or clients wait out their idle
+    // timeout.
+    let _ = tokio::time::timeout(super::conn::GRACE, endpoint.wait_idle()).await;
 }
 
 async fn connection(
@@ -244,7 +339,11 @@ async fn connection(
         match next {
             None => {
                 closing = true;
-                // GOAWAY: requests already accepted finish; accept() then returns None.
+                // GOAWAY: requests already accepted finish. h3's accept() returns None only
+                // once the client answers with its own GOAWAY, which a client need not do:
+                // one that does not is closed by the idle timer, or by the endpoint's close
+                // at the drain deadline. Not at once when idle: a finished response may
+                // still be in quinn's send buffer, unacknowledged, and a close drops it.
                 goaway(&mut h3).await;
             }
             Some(Ok(Some(resolver))) => {
@@ -277,7 +376,21 @@ async fn connection(
     }
 }
 
+/// HTTP/3's bound sockets, one per serving thread, and what their endpoints share.
+pub struct Sockets {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub shared: Shared,
+}
+
+/// The HTTP/3 listener: its sockets, what it adds around the handler, and its settings.
+pub struct Service {
+    pub sockets: Sockets,
+    pub front: Arc<Front>,
+    pub settings: Settings,
+}
+
 /// What the HTTP/3 listener is served with.
+#[derive(Clone)]
 pub struct Settings {
     pub http3: Http3,
     pub limits: Limits,

@@ -1,7 +1,7 @@
 //! TCP listeners: binding (`SO_REUSEPORT`, one socket per worker), the accept loop (HTTP/1.1
 //! or h2c by the first bytes; over TLS the protocol ALPN chose, and only it; HTTP/1
 //! request-line versions through [`VersionShim`]), and the serving threads (one
-//! single-threaded tokio runtime per worker).
+//! single-threaded tokio runtime per worker, which also runs that worker's HTTP/3 endpoint).
 //!
 //! Invariants: a connection stays on the thread that accepted it; every connection is
 //! admitted by the node-wide [`Gate`] (cap, idle and send timeouts); accept errors back off
@@ -500,10 +500,13 @@ pub struct TcpService {
 /// connection table) is behind `Arc`s; background work (pointer refresh) runs on the
 /// caller's runtime. Returns when every worker has drained after `shutdown` fires.
 ///
-/// Several services (cleartext and HTTPS): worker `i` serves the `i`th socket of each.
+/// Several services (cleartext and HTTPS): worker `i` serves the `i`th socket of each, and
+/// with `quic` the `i`th UDP socket too, through a quinn endpoint built on that worker's
+/// runtime (which then drives it: its packets and connections never leave the thread).
 pub async fn run_workers(
     handler: Arc<Handler>,
     services: Vec<TcpService>,
+    quic: Option<super::quic::Service>,
     settings: Settings,
     shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
@@ -520,8 +523,24 @@ pub async fn run_workers(
             per_worker[i].push((l, front.clone(), s.tls.clone()));
         }
     }
+    // Worker `i`'s UDP socket, with what every endpoint shares.
+    let mut udp: Vec<Option<_>> = (0..workers).map(|_| None).collect();
+    if let Some(q) = quic {
+        anyhow::ensure!(
+            q.sockets.udp.len() <= workers,
+            "more UDP sockets than serving threads"
+        );
+        for (i, sock) in q.sockets.udp.into_iter().enumerate() {
+            udp[i] = Some((
+                sock,
+                q.sockets.shared.clone(),
+                q.front.clone(),
+                q.settings.clone(),
+            ));
+        }
+    }
     let mut threads = Vec::new();
-    for (i, mine) in per_worker.into_iter().enumerate() {
+    for (i, (mine, udp)) in per_worker.into_iter().zip(udp).enumerate() {
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let settings = settings.clone();
@@ -533,6 +552,24 @@ pub async fn run_workers(
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
+                    let h3 = match udp {
+                        None => None,
+                        Some((sock, shared, front, h3_settings)) => {
+                            // Inside this runtime: the endpoint's driver is spawned on it.
+                            let ep = shared
+                                .endpoint(sock)
+                                .context("HTTP/3 endpoint on a serving thread")?;
+                            Some(super::quic::run(
+                                ep,
+                                shared,
+                                handler.clone(),
+                                front,
+                                h3_settings,
+                                shutdown.clone(),
+                                drain,
+                            ))
+                        }
+                    };
                     let mut serving = Vec::new();
                     for (l, front, tls) in mine {
                         let listener = TcpListener::from_std(l)?;
@@ -550,7 +587,12 @@ pub async fn run_workers(
                             drain,
                         ));
                     }
-                    futures_util::future::join_all(serving).await;
+                    let h3 = async {
+                        if let Some(h3) = h3 {
+                            h3.await;
+                        }
+                    };
+                    tokio::join!(futures_util::future::join_all(serving), h3);
                     Ok(())
                 })
             })?;
