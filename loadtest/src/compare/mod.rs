@@ -761,7 +761,7 @@ async fn burst(
     origin: &origin::Origin,
 ) -> Result<SpecialRecord, CompareError> {
     let file = site::file_path(SizeMix::Burst, round);
-    let before = origin.knobs.requests();
+    let before = origin.knobs.fetches();
     let t = special::burst(
         &r.cache,
         &site0(),
@@ -773,7 +773,7 @@ async fn burst(
     let mut figures = BTreeMap::new();
     figures.insert("p50_ms", t.quantile(0.5));
     figures.insert("p99_ms", t.quantile(0.99));
-    figures.insert("origin_requests", (origin.knobs.requests() - before) as f64);
+    figures.insert("origin_fetches", (origin.knobs.fetches() - before) as f64);
     Ok(SpecialRecord {
         round,
         scenario: "burst",
@@ -948,6 +948,10 @@ async fn warm(r: &Running, plan: &Plan) -> Result<(), CompareError> {
         passes.push((r.cache.clone(), hot));
     }
     for (to, targets) in passes {
+        // `--scenarios` may leave nothing to warm.
+        if targets.is_empty() {
+            continue;
+        }
         let total = targets.len() as u64;
         let mut opts = RunOptions::new(to.clone());
         opts.connections = 8;

@@ -10,7 +10,8 @@
 //!
 //! Invariants: only files under a root are served (a path with `..` or a NUL is a 400); a
 //! response is delayed by `delay` before its head and paced to `rate` bytes per second (0: as
-//! fast as the socket takes it); every request is counted.
+//! fast as the socket takes it); every request is counted, and every fetch of content (all
+//! but the edge's pointer and record reads: `sites/`, `hosts/`, `gc/`) separately.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ pub struct Knobs {
     delay_ms: AtomicU64,
     rate: AtomicU64,
     requests: AtomicU64,
+    fetches: AtomicU64,
 }
 
 impl Knobs {
@@ -49,6 +51,12 @@ impl Knobs {
     /// Requests answered or being answered so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Of those, fetches of content: objects and site files, not the edge's polls of
+    /// pointers and records.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
     }
 }
 
@@ -159,6 +167,10 @@ fn file_under(root: &Path, path: &str) -> Option<PathBuf> {
 
 async fn respond(root: &Path, knobs: &Knobs, req: Request<Incoming>) -> Response<Body> {
     knobs.requests.fetch_add(1, Ordering::Relaxed);
+    let p = req.uri().path();
+    if !(p.starts_with("/sites/") || p.starts_with("/hosts") || p.starts_with("/gc/")) {
+        knobs.fetches.fetch_add(1, Ordering::Relaxed);
+    }
     let delay = Duration::from_millis(knobs.delay_ms.load(Ordering::Relaxed));
     let rate = knobs.rate.load(Ordering::Relaxed);
     if !delay.is_zero() {
@@ -271,5 +283,8 @@ mod tests {
             t.elapsed()
         );
         assert_eq!(origin.knobs.requests(), 4);
+        assert_eq!(origin.knobs.fetches(), 4);
+        let _ = get("/sites/s/current").await;
+        assert_eq!((origin.knobs.requests(), origin.knobs.fetches()), (5, 4));
     }
 }
