@@ -186,21 +186,24 @@ impl Budget {
     }
 
     /// The largest block a response may read now. For a response that has not yet sent
-    /// [`PROVEN`] bytes (most slow readers stall before that): [`BLOCK`] while less than 1/32
-    /// of the bound is held (8 MiB of the default 256), [`SMALL_BLOCK`] while less than 1/16
-    /// is, else [`MIN_BLOCK`]; so many clients that stop reading fill the budget with small
-    /// blocks. For one that has, the same thresholds apply to the bytes held by responses
-    /// waiting on their clients only, so clients that keep up (a burst of 200 on one large
-    /// file) keep full blocks however many there are.
+    /// [`PROVEN`] bytes (most slow readers stall before that): [`SMALL_BLOCK`] while less
+    /// than 1/32 of the bound is held (8 MiB of the default 256), else [`MIN_BLOCK`]; so many
+    /// clients that stop reading fill the budget with small blocks. For one that has:
+    /// [`BLOCK`] while responses waiting on their clients hold less than 1/64 of the bound,
+    /// [`SMALL_BLOCK`] while they hold less than 1/32, else [`MIN_BLOCK`]; so clients that
+    /// keep up (a burst of 200 on one large file) keep full blocks however many there are.
     fn block_cap(&self, proven: bool) -> usize {
-        let counted = if proven { &self.stalled } else { &self.held };
-        let (counted, max) = (
-            counted.load(Ordering::Relaxed),
-            self.max.load(Ordering::Relaxed),
-        );
-        if counted < max / 32 {
-            BLOCK
-        } else if counted < max / 16 {
+        let max = self.max.load(Ordering::Relaxed);
+        if proven {
+            let stalled = self.stalled.load(Ordering::Relaxed);
+            if stalled < max / 64 {
+                BLOCK
+            } else if stalled < max / 32 {
+                SMALL_BLOCK
+            } else {
+                MIN_BLOCK
+            }
+        } else if self.held.load(Ordering::Relaxed) < max / 32 {
             SMALL_BLOCK
         } else {
             MIN_BLOCK
