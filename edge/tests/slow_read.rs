@@ -2,9 +2,9 @@
 //! 5 MiB disk-cached file and then read it at about 1 KiB/s. A response holds at most two
 //! blocks, under the node-wide `server.max_buffered`; blocks stay at or under 32 KiB until a
 //! response has sent 1 MiB, shrink to 8 KiB for a client that makes the response wait, and
-//! once 1/32 of the budget is held every new block of such a response is 8 KiB (`tiers::Pace`,
+//! once 1/16 of the budget is held every new block is 8 KiB (`tiers::Pace`,
 //! `Budget::block_cap`), so the node's resident memory grows by at most 64 MiB while they
-//! run (about 38 MiB measured on 2026-12-02, with 10 MB of blocks held).
+//! run (about 45 MiB measured on 2026-12-02, with 17 MB of blocks held).
 
 mod support;
 

@@ -23,7 +23,7 @@ use origin_client::Hash;
 use origin_client::store::ByteStream;
 use tokio::sync::watch;
 
-use super::{Block, Budget, PROVEN, Pace, Window, shares};
+use super::{Block, Budget, Pace, WINDOW, shares};
 
 /// How far an attempt has got.
 #[derive(Debug, Clone)]
@@ -207,7 +207,7 @@ pub(super) fn read_filling(
     end: u64,
     budget: Budget,
 ) -> ByteStream {
-    let window = Window::new();
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let rx = attempt.progress.subscribe();
     futures_util::stream::try_unfold((start, Pace::new(), rx), move |(pos, pace, mut rx)| {
         let size = pace.size;
@@ -235,8 +235,7 @@ pub(super) fn read_filling(
                     return Err(io::Error::other("fill ended without an outcome"));
                 }
             };
-            let cap = budget.block_cap(pace.sent >= PROVEN);
-            let n = (upto - pos).min(size.min(cap) as u64) as usize;
+            let n = (upto - pos).min(size.min(budget.block_cap()) as u64) as usize;
             let (held, w, kept_up) = shares(&window, &budget, n).await?;
             // Allocated on the runtime thread, as disk reads are (see `read_blocks`).
             let mut v = vec![0u8; n];

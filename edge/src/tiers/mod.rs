@@ -142,8 +142,6 @@ pub struct Budget {
     max: Arc<AtomicU64>,
     /// Bytes held now (the metric `edge_buffered_bytes` reads it).
     held: Arc<AtomicU64>,
-    /// Of those, bytes held by responses waiting for their client (no window slot free).
-    stalled: Arc<AtomicU64>,
 }
 
 impl Budget {
@@ -153,7 +151,6 @@ impl Budget {
             sem: Arc::new(tokio::sync::Semaphore::new(max as usize)),
             max: Arc::new(AtomicU64::new(max)),
             held,
-            stalled: Arc::default(),
         }
     }
 
@@ -185,25 +182,19 @@ impl Budget {
         }
     }
 
-    /// The largest block a response may read now. For a response that has not yet sent
-    /// [`PROVEN`] bytes (most slow readers stall before that): [`SMALL_BLOCK`] while less
-    /// than 1/32 of the bound is held (8 MiB of the default 256), else [`MIN_BLOCK`]; so many
-    /// clients that stop reading fill the budget with small blocks. For one that has:
-    /// [`BLOCK`] while responses waiting on their clients hold less than 1/64 of the bound,
-    /// [`SMALL_BLOCK`] while they hold less than 1/32, else [`MIN_BLOCK`]; so clients that
-    /// keep up (a burst of 200 on one large file) keep full blocks however many there are.
-    fn block_cap(&self, proven: bool) -> usize {
-        let max = self.max.load(Ordering::Relaxed);
-        if proven {
-            let stalled = self.stalled.load(Ordering::Relaxed);
-            if stalled < max / 64 {
-                BLOCK
-            } else if stalled < max / 32 {
-                SMALL_BLOCK
-            } else {
-                MIN_BLOCK
-            }
-        } else if self.held.load(Ordering::Relaxed) < max / 32 {
+    /// The largest block a response may read now: [`BLOCK`] while less than 1/32 of the
+    /// bound is held (8 MiB of the default 256), [`SMALL_BLOCK`] while less than 1/16 is,
+    /// else [`MIN_BLOCK`].
+    /// Many stalled clients (slow readers) so fill the budget with small blocks: full ones
+    /// are for when there is plenty of room.
+    fn block_cap(&self) -> usize {
+        let (held, max) = (
+            self.held.load(Ordering::Relaxed),
+            self.max.load(Ordering::Relaxed),
+        );
+        if held < max / 32 {
+            BLOCK
+        } else if held < max / 16 {
             SMALL_BLOCK
         } else {
             MIN_BLOCK
@@ -244,48 +235,7 @@ impl Drop for Held {
 struct Block<T> {
     data: T,
     _budget: Held,
-    _window: WindowShare,
-}
-
-/// One response's window: [`WINDOW`] blocks at a time, and the bytes its blocks hold now.
-#[derive(Clone)]
-struct Window {
-    sem: Arc<tokio::sync::Semaphore>,
-    out: Arc<AtomicU64>,
-}
-
-impl Window {
-    fn new() -> Window {
-        Window {
-            sem: Arc::new(tokio::sync::Semaphore::new(WINDOW)),
-            out: Arc::default(),
-        }
-    }
-}
-
-/// A block's slot in its response's window, and its bytes in the window's count.
-struct WindowShare {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    n: u64,
-    out: Arc<AtomicU64>,
-}
-
-impl Drop for WindowShare {
-    fn drop(&mut self) {
-        self.out.fetch_sub(self.n, Ordering::Relaxed);
-    }
-}
-
-/// While a response waits for its client, what its blocks hold counts as stalled.
-struct Stalled {
-    n: u64,
-    stalled: Arc<AtomicU64>,
-}
-
-impl Drop for Stalled {
-    fn drop(&mut self) {
-        self.stalled.fetch_sub(self.n, Ordering::Relaxed);
-    }
+    _window: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl<T: AsRef<[u8]>> AsRef<[u8]> for Block<T> {
@@ -299,36 +249,22 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Block<T> {
 /// the client kept up: a window slot was free without waiting, so the transport had let go
 /// of a block before this one was wanted.
 async fn shares(
-    window: &Window,
+    window: &Arc<tokio::sync::Semaphore>,
     budget: &Budget,
     n: usize,
-) -> io::Result<(Held, WindowShare, bool)> {
-    let (permit, kept_up) = match window.sem.clone().try_acquire_owned() {
-        Ok(p) => (p, true),
-        Err(_) => {
-            let held = window.out.load(Ordering::Relaxed);
-            budget.stalled.fetch_add(held, Ordering::Relaxed);
-            let _stalled = Stalled {
-                n: held,
-                stalled: budget.stalled.clone(),
-            };
-            let p = window
-                .sem
+) -> io::Result<(Held, tokio::sync::OwnedSemaphorePermit, bool)> {
+    let (w, kept_up) = match window.clone().try_acquire_owned() {
+        Ok(w) => (w, true),
+        Err(_) => (
+            window
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| io::Error::other("response window closed"))?;
-            (p, false)
-        }
+                .map_err(|_| io::Error::other("response window closed"))?,
+            false,
+        ),
     };
-    let held = budget.take(n).await?;
-    window.out.fetch_add(n as u64, Ordering::Relaxed);
-    let share = WindowShare {
-        _permit: permit,
-        n: n as u64,
-        out: window.out.clone(),
-    };
-    Ok((held, share, kept_up))
+    Ok((budget.take(n).await?, w, kept_up))
 }
 
 /// The smallest block a slow client is held to.
@@ -362,7 +298,7 @@ struct Pace {
 /// The largest block before a response has sent [`PROVEN`] bytes.
 pub const SMALL_BLOCK: usize = 32 << 10;
 /// Bytes a response sends before its blocks may grow past [`SMALL_BLOCK`].
-pub const PROVEN: u64 = 1 << 20;
+const PROVEN: u64 = 1 << 20;
 
 impl Pace {
     fn new() -> Pace {
@@ -407,7 +343,7 @@ fn read_blocks(
     end: u64,
     budget: Budget,
 ) -> ByteStream {
-    let window = Window::new();
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let checked = Arc::new(checked);
     futures_util::stream::try_unfold((start, Pace::new()), move |(pos, pace)| {
         let size = pace.size;
@@ -423,8 +359,7 @@ fn read_blocks(
             }
             // The piece ends on a checksum-block boundary when it can, so that after the
             // first pieces every read is whole blocks, sent without a copy.
-            let cap = budget.block_cap(pace.sent >= PROVEN);
-            let mut stop = pos + (end - pos).min(size.min(cap) as u64);
+            let mut stop = pos + (end - pos).min(size.min(budget.block_cap()) as u64);
             let boundary = stop / sums::SUM_BLOCK * sums::SUM_BLOCK;
             if stop < end && boundary > pos {
                 stop = boundary;
@@ -485,7 +420,7 @@ fn read_blocks(
 
 /// An origin stream with each chunk (split to at most [`BLOCK`]) under its shares.
 fn metered(inner: ByteStream, budget: Budget) -> ByteStream {
-    let window = Window::new();
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let pieces = inner
         .map(|r| match r {
             Ok(mut chunk) => {
