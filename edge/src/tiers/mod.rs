@@ -921,6 +921,16 @@ impl Tiers {
         self.fills
             .run_detached((hash, size.unwrap_or(UNSIZED)), async move {
                 let _slot = slot;
+                // A request that missed the cache just before an earlier fill of this object
+                // ended gets here after that fill has left: look again before the origin.
+                if let Some(size) = size {
+                    if let Some(b) = this.memory.get(&hash).filter(|b| b.len() as u64 == size) {
+                        return Ok(Filled::Memory(b));
+                    }
+                    if this.disk.as_ref().and_then(|d| d.lookup(&hash)) == Some(size) {
+                        return Ok(Filled::Disk);
+                    }
+                }
                 this.fetch(hash, size).await
             })
             .await
