@@ -43,6 +43,12 @@ struct Backend {
     tamper: Box<dyn Tamper>,
     /// Whether `reader` can list sites and objects.
     lists: bool,
+    /// Whether the server's conditional write is atomic, so that of racing writers from one
+    /// version exactly one wins. Real S3 (and R2, MinIO) are; s3s-fs 0.14.1 is not: its
+    /// PutObject checks If-Match (src/s3.rs:695) and then writes the file (src/s3.rs:749)
+    /// with no lock between, so two racers can both pass the check. No client can make a
+    /// non-atomic CAS atomic; against such a server the race asserts what still holds.
+    atomic_cas: bool,
 }
 
 fn pointer(site: &str, deploy: &str, root: Hash, seq: u64) -> CurrentPointer {
@@ -237,13 +243,28 @@ async fn suite(b: &Backend) {
     }))
     .await;
     let wins = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(wins, 1, "{name}: {results:?}");
+    if b.atomic_cas {
+        assert_eq!(wins, 1, "{name}: {results:?}");
+    } else {
+        assert!(wins >= 1, "{name}: one racer wins: {results:?}");
+    }
     assert!(
         results
             .iter()
             .filter_map(|r| r.as_ref().err())
             .all(|e| matches!(e, StoreError::Conflict { found: Some(3), .. })),
         "{name}: {results:?}"
+    );
+    let now = r.get_current("docs").await.unwrap().unwrap();
+    let winner = |d: &str| {
+        results
+            .iter()
+            .enumerate()
+            .any(|(i, res)| res.is_ok() && d == format!("race{i}"))
+    };
+    assert!(
+        now.seq == 3 && winner(&now.deploy),
+        "{name}: the pointer is a winner's: {now:?} after {results:?}"
     );
 
     if !b.lists {
@@ -347,6 +368,7 @@ async fn memory_store_passes_the_suite() {
         reader: s,
         tamper: Box::new(NoTamper),
         lists: true,
+        atomic_cas: true,
     })
     .await;
 }
@@ -361,6 +383,7 @@ async fn local_store_passes_the_suite() {
         reader: s,
         tamper: Box::new(FileTamper(dir.path().to_owned())),
         lists: true,
+        atomic_cas: true,
     })
     .await;
 }
@@ -378,6 +401,7 @@ async fn http_store_reads_pass_the_suite() {
         reader: http.clone(),
         tamper: Box::new(FileTamper(dir.path().to_owned())),
         lists: false,
+        atomic_cas: true,
     })
     .await;
     let err = http.list_objects().await.unwrap_err();
@@ -409,6 +433,7 @@ async fn s3_store_passes_the_suite() {
         reader: s,
         tamper: Box::new(S3Tamper(server.bucket_dir("edge").join("deploys/prod"))),
         lists: true,
+        atomic_cas: false,
     })
     .await;
     assert!(counted.requests() > 20, "every HTTP request is counted");
