@@ -84,6 +84,16 @@ fn silent_and_keep_alive_connections_close_after_idle_timeout() {
 
 /// The admin listener's connection gauges: (open, idle, parked).
 fn conn_gauges(admin: SocketAddr) -> (u64, u64, u64) {
+    let m = metrics(admin);
+    (
+        m("edge_connections_open"),
+        m("edge_connections_idle"),
+        m("edge_connections_parked"),
+    )
+}
+
+/// The node's metrics: a lookup by name with labels (`edge_x{reason="y"}`).
+fn metrics(admin: SocketAddr) -> impl Fn(&str) -> u64 {
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(
@@ -92,16 +102,82 @@ fn conn_gauges(admin: SocketAddr) -> (u64, u64, u64) {
     .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    let get = |name: &str| {
+    move |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("{name} in the metrics: {text}")) as u64
-    };
-    (
-        get("edge_connections_open"),
-        get("edge_connections_idle"),
-        get("edge_connections_parked"),
-    )
+    }
+}
+
+/// Opens `n` keep-alive connections, one request each, and waits until they are parked
+/// (idle past PARK_AFTER: no task of their own, only the socket).
+fn parked_connections(f: &Fixture, n: usize) -> Vec<TcpStream> {
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.node.addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert_eq!(responses(&mut s, 1), [200]);
+            // Idle in this order: the gate closes the oldest first.
+            std::thread::sleep(Duration::from_millis(20));
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1600));
+    let admin = f.node.admin.expect("the admin address");
+    assert_eq!(conn_gauges(admin).2, n as u64, "all {n} parked");
+    conns
+}
+
+/// A parked HTTP/1 connection has no task and no timer of its own; the gate still closes it:
+/// evicted (oldest first) at the cap, after `idle_timeout` (counted), and at shutdown, where
+/// the node exits once its parked connections are closed instead of waiting out its drain.
+#[test]
+fn parked_connections_are_evicted_time_out_and_let_the_node_drain() {
+    let f = fixture("max_connections = 4\nidle_timeout = \"4s\"", &[]);
+    let admin = f.node.admin.expect("the admin address");
+    let mut parked = parked_connections(&f, 4);
+    // A fifth client: the oldest parked connection makes room.
+    assert_eq!(
+        get(f.node.addr, "/"),
+        200,
+        "a new client is served at the cap"
+    );
+    let (_, bytes) = until_closed(&mut parked[0], Duration::from_secs(5)).expect("evicted");
+    assert!(bytes.is_empty(), "nothing sent to the evicted one");
+    assert_eq!(
+        metrics(admin)("edge_connections_closed_total{reason=\"evicted_idle\"}"),
+        1
+    );
+    // The others: closed once idle for 4 s (about 2.3 s from now), not before.
+    let start = Instant::now();
+    for s in &mut parked[1..] {
+        let (_, bytes) = until_closed(s, Duration::from_secs(10)).expect("timed out");
+        assert!(bytes.is_empty());
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited > Duration::from_millis(1500) && waited < Duration::from_secs(5),
+        "closed {waited:?} after parking, at idle_timeout"
+    );
+    let m = metrics(admin);
+    assert_eq!(
+        m("edge_connections_closed_total{reason=\"idle_timeout\"}"),
+        3
+    );
+    assert_eq!(conn_gauges(admin), (0, 0, 0), "counted out");
+
+    // Shutdown: parked connections do not hold the drain (10 s) open.
+    let mut f = fixture("idle_timeout = \"60s\"", &[]);
+    let mut parked = parked_connections(&f, 3);
+    let (took, ok) = f
+        .node
+        .terminate(Duration::from_secs(8))
+        .expect("the node exits before its drain deadline");
+    assert!(ok, "a clean exit");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    for s in &mut parked {
+        assert!(until_closed(s, Duration::from_secs(2)).is_some(), "closed");
+    }
 }
 
 /// Reads until `count` complete responses with `Content-Length` bodies have arrived; their

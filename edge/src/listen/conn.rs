@@ -14,8 +14,10 @@
 //! acts only [`STREAM_FIRST`] later, as a backstop.
 //!
 //! An HTTP/1 connection idle for [`PARK_AFTER`] (1 s) is *parked*: hyper's connection (its
-//! 8 KiB read and write buffers) is taken apart and only the socket is kept until it is
-//! readable again ([`Conn::watch_until_quiet`], [`Conn::idle_until`]). Until then hyper's
+//! 8 KiB read and write buffers) is taken apart, its task ends, and only the socket and its
+//! service are kept, by a holder ([`Unpark`], [`Conn::park`]) that the socket's readiness
+//! wakes or the gate closes: evicted at the cap, after `idle_timeout` ([`Gate::sweep`]: a
+//! parked connection has no timer), or at shutdown ([`Gate::close_parked`]). Until then hyper's
 //! connection stays, so keep-alive requests that follow each other closely never rebuild
 //! it; the watchdog's one timer, not one per request, looks when that time is up. The socket wrapper ([`Tracked`]) tells
 //! when that is safe: the request had no body, its response ended, hyper flushed every byte
@@ -109,6 +111,59 @@ impl Gate {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The holder of a parked connection, taken (it is no longer counted parked).
+    fn take_parked(&self, s: &Shared) -> Option<Arc<dyn Unpark>> {
+        let p = s.parked().take();
+        if p.is_some() {
+            self.metrics.conns.parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        p
+    }
+
+    /// Closes the parked connections idle for `idle_timeout` (counted); returns when to look
+    /// again: when the next idle connection's time is up. Connections with a task of their
+    /// own are left to it. Any serving loop may call it: parked connections have no timer.
+    pub fn sweep(&self) -> Instant {
+        let now = self.now_ms();
+        let timeout = self.limits.idle_timeout.as_millis() as u64;
+        let mut next = now + timeout;
+        let mut due = Vec::new();
+        for s in self.idle_map().values() {
+            let at = s.idle_since.load(Ordering::Relaxed) + timeout;
+            if at > now {
+                next = at;
+                break;
+            }
+            if s.parked().is_some() {
+                due.push(s.clone());
+            }
+        }
+        for s in due {
+            if self.take_parked(&s).is_some_and(|p| p.close()) {
+                self.metrics
+                    .conns
+                    .idle_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.at(next.max(now + 1))
+    }
+
+    /// Closes the parked connections of listener `lot` (it is shutting down).
+    pub fn close_parked(&self, lot: usize) {
+        let mine: Vec<Arc<Shared>> = self
+            .idle_map()
+            .values()
+            .filter(|s| s.parked().as_ref().is_some_and(|p| p.lot() == lot))
+            .cloned()
+            .collect();
+        for s in mine {
+            if let Some(p) = self.take_parked(&s) {
+                p.close();
+            }
+        }
+    }
+
     /// Counts a new connection in, closing the oldest idle one when at the cap; `None`
     /// (refused, counted) when at the cap with none idle.
     pub fn admit(self: &Arc<Self>) -> Option<Conn> {
@@ -122,6 +177,9 @@ impl Gate {
                     c.idle.fetch_sub(1, Ordering::Relaxed);
                     c.evicted.fetch_add(1, Ordering::Relaxed);
                     victim.close.notify_one();
+                    if let Some(p) = self.take_parked(&victim) {
+                        p.close();
+                    }
                 }
                 None => {
                     c.open.fetch_sub(1, Ordering::Relaxed);
@@ -137,6 +195,7 @@ impl Gate {
             idle_key: Mutex::new(None),
             close: Notify::new(),
             quiet: AtomicU8::new(QUIET),
+            parked: Mutex::new(None),
         });
         let conn = Conn {
             gate: self.clone(),
@@ -159,6 +218,24 @@ struct Shared {
     /// How far an HTTP/1 connection is on the way to being parked: [`BUSY`] .. [`QUIET`],
     /// or [`HELD`].
     quiet: AtomicU8,
+    /// What holds the connection while it is parked with no task ([`Conn::park`]).
+    parked: Mutex<Option<Arc<dyn Unpark>>>,
+}
+
+impl Shared {
+    fn parked(&self) -> std::sync::MutexGuard<'_, Option<Arc<dyn Unpark>>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What holds a parked HTTP/1 connection (its socket, service and listener token) while no
+/// task does: it is woken by the socket's readiness, and told to close by the gate (evicted
+/// at the cap, idle for `idle_timeout`, or its listener shutting down).
+pub trait Unpark: Send + Sync {
+    /// Drops the connection if it is still parked; whether it did.
+    fn close(&self) -> bool;
+    /// The listener it belongs to, to close a listener's own when it shuts down.
+    fn lot(&self) -> usize;
 }
 
 /// A request is in flight (or hyper is reading one).
@@ -259,6 +336,23 @@ impl Conn {
                 false
             }
         }
+    }
+
+    /// The connection is parked: `holder` has it, and no task. Only while nothing is in
+    /// flight, after [`Conn::watch_until_quiet`] returned [`Outcome::Quiet`].
+    pub fn park(&self, holder: Arc<dyn Unpark>) {
+        self.gate
+            .metrics
+            .conns
+            .parked
+            .fetch_add(1, Ordering::Relaxed);
+        *self.shared.parked() = Some(holder);
+    }
+
+    /// The connection leaves its holder (readable: a task serves it again). `false` when
+    /// the gate took it first (it is being closed).
+    pub fn unpark(&self) -> bool {
+        self.gate.take_parked(&self.shared).is_some()
     }
 
     /// Wraps the connection's socket so that writes count as progress.

@@ -7,17 +7,19 @@
 //! admitted by the node-wide [`Gate`] (cap, idle and send timeouts); accept errors back off
 //! (10 ms doubling to 1 s) and are logged at a bounded rate. An idle connection holds no
 //! hyper state: a cleartext one gets it only once readable, and an HTTP/1 one is taken
-//! apart once quiet and idle for `conn::PARK_AFTER` (1 s) between requests, so what it keeps while idle
-//! is the socket and its small task.
+//! apart once quiet and idle for `conn::PARK_AFTER` (1 s) between requests and *parked*: its
+//! task ends, and what it keeps is the socket, its service and a holder the socket's read
+//! readiness wakes (a new task serves it) or the gate closes (evicted, `idle_timeout` through
+//! [`Gate::sweep`] in the accept loop, or its listener shutting down).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context as TaskContext, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Front;
-use super::conn::{Conn, Gate, Guarded, Outcome, StreamExec, Tracked};
+use super::conn::{Conn, Gate, Guarded, Outcome, StreamExec, Tracked, Unpark};
 use super::tls::TlsServing;
 use super::version::VersionShim;
 use crate::http::Handler;
@@ -102,9 +104,15 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let live = Arc::new(Live::default());
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut sweep = gate.sweep();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
+            // Parked connections have no timer of their own: their idle timeout is here.
+            () = tokio::time::sleep_until(sweep) => {
+                sweep = gate.sweep();
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(c) => {
                     backoff = ACCEPT_BACKOFF_MIN;
@@ -158,16 +166,17 @@ pub async fn serve(
         );
         let io = conn.io(stream);
         let work = async move {
-            let _token = token;
+            let h1 = H1 {
+                builders,
+                conn,
+                svc,
+                stop,
+                token,
+            };
             let result = match tls {
-                None => serve_cleartext(&builders, &conn, io, svc, stop, max_line).await,
+                None => serve_cleartext(h1, io, max_line).await,
                 // Boxed: the handshake's state would make every cleartext task as large.
-                Some(tls) => {
-                    Box::pin(serve_tls(
-                        &builders, &conn, io, svc, stop, max_line, tls, logs,
-                    ))
-                    .await
-                }
+                Some(tls) => Box::pin(serve_tls(h1, io, max_line, tls, logs)).await,
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -177,6 +186,7 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    gate.close_parked(live.lot());
     tokio::select! {
         () = live.drained() => {}
         () = tokio::time::sleep(drain) => {
@@ -188,46 +198,54 @@ pub async fn serve(
 /// A cleartext connection: nothing but the socket until it is readable, then HTTP/1.1 or
 /// h2c by its first bytes.
 async fn serve_cleartext<S>(
-    builders: &Builders,
-    conn: &Arc<Conn>,
+    mut h1: H1<S>,
     io: Tracked<TcpStream>,
-    svc: S,
-    mut stop: tokio::sync::watch::Receiver<bool>,
     max_line: usize,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     S: H1Service,
 {
-    if !conn.idle_until(readable(io.get_ref()), &mut stop).await {
+    if !h1
+        .conn
+        .idle_until(readable(io.get_ref()), &mut h1.stop)
+        .await
+    {
         return Ok(());
     }
-    match sniff_h2c(io.get_ref(), builders.header_read_timeout).await {
+    match sniff_h2c(io.get_ref(), h1.builders.header_read_timeout).await {
         None => Ok(()),
         Some(true) => {
+            let H1 {
+                builders,
+                conn,
+                svc,
+                stop,
+                token: _token,
+            } = h1;
             let mut c = Box::pin(builders.h2.serve_connection(TokioIo::new(io), svc));
             conn.watch(c.as_mut(), |c| c.graceful_shutdown(), stop)
                 .await
         }
         Some(false) => {
             let io = VersionShim::new(io, max_line);
-            serve_h1(&builders.h1, conn, io, svc, stop, |io| {
-                io.get_ref().get_ref()
-            })
-            .await
-            .map_err(Into::into)
+            serve_h1(h1, io, cleartext_tcp).await.map_err(Into::into)
         }
     }
 }
 
+fn cleartext_tcp(io: &VersionShim<Tracked<TcpStream>>) -> &TcpStream {
+    io.get_ref().get_ref()
+}
+
+fn tls_tcp(io: &VersionShim<tokio_rustls::server::TlsStream<Tracked<TcpStream>>>) -> &TcpStream {
+    io.get_ref().get_ref().0.get_ref()
+}
+
 /// A TLS connection: the handshake, then the protocol ALPN chose, and only it (HTTP/2 for
 /// `h2`, HTTP/1.1 otherwise: RFC 9113 3.3, RFC 7301).
-#[allow(clippy::too_many_arguments)]
 async fn serve_tls<S>(
-    builders: &Builders,
-    conn: &Arc<Conn>,
+    h1: H1<S>,
     io: Tracked<TcpStream>,
-    svc: S,
-    stop: tokio::sync::watch::Receiver<bool>,
     max_line: usize,
     tls: TlsServing,
     logs: Arc<crate::metrics::ClientLogs>,
@@ -253,16 +271,19 @@ where
         }
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let H1 {
+            builders,
+            conn,
+            svc,
+            stop,
+            token: _token,
+        } = h1;
         let mut c = Box::pin(builders.h2.serve_connection(TokioIo::new(stream), svc));
         conn.watch(c.as_mut(), |c| c.graceful_shutdown(), stop)
             .await
     } else {
         let io = VersionShim::new(stream, max_line);
-        serve_h1(&builders.h1, conn, io, svc, stop, |io| {
-            io.get_ref().get_ref().0.get_ref()
-        })
-        .await
-        .map_err(Into::into)
+        serve_h1(h1, io, tls_tcp).await.map_err(Into::into)
     }
 }
 
@@ -293,30 +314,69 @@ impl<T> H1Service for T where
 {
 }
 
+/// What serves a client connection, owned by it (and by its holder while it is parked).
+struct H1<S> {
+    builders: Arc<Builders>,
+    conn: Arc<Conn>,
+    svc: S,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Counts the connection in its listener's drain.
+    token: LiveToken,
+}
+
 /// Serves HTTP/1.1 on `io`, taking hyper's connection apart each time it has been quiet and
-/// idle for [`PARK_AFTER`](super::conn::PARK_AFTER) between requests (its buffers freed; bytes it read ahead kept) and building a new one once the
-/// socket (`tcp(&io)`) is readable again.
-async fn serve_h1<T, S>(
-    builder: &http1::Builder,
-    conn: &Arc<Conn>,
-    io: T,
-    mut svc: S,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    tcp: impl Fn(&T) -> &TcpStream,
-) -> hyper::Result<()>
+/// idle for [`PARK_AFTER`](super::conn::PARK_AFTER) between requests (its buffers freed;
+/// bytes it read ahead kept) and parking the connection ([`park`]): the task ends, and a
+/// new one serves it once the socket (`tcp(&io)`) is readable again.
+async fn serve_h1<T, S>(h1: H1<S>, io: T, tcp: fn(&T) -> &TcpStream) -> hyper::Result<()>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: H1Service,
 {
-    let mut io = Rewind {
-        pre: Bytes::new(),
-        io,
+    serve_h1_from(
+        h1,
+        Rewind {
+            pre: Bytes::new(),
+            io,
+        },
+        tcp,
+    )
+    .await
+}
+
+async fn serve_h1_from<T, S>(
+    h1: H1<S>,
+    mut io: Rewind<T>,
+    tcp: fn(&T) -> &TcpStream,
+) -> hyper::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: H1Service,
+{
+    let H1 {
+        builders,
+        conn,
+        mut svc,
+        stop,
+        token,
+    } = h1;
+    let mut h1 = H1 {
+        builders,
+        conn,
+        svc: (),
+        stop,
+        token,
     };
     loop {
         // Boxed: the task holds it only while a request may be on its way.
-        let mut c = Box::new(builder.serve_connection(TokioIo::new(io), svc));
-        match conn
-            .watch_until_quiet(Pin::new(&mut *c), |c| c.graceful_shutdown(), stop.clone())
+        let mut c = Box::new(h1.builders.h1.serve_connection(TokioIo::new(io), svc));
+        match h1
+            .conn
+            .watch_until_quiet(
+                Pin::new(&mut *c),
+                |c| c.graceful_shutdown(),
+                h1.stop.clone(),
+            )
             .await?
         {
             Outcome::Ended => return Ok(()),
@@ -328,12 +388,149 @@ where
         if io.pre.is_empty() {
             // Frees the buffer hyper read into (an empty view still holds it).
             io.pre = Bytes::new();
-            if !conn.idle_until(readable(tcp(&io.io)), &mut stop).await {
+            let held = Held {
+                h1: H1 {
+                    builders: h1.builders,
+                    conn: h1.conn,
+                    svc,
+                    stop: h1.stop,
+                    token: h1.token,
+                },
+                io,
+                tcp,
+                span: tracing::Span::current(),
+            };
+            // Readable already: served on by this task.
+            let Some(back) = park(held) else {
                 return Ok(());
-            }
+            };
+            let H1 {
+                builders,
+                conn,
+                svc: s,
+                stop,
+                token,
+            } = back.h1;
+            (h1, io, svc) = (
+                H1 {
+                    builders,
+                    conn,
+                    svc: (),
+                    stop,
+                    token,
+                },
+                back.io,
+                s,
+            );
         } else {
-            conn.held_over();
+            h1.conn.held_over();
         }
+    }
+}
+
+/// A parked HTTP/1 connection: what it needs to be served again, with no task.
+struct Held<T, S> {
+    h1: H1<S>,
+    io: Rewind<T>,
+    tcp: fn(&T) -> &TcpStream,
+    span: tracing::Span,
+}
+
+/// The holder of a parked connection: the socket's waker (readable: a task serves it again)
+/// and, through the gate, the closer (evicted, idle timeout, shutdown).
+struct Parking<T, S> {
+    held: Mutex<Option<Held<T, S>>>,
+    runtime: tokio::runtime::Handle,
+    lot: usize,
+}
+
+impl<T, S> Parking<T, S> {
+    fn take(&self) -> Option<Held<T, S>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Parks a quiet HTTP/1 connection: registers its holder with the gate and the socket's
+/// read readiness, and lets the calling task end (`None`). Returns the connection when
+/// the socket is readable already (the caller serves on), and drops it (`None`) when its
+/// listener is shutting down.
+fn park<T, S>(held: Held<T, S>) -> Option<Held<T, S>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: H1Service,
+{
+    if *held.h1.stop.borrow() {
+        return None;
+    }
+    let conn = held.h1.conn.clone();
+    let stop = held.h1.stop.clone();
+    let parking = Arc::new(Parking {
+        lot: held.h1.token.lot(),
+        held: Mutex::new(Some(held)),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    conn.park(parking.clone());
+    let ready = {
+        let waker = Waker::from(parking.clone());
+        let mut cx = TaskContext::from_waker(&waker);
+        let guard = parking.held.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            // Closed by the gate already.
+            None => return None,
+            // Readable, closed, or failed: hyper finds out which.
+            Some(h) => (h.tcp)(&h.io.io).poll_read_ready(&mut cx).is_ready(),
+        }
+    };
+    if ready {
+        return if conn.unpark() { parking.take() } else { None };
+    }
+    // A shutdown that began while it was being parked (`close_parked` may have looked
+    // before it was registered).
+    if *stop.borrow() && conn.unpark() {
+        parking.close();
+    }
+    None
+}
+
+impl<T, S> Unpark for Parking<T, S>
+where
+    T: Send + 'static,
+    S: Send + 'static,
+{
+    fn close(&self) -> bool {
+        self.take().is_some()
+    }
+
+    fn lot(&self) -> usize {
+        self.lot
+    }
+}
+
+impl<T, S> Wake for Parking<T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: H1Service,
+{
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let Some(held) = self.take() else {
+            return;
+        };
+        if !held.h1.conn.unpark() {
+            // The gate is closing it.
+            return;
+        }
+        let span = held.span.clone();
+        let work = async move {
+            if let Err(e) = serve_h1_from(held.h1, held.io, held.tcp).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        };
+        self.runtime
+            .spawn(tracing::Instrument::instrument(work, span));
     }
 }
 
@@ -433,7 +630,18 @@ struct Live {
 
 struct LiveToken(Arc<Live>);
 
+impl LiveToken {
+    /// Which listener (its drain counter) the connection belongs to.
+    fn lot(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
+
 impl Live {
+    fn lot(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
     fn enter(self: &Arc<Self>) -> LiveToken {
         self.n.fetch_add(1, Ordering::AcqRel);
         LiveToken(self.clone())

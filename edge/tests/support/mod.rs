@@ -400,6 +400,24 @@ impl Node {
             .count()
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to exit: how long it took and
+    /// whether it exited successfully; `None` if it is still running then.
+    pub fn terminate(&mut self, within: Duration) -> Option<(Duration, bool)> {
+        let start = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {}", self.pid());
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().expect("waiting for the node") {
+                return Some((start.elapsed(), status.success()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Kills the process now (SIGKILL) and waits for it.
     pub fn kill(mut self) {
         self.stop();
