@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// With `--features jemalloc`: jemalloc, configured (see `.cargo/config.toml`) to give freed
-/// memory back to the OS; glibc's malloc keeps most of what 1,000 slow readers had used.
+/// jemalloc (the default feature), configured (see `.cargo/config.toml`) to give freed memory
+/// back to the OS; glibc's malloc keeps most of what 1,000 slow readers had used, and
+/// fragments around long-lived idle connections. `--no-default-features`: the system
+/// allocator, trimmed after load drops.
 #[cfg(all(target_os = "linux", feature = "jemalloc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

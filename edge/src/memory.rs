@@ -1,11 +1,13 @@
 //! Memory that closed connections and finished responses freed, given back to the OS.
 //!
-//! glibc's malloc keeps what its per-thread arenas freed: after 1,000 slow readers leave, the
-//! process stays tens of MiB above where it started although nothing uses that memory. The
-//! binary (the only place allowed the FFI call) installs glibc's `malloc_trim` here; the node
-//! calls it after a drop in what it holds for clients (response bytes in flight, open
-//! connections), never on a schedule alone, so a steady load pays nothing. With
-//! `--features jemalloc` nothing is installed: jemalloc's background thread does this itself.
+//! The default build allocates with jemalloc, whose background thread gives freed pages back
+//! by itself: nothing is installed here then. Built `--no-default-features` (the system
+//! allocator), glibc's malloc keeps what its per-thread arenas freed: after 1,000 slow
+//! readers leave, the process stays tens of MiB above where it started although nothing
+//! uses that memory. That binary (the only place allowed the FFI call) installs glibc's
+//! `malloc_trim` here; the node calls it after a drop in what it holds for clients (response
+//! bytes in flight, open connections), never on a schedule alone, so a steady load pays
+//! nothing.
 
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering::Relaxed;

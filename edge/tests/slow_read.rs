@@ -94,8 +94,8 @@ fn a_thousand_slow_readers_hold_bounded_memory() {
         reading >= CLIENTS * 9 / 10,
         "only {reading} readers were served"
     );
-    // Within 10 s of their end: back within 32 MiB of the start (glibc's malloc, the default
-    // build, is trimmed after the drop: `edge::memory`; jemalloc decays by itself).
+    // Within 10 s of their end: back within 32 MiB of the start (jemalloc, the default
+    // build, decays by itself; glibc's malloc is trimmed after the drop: `edge::memory`).
     let mut after = node.status_kib("VmRSS");
     let left = Instant::now();
     while left.elapsed() < Duration::from_secs(10) && after > start_rss + 32 * 1024 {
