@@ -151,7 +151,7 @@ def gauges(admin):
     finally:
         c.close()
     get = lambda name: int(float(re.search(rf"^{name} (\S+)$", text, re.M).group(1)))
-    return get("edge_connections_open"), get("edge_connections_idle")
+    return get("edge_connections_open"), get("edge_connections_idle"), get("edge_connections_parked")
 
 def warm(port):
     for _ in range(3):
@@ -192,13 +192,14 @@ def measure(state):
         socks = open_idle(port, state)
         opened = time.monotonic() - t0
         wait(f"{state}: {n} connections open and idle at the node",
-             lambda: gauges(admin) == (n, n), 30)
+             lambda: gauges(admin)[:2] == (n, n), 30)
         time.sleep(hold)
         after = rss_kib(proc.pid)
-        if gauges(admin) != (n, n):
-            sys.exit(f"{state}: connections closed during the hold: {gauges(admin)}")
+        g = gauges(admin)
+        if g[:2] != (n, n):
+            sys.exit(f"{state}: connections closed during the hold: {g}")
         per = (after - before) / n
-        print(f"{state:>9}: {n} idle connections, VmRSS {before} -> {after} KiB: "
+        print(f"{state:>9}: {n} idle connections ({g[2]} parked), VmRSS {before} -> {after} KiB: "
               f"{per:.2f} KiB per connection (opened in {opened:.1f} s)", flush=True)
         return per
     finally:

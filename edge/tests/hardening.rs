@@ -164,6 +164,11 @@ fn parked_connections_are_evicted_time_out_and_let_the_node_drain() {
         m("edge_connections_closed_total{reason=\"idle_timeout\"}"),
         3
     );
+    // Counted out once the connection's last reference goes, just after its socket closed.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while conn_gauges(admin) != (0, 0, 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(conn_gauges(admin), (0, 0, 0), "counted out");
 
     // Shutdown: parked connections do not hold the drain (10 s) open.

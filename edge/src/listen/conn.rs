@@ -139,11 +139,12 @@ impl Gate {
             }
         }
         for s in due {
-            if self.take_parked(&s).is_some_and(|p| p.close()) {
+            if let Some(held) = self.take_parked(&s).and_then(|p| p.detach()) {
                 self.metrics
                     .conns
                     .idle_timeouts
                     .fetch_add(1, Ordering::Relaxed);
+                drop(held);
             }
         }
         self.at(next.max(now + 1))
@@ -159,7 +160,7 @@ impl Gate {
             .collect();
         for s in mine {
             if let Some(p) = self.take_parked(&s) {
-                p.close();
+                drop(p.detach());
             }
         }
     }
@@ -178,7 +179,7 @@ impl Gate {
                     c.evicted.fetch_add(1, Ordering::Relaxed);
                     victim.close.notify_one();
                     if let Some(p) = self.take_parked(&victim) {
-                        p.close();
+                        drop(p.detach());
                     }
                 }
                 None => {
@@ -232,8 +233,9 @@ impl Shared {
 /// task does: it is woken by the socket's readiness, and told to close by the gate (evicted
 /// at the cap, idle for `idle_timeout`, or its listener shutting down).
 pub trait Unpark: Send + Sync {
-    /// Drops the connection if it is still parked; whether it did.
-    fn close(&self) -> bool;
+    /// The connection, if it is still parked: dropping it closes it (after it is counted,
+    /// so a client that sees the close sees the count).
+    fn detach(&self) -> Option<Box<dyn Send>>;
     /// The listener it belongs to, to close a listener's own when it shuts down.
     fn lot(&self) -> usize;
 }
@@ -347,6 +349,12 @@ impl Conn {
             .parked
             .fetch_add(1, Ordering::Relaxed);
         *self.shared.parked() = Some(holder);
+    }
+
+    /// Whether the gate closed this idle connection to make room at the cap (it is no
+    /// longer in the idle table). Only meaningful while nothing is in flight.
+    pub fn evicted(&self) -> bool {
+        self.key().is_none()
     }
 
     /// The connection leaves its holder (readable: a task serves it again). `false` when

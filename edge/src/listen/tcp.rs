@@ -198,6 +198,28 @@ pub async fn serve(
 /// A cleartext connection: nothing but the socket until it is readable, then HTTP/1.1 or
 /// h2c by its first bytes.
 async fn serve_cleartext<S>(
+    h1: H1<S>,
+    io: Tracked<TcpStream>,
+    max_line: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: H1Service,
+{
+    let accepted = Accepted {
+        h1,
+        io,
+        max_line,
+        span: tracing::Span::current(),
+    };
+    match park(accepted) {
+        Some(a) => serve_first_bytes(a.h1, a.io, max_line).await,
+        None => Ok(()),
+    }
+}
+
+/// A cleartext connection once its socket is readable: its first bytes (after a wake-up
+/// with none: once it has one), then HTTP/1.1 or h2c by them.
+async fn serve_first_bytes<S>(
     mut h1: H1<S>,
     io: Tracked<TcpStream>,
     max_line: usize,
@@ -436,36 +458,108 @@ struct Held<T, S> {
     span: tracing::Span,
 }
 
-/// The holder of a parked connection: the socket's waker (readable: a task serves it again)
-/// and, through the gate, the closer (evicted, idle timeout, shutdown).
-struct Parking<T, S> {
-    held: Mutex<Option<Held<T, S>>>,
-    runtime: tokio::runtime::Handle,
-    lot: usize,
+/// A parked cleartext connection that has sent nothing yet.
+struct Accepted<S> {
+    h1: H1<S>,
+    io: Tracked<TcpStream>,
+    max_line: usize,
+    span: tracing::Span,
 }
 
-impl<T, S> Parking<T, S> {
-    fn take(&self) -> Option<Held<T, S>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
+/// What a parked connection is, and how it is served again once readable.
+trait Resume: Send + Sized + 'static {
+    fn conn(&self) -> &Arc<Conn>;
+    fn stop(&self) -> &tokio::sync::watch::Receiver<bool>;
+    fn lot(&self) -> usize;
+    fn socket(&self) -> &TcpStream;
+    /// Served again, by a new task.
+    fn resume(self) -> impl Future<Output = ()> + Send + 'static;
 }
 
-/// Parks a quiet HTTP/1 connection: registers its holder with the gate and the socket's
-/// read readiness, and lets the calling task end (`None`). Returns the connection when
-/// the socket is readable already (the caller serves on), and drops it (`None`) when its
-/// listener is shutting down.
-fn park<T, S>(held: Held<T, S>) -> Option<Held<T, S>>
+impl<T, S> Resume for Held<T, S>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: H1Service,
 {
-    if *held.h1.stop.borrow() {
+    fn conn(&self) -> &Arc<Conn> {
+        &self.h1.conn
+    }
+
+    fn stop(&self) -> &tokio::sync::watch::Receiver<bool> {
+        &self.h1.stop
+    }
+
+    fn lot(&self) -> usize {
+        self.h1.token.lot()
+    }
+
+    fn socket(&self) -> &TcpStream {
+        (self.tcp)(&self.io.io)
+    }
+
+    fn resume(self) -> impl Future<Output = ()> + Send + 'static {
+        let work = async move {
+            if let Err(e) = serve_h1_from(self.h1, self.io, self.tcp).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        };
+        tracing::Instrument::instrument(work, self.span)
+    }
+}
+
+impl<S: H1Service> Resume for Accepted<S> {
+    fn conn(&self) -> &Arc<Conn> {
+        &self.h1.conn
+    }
+
+    fn stop(&self) -> &tokio::sync::watch::Receiver<bool> {
+        &self.h1.stop
+    }
+
+    fn lot(&self) -> usize {
+        self.h1.token.lot()
+    }
+
+    fn socket(&self) -> &TcpStream {
+        self.io.get_ref()
+    }
+
+    fn resume(self) -> impl Future<Output = ()> + Send + 'static {
+        let work = async move {
+            if let Err(e) = serve_first_bytes(self.h1, self.io, self.max_line).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        };
+        tracing::Instrument::instrument(work, self.span)
+    }
+}
+
+/// The holder of a parked connection: the socket's waker (readable: a task serves it again)
+/// and, through the gate, the closer (evicted, idle timeout, shutdown).
+struct Parking<R> {
+    held: Mutex<Option<R>>,
+    runtime: tokio::runtime::Handle,
+    lot: usize,
+}
+
+impl<R> Parking<R> {
+    fn take(&self) -> Option<R> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Parks a connection with nothing in flight: registers its holder with the gate and the
+/// socket's read readiness, and lets the calling task end (`None`). Returns the connection
+/// when the socket is readable already (the caller serves on), and drops it (`None`) when
+/// its listener is shutting down.
+fn park<R: Resume>(held: R) -> Option<R> {
+    if *held.stop().borrow() {
         return None;
     }
-    let conn = held.h1.conn.clone();
-    let stop = held.h1.stop.clone();
+    let conn = held.conn().clone();
+    let stop = held.stop().clone();
     let parking = Arc::new(Parking {
-        lot: held.h1.token.lot(),
+        lot: held.lot(),
         held: Mutex::new(Some(held)),
         runtime: tokio::runtime::Handle::current(),
     });
@@ -477,28 +571,28 @@ where
         match guard.as_ref() {
             // Closed by the gate already.
             None => return None,
-            // Readable, closed, or failed: hyper finds out which.
-            Some(h) => (h.tcp)(&h.io.io).poll_read_ready(&mut cx).is_ready(),
+            // A byte, the end, or an error: whoever reads finds out which. A peek, not the
+            // read readiness: a socket just accepted reports that before it has a byte.
+            Some(h) => h
+                .socket()
+                .poll_peek(&mut cx, &mut ReadBuf::new(&mut [0u8; 1]))
+                .is_ready(),
         }
     };
     if ready {
         return if conn.unpark() { parking.take() } else { None };
     }
-    // A shutdown that began while it was being parked (`close_parked` may have looked
-    // before it was registered).
-    if *stop.borrow() && conn.unpark() {
-        parking.close();
+    // A shutdown that began, or an eviction at the cap that chose it, while it was being
+    // parked (`close_parked` or the gate may have looked before it was registered).
+    if (*stop.borrow() || conn.evicted()) && conn.unpark() {
+        drop(parking.take());
     }
     None
 }
 
-impl<T, S> Unpark for Parking<T, S>
-where
-    T: Send + 'static,
-    S: Send + 'static,
-{
-    fn close(&self) -> bool {
-        self.take().is_some()
+impl<R: Send + 'static> Unpark for Parking<R> {
+    fn detach(&self) -> Option<Box<dyn Send>> {
+        self.take().map(|held| Box::new(held) as Box<dyn Send>)
     }
 
     fn lot(&self) -> usize {
@@ -506,11 +600,7 @@ where
     }
 }
 
-impl<T, S> Wake for Parking<T, S>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: H1Service,
-{
+impl<R: Resume> Wake for Parking<R> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -519,18 +609,11 @@ where
         let Some(held) = self.take() else {
             return;
         };
-        if !held.h1.conn.unpark() {
+        if !held.conn().unpark() {
             // The gate is closing it.
             return;
         }
-        let span = held.span.clone();
-        let work = async move {
-            if let Err(e) = serve_h1_from(held.h1, held.io, held.tcp).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        };
-        self.runtime
-            .spawn(tracing::Instrument::instrument(work, span));
+        self.runtime.spawn(held.resume());
     }
 }
 
