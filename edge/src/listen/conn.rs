@@ -111,13 +111,24 @@ impl Gate {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The holder of a parked connection, taken (it is no longer counted parked).
+    /// The holder of a parked connection, taken out (it is no longer counted parked): by
+    /// whoever took the connection out of the holder first.
     fn take_parked(&self, s: &Shared) -> Option<Arc<dyn Unpark>> {
         let p = s.parked().take();
         if p.is_some() {
             self.metrics.conns.parked.fetch_sub(1, Ordering::Relaxed);
         }
         p
+    }
+
+    /// A parked connection, claimed to be closed: taken out of its holder, which leaves the
+    /// gate. `None` when it is not parked, or the socket's wake-up took it first (a task
+    /// serves it, and it stays counted until that task unparks it).
+    fn claim(&self, s: &Shared) -> Option<Box<dyn Send>> {
+        let holder = s.parked().clone()?;
+        let held = holder.detach()?;
+        self.take_parked(s);
+        Some(held)
     }
 
     /// Closes the parked connections idle for `idle_timeout` (counted); returns when to look
@@ -139,7 +150,7 @@ impl Gate {
             }
         }
         for s in due {
-            if let Some(held) = self.take_parked(&s).and_then(|p| p.detach()) {
+            if let Some(held) = self.claim(&s) {
                 self.metrics
                     .conns
                     .idle_timeouts
@@ -159,9 +170,7 @@ impl Gate {
             .cloned()
             .collect();
         for s in mine {
-            if let Some(p) = self.take_parked(&s) {
-                drop(p.detach());
-            }
+            drop(self.claim(&s));
         }
     }
 
@@ -178,9 +187,7 @@ impl Gate {
                     c.idle.fetch_sub(1, Ordering::Relaxed);
                     c.evicted.fetch_add(1, Ordering::Relaxed);
                     victim.close.notify_one();
-                    if let Some(p) = self.take_parked(&victim) {
-                        drop(p.detach());
-                    }
+                    drop(self.claim(&victim));
                 }
                 None => {
                     c.open.fetch_sub(1, Ordering::Relaxed);
@@ -276,14 +283,22 @@ impl Conn {
     }
 
     fn become_idle(&self) {
-        let now = self.gate.now_ms();
-        self.shared.idle_since.store(now, Ordering::Relaxed);
-        let seq = self.gate.seq.fetch_add(1, Ordering::Relaxed);
         let mut key = self.key();
         if key.is_none() {
-            self.gate.idle_map().insert(seq, self.shared.clone());
+            // The time and the place in the idle map under its lock, so that the map is in
+            // the order of `idle_since` ([`Gate::sweep`] stops at the first one not due).
+            let mut map = self.gate.idle_map();
+            self.shared
+                .idle_since
+                .store(self.gate.now_ms(), Ordering::Relaxed);
+            let seq = self.gate.seq.fetch_add(1, Ordering::Relaxed);
+            map.insert(seq, self.shared.clone());
             self.gate.metrics.conns.idle.fetch_add(1, Ordering::Relaxed);
             *key = Some(seq);
+        } else {
+            self.shared
+                .idle_since
+                .store(self.gate.now_ms(), Ordering::Relaxed);
         }
     }
 
@@ -357,10 +372,26 @@ impl Conn {
         self.key().is_none()
     }
 
-    /// The connection leaves its holder (readable: a task serves it again). `false` when
-    /// the gate took it first (it is being closed).
-    pub fn unpark(&self) -> bool {
-        self.gate.take_parked(&self.shared).is_some()
+    /// The connection, taken out of its holder by the caller (readable: a task serves it
+    /// again), leaves the gate's parked set.
+    pub fn unpark(&self) {
+        self.gate.take_parked(&self.shared);
+    }
+
+    /// Whether the connection has been idle for `idle_timeout` already; counted as closed
+    /// for it when so (the caller closes it).
+    pub fn idle_expired(&self) -> bool {
+        let due = self.shared.idle_since.load(Ordering::Relaxed)
+            + self.gate.limits.idle_timeout.as_millis() as u64;
+        let expired = self.gate.now_ms() >= due;
+        if expired {
+            self.gate
+                .metrics
+                .conns
+                .idle_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        expired
     }
 
     /// Wraps the connection's socket so that writes count as progress.

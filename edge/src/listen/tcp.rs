@@ -553,7 +553,8 @@ impl<R> Parking<R> {
 /// when the socket is readable already (the caller serves on), and drops it (`None`) when
 /// its listener is shutting down.
 fn park<R: Resume>(held: R) -> Option<R> {
-    if *held.stop().borrow() {
+    // Shutting down, or due already (the sweep may have looked before it was registered).
+    if *held.stop().borrow() || held.conn().idle_expired() {
         return None;
     }
     let conn = held.conn().clone();
@@ -579,13 +580,22 @@ fn park<R: Resume>(held: R) -> Option<R> {
                 .is_ready(),
         }
     };
+    // Whoever takes the connection out of the holder first has it: here, the waker, or
+    // the gate closing it.
     if ready {
-        return if conn.unpark() { parking.take() } else { None };
+        let held = parking.take();
+        if held.is_some() {
+            conn.unpark();
+        }
+        return held;
     }
     // A shutdown that began, or an eviction at the cap that chose it, while it was being
     // parked (`close_parked` or the gate may have looked before it was registered).
-    if (*stop.borrow() || conn.evicted()) && conn.unpark() {
-        drop(parking.take());
+    if (*stop.borrow() || conn.evicted())
+        && let Some(held) = parking.take()
+    {
+        conn.unpark();
+        drop(held);
     }
     None
 }
@@ -607,12 +617,10 @@ impl<R: Resume> Wake for Parking<R> {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let Some(held) = self.take() else {
+            // The gate took it to close it.
             return;
         };
-        if !held.conn().unpark() {
-            // The gate is closing it.
-            return;
-        }
+        held.conn().unpark();
         self.runtime.spawn(held.resume());
     }
 }
