@@ -367,7 +367,7 @@ where
 }
 
 async fn serve_h1_from<T, S>(
-    h1: H1<S>,
+    mut h1: H1<S>,
     mut io: Rewind<T>,
     tcp: fn(&T) -> &TcpStream,
 ) -> hyper::Result<()>
@@ -375,22 +375,10 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: H1Service,
 {
-    let H1 {
-        builders,
-        conn,
-        mut svc,
-        stop,
-        token,
-    } = h1;
-    let mut h1 = H1 {
-        builders,
-        conn,
-        svc: (),
-        stop,
-        token,
-    };
     loop {
-        // Boxed: the task holds it only while a request may be on its way.
+        // Boxed: the task holds it only while a request may be on its way. The service is
+        // cloned in (three `Arc`s, once per build, not per request) so `h1` stays whole.
+        let svc = h1.svc.clone();
         let mut c = Box::new(h1.builders.h1.serve_connection(TokioIo::new(io), svc));
         match h1
             .conn
@@ -405,19 +393,13 @@ where
             Outcome::Quiet => {}
         }
         let parts = c.into_parts();
-        (io, svc) = (parts.io.into_inner(), parts.service);
+        io = parts.io.into_inner();
         io.pre = parts.read_buf;
         if io.pre.is_empty() {
             // Frees the buffer hyper read into (an empty view still holds it).
             io.pre = Bytes::new();
             let held = Held {
-                h1: H1 {
-                    builders: h1.builders,
-                    conn: h1.conn,
-                    svc,
-                    stop: h1.stop,
-                    token: h1.token,
-                },
+                h1,
                 io,
                 tcp,
                 span: tracing::Span::current(),
@@ -426,24 +408,7 @@ where
             let Some(back) = park(held) else {
                 return Ok(());
             };
-            let H1 {
-                builders,
-                conn,
-                svc: s,
-                stop,
-                token,
-            } = back.h1;
-            (h1, io, svc) = (
-                H1 {
-                    builders,
-                    conn,
-                    svc: (),
-                    stop,
-                    token,
-                },
-                back.io,
-                s,
-            );
+            (h1, io) = (back.h1, back.io);
         } else {
             h1.conn.held_over();
         }
@@ -468,9 +433,8 @@ struct Accepted<S> {
 
 /// What a parked connection is, and how it is served again once readable.
 trait Resume: Send + Sized + 'static {
-    fn conn(&self) -> &Arc<Conn>;
-    fn stop(&self) -> &tokio::sync::watch::Receiver<bool>;
-    fn lot(&self) -> usize;
+    type Service;
+    fn h1(&self) -> &H1<Self::Service>;
     fn socket(&self) -> &TcpStream;
     /// Served again, by a new task.
     fn resume(self) -> impl Future<Output = ()> + Send + 'static;
@@ -481,16 +445,10 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: H1Service,
 {
-    fn conn(&self) -> &Arc<Conn> {
-        &self.h1.conn
-    }
+    type Service = S;
 
-    fn stop(&self) -> &tokio::sync::watch::Receiver<bool> {
-        &self.h1.stop
-    }
-
-    fn lot(&self) -> usize {
-        self.h1.token.lot()
+    fn h1(&self) -> &H1<S> {
+        &self.h1
     }
 
     fn socket(&self) -> &TcpStream {
@@ -508,16 +466,10 @@ where
 }
 
 impl<S: H1Service> Resume for Accepted<S> {
-    fn conn(&self) -> &Arc<Conn> {
-        &self.h1.conn
-    }
+    type Service = S;
 
-    fn stop(&self) -> &tokio::sync::watch::Receiver<bool> {
-        &self.h1.stop
-    }
-
-    fn lot(&self) -> usize {
-        self.h1.token.lot()
+    fn h1(&self) -> &H1<S> {
+        &self.h1
     }
 
     fn socket(&self) -> &TcpStream {
@@ -554,13 +506,13 @@ impl<R> Parking<R> {
 /// its listener is shutting down.
 fn park<R: Resume>(held: R) -> Option<R> {
     // Shutting down, or due already (the sweep may have looked before it was registered).
-    if *held.stop().borrow() || held.conn().idle_expired() {
+    if *held.h1().stop.borrow() || held.h1().conn.idle_expired() {
         return None;
     }
-    let conn = held.conn().clone();
-    let stop = held.stop().clone();
+    let conn = held.h1().conn.clone();
+    let stop = held.h1().stop.clone();
     let parking = Arc::new(Parking {
-        lot: held.lot(),
+        lot: held.h1().token.lot(),
         held: Mutex::new(Some(held)),
         runtime: tokio::runtime::Handle::current(),
     });
@@ -620,7 +572,7 @@ impl<R: Resume> Wake for Parking<R> {
             // The gate took it to close it.
             return;
         };
-        held.conn().unpark();
+        held.h1().conn.unpark();
         self.runtime.spawn(held.resume());
     }
 }
