@@ -236,18 +236,7 @@ where
     }
     match sniff_h2c(io.get_ref(), h1.builders.header_read_timeout).await {
         None => Ok(()),
-        Some(true) => {
-            let H1 {
-                builders,
-                conn,
-                svc,
-                stop,
-                token: _token,
-            } = h1;
-            let mut c = Box::pin(builders.h2.serve_connection(TokioIo::new(io), svc));
-            conn.watch(c.as_mut(), |c| c.graceful_shutdown(), stop)
-                .await
-        }
+        Some(true) => serve_h2(h1, io).await,
         Some(false) => {
             let io = VersionShim::new(io, max_line);
             serve_h1(h1, io, cleartext_tcp).await.map_err(Into::into)
@@ -293,20 +282,29 @@ where
         }
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let H1 {
-            builders,
-            conn,
-            svc,
-            stop,
-            token: _token,
-        } = h1;
-        let mut c = Box::pin(builders.h2.serve_connection(TokioIo::new(stream), svc));
-        conn.watch(c.as_mut(), |c| c.graceful_shutdown(), stop)
-            .await
+        serve_h2(h1, stream).await
     } else {
         let io = VersionShim::new(stream, max_line);
         serve_h1(h1, io, tls_tcp).await.map_err(Into::into)
     }
+}
+
+/// Serves HTTP/2 on `io` (h2c, or ALPN `h2` over TLS) until the connection ends.
+async fn serve_h2<I, S>(h1: H1<S>, io: I) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: H1Service,
+{
+    let H1 {
+        builders,
+        conn,
+        svc,
+        stop,
+        token: _token,
+    } = h1;
+    let mut c = Box::pin(builders.h2.serve_connection(TokioIo::new(io), svc));
+    conn.watch(c.as_mut(), |c| c.graceful_shutdown(), stop)
+        .await
 }
 
 /// The service every connection gets (one `service_fn` type; named for the bounds).
