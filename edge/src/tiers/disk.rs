@@ -320,6 +320,68 @@ impl DiskTier {
     }
 }
 
+/// `n` bytes of `file` from offset `at`, read into `v`'s spare, uninitialised room (made
+/// with `Vec::with_capacity(n)` by the caller, on a runtime thread: blocks then come from
+/// the few allocator arenas of the runtime threads rather than one per pool thread). A zeroed
+/// allocation of a block's size (`vec![0; n]`) makes jemalloc hand its pages back to the
+/// kernel and fault them in again (an IPI to every core each time): a fifth of the node's
+/// CPU when it streamed large files. Short of `n` bytes is an `UnexpectedEof`. Blocking.
+pub fn read_at(file: &fs::File, at: u64, n: usize, mut v: Vec<u8>) -> io::Result<Vec<u8>> {
+    v.clear();
+    v.reserve_exact(n);
+    while v.len() < n {
+        let from = at + v.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut v), from) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("disk cache file ends at {from}, before {}", at + n as u64),
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The allocation may have had room for more than `n`.
+    v.truncate(n);
+    Ok(v)
+}
+
+/// What of `n` bytes of `file` from offset `at` the page cache holds, read on the calling
+/// thread with `RWF_NOWAIT` (it never waits on the disk): the buffer (`n` long) and how many
+/// bytes from its start were read. Short when a page is not cached, at the end of the file,
+/// or where the file system cannot read without waiting: [`read_rest`] then reads the rest.
+/// The buffer is zeroed first (a `memset`, not a zeroed allocation: see [`read_at`]).
+pub fn read_cached(file: &fs::File, at: u64, n: usize) -> (Vec<u8>, usize) {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0);
+    let mut got = 0;
+    while got < n {
+        let mut slice = [io::IoSliceMut::new(&mut v[got..])];
+        match rustix::io::preadv2(
+            file,
+            &mut slice,
+            at + got as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    (v, got)
+}
+
+/// The rest of a [`read_cached`] buffer: `v[got..]` read from `at + got`, waiting on the
+/// disk. Short of the end is an `UnexpectedEof`. Blocking.
+pub fn read_rest(file: &fs::File, at: u64, mut v: Vec<u8>, got: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(&mut v[got..], at + got as u64)?;
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +401,36 @@ mod tests {
             }
         }
         total
+    }
+
+    #[test]
+    fn reads_of_a_range_give_its_bytes_and_a_short_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let file = fs::File::open(&path).unwrap();
+        for (at, n) in [
+            (0usize, 1usize),
+            (0, 300_000),
+            (12_345, 131_072),
+            (299_999, 1),
+        ] {
+            let (v, got) = read_cached(&file, at as u64, n);
+            assert_eq!(v.len(), n);
+            let v = read_rest(&file, at as u64, v, got).unwrap();
+            assert_eq!(v, &data[at..at + n], "cached read of {n} at {at}");
+            let v = read_at(&file, at as u64, n, Vec::new()).unwrap();
+            assert_eq!(v, &data[at..at + n], "read of {n} at {at}");
+        }
+        // Past the end: the cached part stops at the end, the rest is an error.
+        let (v, got) = read_cached(&file, 299_000, 2_000);
+        assert_eq!(got, 1_000);
+        assert_eq!(&v[..got], &data[299_000..]);
+        let e = read_rest(&file, 299_000, v, got).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = read_at(&file, 299_000, 2_000, Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

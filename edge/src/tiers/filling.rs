@@ -237,15 +237,7 @@ pub(super) fn read_filling(
             };
             let n = (upto - pos).min(size.min(budget.block_cap()) as u64) as usize;
             let (held, w, kept_up) = shares(&window, &budget, n).await?;
-            // Allocated on the runtime thread, as disk reads are (see `read_blocks`).
-            let mut v = vec![0u8; n];
-            let file = attempt.file.clone();
-            let data = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                file.read_exact_at(&mut v, pos).map(|()| v)
-            })
-            .await
-            .map_err(|e| io::Error::other(format!("fill read task: {e}")))??;
+            let data = super::read_block(&attempt.file, pos, n).await?;
             let block = Bytes::from_owner(Block {
                 data,
                 _budget: held,

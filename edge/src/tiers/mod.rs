@@ -370,42 +370,24 @@ fn read_blocks(
             let (_, _, r_end) = sums::block_of(pos + n as u64 - 1, c.len);
             let (held, w, kept_up) = shares(&window, &budget, n).await?;
             let exact = pos == r_start && pos + n as u64 == r_end;
-            // Allocated here, on a runtime thread, not on the blocking pool: blocks then come
-            // from the few allocator arenas of the runtime threads rather than one per pool
-            // thread, and memory freed when clients leave goes back to the system.
-            let mut v = vec![0u8; (r_end - r_start) as usize];
-            let c2 = c.clone();
-            let data = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                file.read_exact_at(&mut v, r_start)?;
-                for (k, block) in v.chunks(sums::SUM_BLOCK as usize).enumerate() {
-                    if !sums::block_ok(&c2.sums, first + k, block) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "disk cache block at {} failed its checksum",
-                                r_start + k as u64 * sums::SUM_BLOCK
-                            ),
-                        ));
-                    }
+            let v = read_block(&file, r_start, (r_end - r_start) as usize).await?;
+            for (k, block) in v.chunks(sums::SUM_BLOCK as usize).enumerate() {
+                if !sums::block_ok(&c.sums, first + k, block) {
+                    (c.on_fail)();
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "disk cache block at {} failed its checksum",
+                            r_start + k as u64 * sums::SUM_BLOCK
+                        ),
+                    ));
                 }
-                Ok(if exact {
-                    v
-                } else {
-                    let from = (pos - r_start) as usize;
-                    v[from..from + n].to_vec()
-                })
-            })
-            .await
-            .map_err(|e| io::Error::other(format!("disk read task: {e}")))?;
-            let data = match data {
-                Ok(d) => d,
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::InvalidData {
-                        (c.on_fail)();
-                    }
-                    return Err(e);
-                }
+            }
+            let data = if exact {
+                v
+            } else {
+                let from = (pos - r_start) as usize;
+                v[from..from + n].to_vec()
             };
             let block = Bytes::from_owner(Block {
                 data,
@@ -416,6 +398,20 @@ fn read_blocks(
         }
     })
     .boxed()
+}
+
+/// `n` bytes of `file` from `at`: on this thread, with no trip to the blocking pool, when
+/// the page cache holds them ([`disk::read_cached`]; a block's read and check take
+/// microseconds), else the rest on the blocking pool.
+async fn read_block(file: &Arc<std::fs::File>, at: u64, n: usize) -> io::Result<Vec<u8>> {
+    let (v, got) = disk::read_cached(file, at, n);
+    if got == n {
+        return Ok(v);
+    }
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || disk::read_rest(&file, at, v, got))
+        .await
+        .map_err(|e| io::Error::other(format!("disk read task: {e}")))?
 }
 
 /// An origin stream with each chunk (split to at most [`BLOCK`]) under its shares.
@@ -1231,16 +1227,15 @@ async fn stream_to_file(
 /// The block checksums of a disk file, made while hashing it whole: `Err` unless its bytes
 /// are `size` long and hash to `hash`. Blocking; reads in 1 MiB steps.
 fn sums_of_verified(file: &std::fs::File, hash: Hash, size: u64) -> io::Result<sums::Sums> {
-    use std::os::unix::fs::FileExt;
     let mut hasher = blake3::Hasher::new();
     let mut sums = sums::SumsBuilder::with_len(size);
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = Vec::new();
     let mut pos = 0u64;
     while pos < size {
-        let n = (size - pos).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], pos)?;
-        hasher.update(&buf[..n]);
-        sums.update(&buf[..n]);
+        let n = (size - pos).min(1 << 20) as usize;
+        buf = disk::read_at(file, pos, n, buf)?;
+        hasher.update(&buf);
+        sums.update(&buf);
         pos += n as u64;
     }
     if Hash::from(hasher.finalize()) != hash {
