@@ -194,6 +194,7 @@ pub struct CacheSection {
     pub memory_size: Option<SizeText>,
     pub memory_max_object: Option<SizeText>,
     pub disk_size: Option<SizeText>,
+    pub disk_scrub_rate: Option<SizeText>,
     pub tree_size: Option<SizeText>,
 }
 
@@ -236,6 +237,8 @@ pub struct Config {
     pub memory_max_object: u64,
     /// Byte bound of the disk tier.
     pub disk_size: u64,
+    /// Bytes per second the background scrub reads of the disk tier; zero: no scrub.
+    pub disk_scrub_rate: u64,
     /// Byte bound of the decoded tree-node cache.
     pub tree_size: u64,
     /// How often cached pointers are refreshed from the store.
@@ -628,6 +631,7 @@ impl Config {
             4 << 20,
         )?;
         let disk_size = size("cache.disk_size", &f.cache.disk_size, 10 << 30)?;
+        let disk_scrub_rate = size("cache.disk_scrub_rate", &f.cache.disk_scrub_rate, 8 << 20)?;
         let tree_size = size("cache.tree_size", &f.cache.tree_size, 64 << 20)?;
         if memory_max_object > memory_size {
             return Err(invalid(
@@ -934,6 +938,7 @@ impl Config {
             memory_size,
             memory_max_object,
             disk_size,
+            disk_scrub_rate,
             tree_size,
             refresh_interval,
             negative_ttl,

@@ -37,6 +37,9 @@ impl Config {
         if next.cache_dir != self.cache_dir || next.disk_size != self.disk_size {
             restart.push("cache.dir/disk_size");
         }
+        if next.disk_scrub_rate != self.disk_scrub_rate {
+            restart.push("cache.disk_scrub_rate");
+        }
         // The per-site limits reload; every other `[origin]` key shapes the origin client.
         let mut origin_now = next.origin.clone();
         origin_now.site_concurrency = self.origin.site_concurrency;

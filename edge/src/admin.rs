@@ -779,6 +779,31 @@ impl Collector for NodeStats {
             "Responses that joined a large object's fill and streamed it as it was written.",
             ts.fill_streams.load(Relaxed),
         )?;
+        let scrub = &ts.scrub;
+        counter(
+            &mut enc,
+            "edge_disk_scrub_bytes_total",
+            "Bytes of the disk tier read back and checked by the background scrub.",
+            scrub.bytes.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "edge_disk_scrub_files_total",
+            "Disk-tier files the background scrub found whole and right.",
+            scrub.files.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "edge_disk_scrub_failures_total",
+            "Disk-tier files the background scrub found damaged and dropped.",
+            scrub.failures.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "edge_disk_scrub_passes_total",
+            "Passes of the background scrub over the whole disk tier.",
+            scrub.passes.load(Relaxed),
+        )?;
         counter(
             &mut enc,
             "edge_site_shed_total",
@@ -1307,6 +1332,8 @@ mod tests {
             ("edge_verify_failures_total", "counter"),
             ("edge_size_mismatches_total", "counter"),
             ("edge_site_shed_total", "counter"),
+            ("edge_disk_scrub_bytes_total", "counter"),
+            ("edge_disk_scrub_failures_total", "counter"),
             ("edge_tier_bytes", "gauge"),
             ("edge_disk_capacity_bytes", "gauge"),
             ("edge_disk_evictions_total", "counter"),

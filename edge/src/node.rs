@@ -139,6 +139,7 @@ pub async fn build_handler_on(
         disk,
     );
     tiers.set_max_buffered(cfg.limits.max_buffered);
+    crate::tiers::scrub::spawn(&tiers, cfg.disk_scrub_rate);
     Ok(Arc::new(Handler::new(
         pointers,
         routes,

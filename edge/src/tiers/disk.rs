@@ -10,7 +10,9 @@
 //! (whole or a range) is checked block by block against its [`Sums`], kept with the index:
 //! made at fill, or, after a restart, by hashing the whole file once at its first read.
 //!
-//! Every method here does blocking file I/O: call them from the blocking pool.
+//! Every method here does blocking file I/O: call them from the blocking pool (but
+//! [`read_cached`], which never waits on the disk). A background scrub (`tiers::scrub`)
+//! reads every file back in turn at a bounded rate and drops the damaged ones.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -46,6 +48,15 @@ struct Index {
     order: BTreeMap<u64, Hash>, // recency tick -> hash, oldest first
     tick: u64,
     bytes: u64,
+}
+
+/// An entry as [`DiskTier::entries_between`] lists it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub tick: u64,
+    pub hash: Hash,
+    pub size: u64,
+    pub sums: Option<Sums>,
 }
 
 /// Evicted files moved aside into `tmp/` (under the index lock, by rename), to unlink once
@@ -156,6 +167,11 @@ impl DiskTier {
         self.lock().touch(hash)
     }
 
+    /// The size recorded for `hash` if the tier has it, without marking it used.
+    pub fn lookup_quiet(&self, hash: &Hash) -> Option<u64> {
+        self.lock().entries.get(hash).map(|e| e.size)
+    }
+
     /// The size and, once known, the block checksums of `hash` (marking it recently used).
     pub fn lookup_sums(&self, hash: &Hash) -> Option<(u64, Option<Sums>)> {
         let mut idx = self.lock();
@@ -171,6 +187,34 @@ impl DiskTier {
         {
             e.sums = Some(sums);
         }
+    }
+
+    /// The recency tick of the newest entry: entries touched or added after this call get
+    /// larger ones.
+    pub fn tick(&self) -> u64 {
+        self.lock().tick
+    }
+
+    /// Up to `n` entries whose recency tick is in `after + 1 ..= upto`, least recently used
+    /// first: their tick, hash, size and block checksums (if known). Marks none as used.
+    pub fn entries_between(&self, after: u64, upto: u64, n: usize) -> Vec<Listed> {
+        if after >= upto {
+            return Vec::new();
+        }
+        let idx = self.lock();
+        idx.order
+            .range(after + 1..=upto)
+            .take(n)
+            .filter_map(|(&tick, hash)| {
+                let e = idx.entries.get(hash)?;
+                Some(Listed {
+                    tick,
+                    hash: *hash,
+                    size: e.size,
+                    sums: e.sums.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Drops a damaged or unwanted file.
@@ -353,6 +397,10 @@ pub fn read_at(file: &fs::File, at: u64, n: usize, mut v: Vec<u8>) -> io::Result
 /// bytes from its start were read. Short when a page is not cached, at the end of the file,
 /// or where the file system cannot read without waiting: [`read_rest`] then reads the rest.
 /// The buffer is zeroed first (a `memset`, not a zeroed allocation: see [`read_at`]).
+#[allow(
+    clippy::slow_vector_initialization,
+    reason = "vec![0; n] is a zeroed allocation, the cost this avoids"
+)]
 pub fn read_cached(file: &fs::File, at: u64, n: usize) -> (Vec<u8>, usize) {
     let mut v = Vec::with_capacity(n);
     v.resize(n, 0);

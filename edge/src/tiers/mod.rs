@@ -28,6 +28,7 @@ use crate::error::{EdgeError, EdgeResult};
 
 pub mod disk;
 mod filling;
+pub mod scrub;
 pub mod sums;
 
 pub use disk::DiskTier;
@@ -568,6 +569,8 @@ pub struct TierStats {
     pub size_mismatches: AtomicU64,
     /// Responses that joined a fill and streamed it from its file as it was written.
     pub fill_streams: AtomicU64,
+    /// The background scrub of the disk tier ([`scrub`]).
+    pub scrub: scrub::ScrubStats,
 }
 
 #[derive(Debug, Clone)]
