@@ -3,7 +3,9 @@
 //! its block checksums. A damaged file (wrong hash, wrong length, a read error, gone from
 //! under its entry) is dropped before a client meets it, counted and logged; the next request
 //! for it refills it. A file whose checksums were not known yet (met first since the node
-//! started) gets them, so its first read is not a whole-file hash any more.
+//! started) gets them, so its first read is not a whole-file hash any more. What the scrub
+//! had to read from the disk it drops from the page cache again, so a pass over a cold tier
+//! does not push hot files out of memory.
 //!
 //! One pass covers the entries as they stood when it began (a file used since has just been
 //! checked block by block by its reader, and comes round in the next pass); passes are
@@ -38,7 +40,7 @@ pub const PASS_PAUSE: Duration = Duration::from_secs(60);
 pub struct ScrubStats {
     /// Bytes read and checked.
     pub bytes: AtomicU64,
-    /// Files checked whole.
+    /// Files read whole and found right.
     pub files: AtomicU64,
     /// Files found damaged and dropped.
     pub failures: AtomicU64,
@@ -115,21 +117,17 @@ async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
         return damaged(tiers, disk, &hash, &why);
     }
     let file = Arc::new(file);
-    let mut state = (
-        blake3::Hasher::new(),
-        sums::SumsBuilder::with_len(size),
-        Vec::new(),
-    );
+    let mut state = (blake3::Hasher::new(), sums::SumsBuilder::with_len(size));
     let mut pos = 0;
     while pos < size {
         let n = (size - pos).min(STEP);
         let f = file.clone();
         let step = tokio::task::spawn_blocking(move || {
-            let (mut hasher, mut builder, buf) = state;
-            let buf = disk::read_at(&f, pos, n as usize, buf)?;
+            let (mut hasher, mut builder) = state;
+            let buf = read_uncached(&f, pos, n as usize)?;
             hasher.update(&buf);
             builder.update(&buf);
-            Ok::<_, io::Error>((hasher, builder, buf))
+            Ok::<_, io::Error>((hasher, builder))
         })
         .await;
         state = match step {
@@ -144,7 +142,7 @@ async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
     if size == 0 {
         pace(0, rate).await;
     }
-    let (hasher, builder, _) = state;
+    let (hasher, builder) = state;
     if Hash::from(hasher.finalize()) != hash {
         return damaged(tiers, disk, &hash, "its bytes do not hash to its name");
     }
@@ -155,6 +153,22 @@ async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
         // these were made from bytes that just passed blake3.
         disk.set_sums(&hash, size, made);
     }
+}
+
+/// `n` bytes of `file` from `at`, leaving the page cache as it found it: what it held is
+/// read from it (and stays), what had to come from the disk is dropped from it again
+/// (`POSIX_FADV_DONTNEED`), so a pass over a cold tier does not push hot files out of memory.
+/// Blocking.
+fn read_uncached(file: &std::fs::File, at: u64, n: usize) -> io::Result<Vec<u8>> {
+    let (v, got) = disk::read_cached(file, at, n);
+    if got == n {
+        return Ok(v);
+    }
+    let v = disk::read_rest(file, at, v, got)?;
+    let len = std::num::NonZeroU64::new((n - got) as u64);
+    // Advice only: a file system that ignores it costs page cache, not correctness.
+    let _ = rustix::fs::fadvise(file, at + got as u64, len, rustix::fs::Advice::DontNeed);
+    Ok(v)
 }
 
 /// Waits out `n` bytes' share of the rate (at least [`MIN_COST`]'s).
@@ -237,6 +251,13 @@ mod tests {
             .set_len(50_000)
             .unwrap();
         assert!(disk.lookup_sums(&d).unwrap().1.is_none());
+        // a's pages out of the page cache (synced first: dirty pages stay), so the pass reads
+        // it from the disk rather than the cache.
+        let f = std::fs::File::open(disk.path(&a)).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let (_, cached) = disk::read_cached(&f, 0, a_data.len());
+        assert!(cached < a_data.len(), "a still cached whole");
 
         let checked = pass(&Arc::downgrade(&tiers), 1 << 40).await;
         assert_eq!(checked, Some(4));
