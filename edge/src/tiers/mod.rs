@@ -838,6 +838,11 @@ impl Tiers {
         let Some(disk) = self.disk.clone() else {
             return Ok(None);
         };
+        // A miss needs no trip to the blocking pool to find out: the index is in memory. (An
+        // object committed just after this look is found by the fill's own look.)
+        if disk.lookup_quiet(&hash).is_none() {
+            return Ok(None);
+        }
         let this = self.clone();
         let into_memory = size <= self.memory_max_object;
         tokio::task::spawn_blocking(move || {

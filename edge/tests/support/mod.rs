@@ -84,6 +84,19 @@ pub fn cache_file(cache: &Path, data: &[u8]) -> PathBuf {
     cache.join("blobs").join(&hex[..2]).join(hex.as_str())
 }
 
+/// Whether `path` exists, waiting up to 5 s for it: a large fill's waiters get their last
+/// byte once the object is verified, a moment before its file is renamed into the disk tier.
+pub async fn file_appears(path: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !path.exists() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Runs `edge` with `args` and returns its standard output; panics with both streams when it
 /// fails.
 pub fn edge_ok<I, S>(args: I) -> String
