@@ -1365,7 +1365,7 @@ mod tests {
     }
 
     /// Tiers with a 64 MiB disk tier (objects over 64 KiB go to disk) over `store`.
-    fn disk_tiers(store: Arc<dyn Store>, dir: &std::path::Path) -> Arc<Tiers> {
+    pub(super) fn disk_tiers(store: Arc<dyn Store>, dir: &std::path::Path) -> Arc<Tiers> {
         let disk = Arc::new(DiskTier::open(dir, 64 << 20).unwrap());
         Tiers::new(
             store,

@@ -191,22 +191,11 @@ fn damaged(tiers: &Tiers, disk: &DiskTier, hash: &Hash, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tiers::TierConfig;
     use origin_client::store::MemoryStore;
     use std::io::{Seek, SeekFrom, Write};
 
     fn tiers_over(dir: &std::path::Path) -> Arc<Tiers> {
-        let disk = Arc::new(DiskTier::open(dir, 64 << 20).unwrap());
-        Tiers::new(
-            Arc::new(MemoryStore::new()),
-            &TierConfig {
-                memory_bytes: 8 << 20,
-                memory_max_object: 64 * 1024,
-                site_concurrency: 4,
-                site_queue: 200,
-            },
-            Some(disk),
-        )
+        crate::tiers::tests::disk_tiers(Arc::new(MemoryStore::new()), dir)
     }
 
     fn object(seed: u32, len: usize) -> (Hash, Vec<u8>) {
