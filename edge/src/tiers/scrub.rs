@@ -9,9 +9,11 @@
 //!
 //! One pass covers the entries as they stood when it began (a file used since has just been
 //! checked block by block by its reader, and comes round in the next pass); passes are
-//! [`PASS_PAUSE`] apart, the first one that long after the start. The reads run on the blocking pool, one step of at most
-//! [`STEP`] bytes at a time, each followed by a pause of its share of the rate, so the scrub
-//! costs at most `rate` bytes a second of disk and blake3, and never a serving thread.
+//! [`PASS_PAUSE`] apart, the first one that long after the start. The reads run on the
+//! blocking pool, one step of at most [`STEP`] bytes at a time, each followed by a pause of
+//! its share of the rate, so the scrub costs at most `rate` bytes a second of disk and
+//! blake3, and never a serving thread. A pass logs its first [`LOGGED_PER_PASS`] damaged
+//! files one by one and the rest in one line.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,9 @@ const MIN_COST: u64 = 4 << 10;
 
 /// Entries listed from the index at a time.
 const PAGE: usize = 64;
+
+/// Damaged files logged one by one in a pass; the rest are counted in one line at its end.
+const LOGGED_PER_PASS: u64 = 10;
 
 /// Between two passes.
 pub const PASS_PAUSE: Duration = Duration::from_secs(60);
@@ -72,7 +77,7 @@ pub async fn pass(tiers: &Weak<Tiers>, rate: u64) -> Option<u64> {
     let disk = tiers.upgrade()?.disk()?.clone();
     let upto = disk.tick();
     let mut after = 0;
-    let mut checked = 0;
+    let (mut checked, mut dropped) = (0, 0);
     loop {
         let page = disk.entries_between(after, upto, PAGE);
         if page.is_empty() {
@@ -80,10 +85,32 @@ pub async fn pass(tiers: &Weak<Tiers>, rate: u64) -> Option<u64> {
         }
         for entry in page {
             after = entry.tick;
+            let hash = entry.hash;
             let t = tiers.upgrade()?;
-            check(&t, &disk, entry, rate).await;
             checked += 1;
+            let Err(why) = check(&t, &disk, entry, rate).await else {
+                continue;
+            };
+            // A file evicted while the scrub read it is not damage. (One evicted and filled
+            // again meanwhile is dropped with the old one: a refetch, never a wrong byte.)
+            if disk.lookup_quiet(&hash).is_none() {
+                continue;
+            }
+            dropped += 1;
+            if dropped <= LOGGED_PER_PASS {
+                tracing::error!(%hash, why, "disk scrub: cached file damaged; dropped (refetched when next asked for)");
+            }
+            t.stats.scrub.failures.fetch_add(1, Ordering::Relaxed);
+            t.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+            disk.remove(&hash);
         }
+    }
+    if dropped > LOGGED_PER_PASS {
+        tracing::error!(
+            dropped,
+            "disk scrub: {} more damaged files dropped in this pass (not logged one by one)",
+            dropped - LOGGED_PER_PASS
+        );
     }
     tiers
         .upgrade()?
@@ -94,8 +121,8 @@ pub async fn pass(tiers: &Weak<Tiers>, rate: u64) -> Option<u64> {
     Some(checked)
 }
 
-/// Reads one file whole, paced, and drops it if it is damaged.
-async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
+/// Reads one file whole, paced: `Err` with what is wrong if it is damaged.
+async fn check(tiers: &Tiers, disk: &DiskTier, entry: Listed, rate: u64) -> Result<(), String> {
     let Listed {
         hash, size, sums, ..
     } = entry;
@@ -109,12 +136,14 @@ async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
     .await;
     let (file, len) = match opened {
         Ok(Ok(f)) => f,
-        Ok(Err(e)) => return damaged(tiers, disk, &hash, &format!("cannot open it: {e}")),
-        Err(e) => return tracing::warn!(%hash, "disk scrub task: {e}"),
+        Ok(Err(e)) => return Err(format!("cannot open it: {e}")),
+        Err(e) => {
+            tracing::warn!(%hash, "disk scrub task: {e}");
+            return Ok(());
+        }
     };
     if len != size {
-        let why = format!("{len} bytes on disk, {size} recorded at fill");
-        return damaged(tiers, disk, &hash, &why);
+        return Err(format!("{len} bytes on disk, {size} recorded at fill"));
     }
     let file = Arc::new(file);
     let mut state = (blake3::Hasher::new(), sums::SumsBuilder::with_len(size));
@@ -132,8 +161,11 @@ async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
         .await;
         state = match step {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return damaged(tiers, disk, &hash, &format!("read at {pos}: {e}")),
-            Err(e) => return tracing::warn!(%hash, "disk scrub task: {e}"),
+            Ok(Err(e)) => return Err(format!("read at {pos}: {e}")),
+            Err(e) => {
+                tracing::warn!(%hash, "disk scrub task: {e}");
+                return Ok(());
+            }
         };
         pos += n;
         stats.bytes.fetch_add(n, Ordering::Relaxed);
@@ -144,7 +176,7 @@ async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
     }
     let (hasher, builder) = state;
     if Hash::from(hasher.finalize()) != hash {
-        return damaged(tiers, disk, &hash, "its bytes do not hash to its name");
+        return Err("its bytes do not hash to its name".into());
     }
     stats.files.fetch_add(1, Ordering::Relaxed);
     let made = builder.finish();
@@ -153,6 +185,7 @@ async fn check(tiers: &Tiers, disk: &Arc<DiskTier>, entry: Listed, rate: u64) {
         // these were made from bytes that just passed blake3.
         disk.set_sums(&hash, size, made);
     }
+    Ok(())
 }
 
 /// `n` bytes of `file` from `at`, leaving the page cache as it found it: what it held is
@@ -175,17 +208,6 @@ fn read_uncached(file: &std::fs::File, at: u64, n: usize) -> io::Result<Vec<u8>>
 async fn pace(n: u64, rate: u64) {
     let cost = n.max(MIN_COST) as f64 / rate as f64;
     tokio::time::sleep(Duration::from_secs_f64(cost)).await;
-}
-
-fn damaged(tiers: &Tiers, disk: &DiskTier, hash: &Hash, why: &str) {
-    // A file evicted while the scrub read it is not damage.
-    if disk.lookup_quiet(hash).is_none() {
-        return;
-    }
-    tracing::error!(%hash, why, "disk scrub: cached file damaged; dropped (refetched when next asked for)");
-    tiers.stats.scrub.failures.fetch_add(1, Ordering::Relaxed);
-    tiers.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
-    disk.remove(hash);
 }
 
 #[cfg(test)]
