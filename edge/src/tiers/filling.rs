@@ -23,7 +23,7 @@ use origin_client::Hash;
 use origin_client::store::ByteStream;
 use tokio::sync::watch;
 
-use super::{Block, Budget, Pace, WIDE_WINDOW, WINDOW, shares};
+use super::{Block, Budget, Pace, WINDOW, shares};
 
 /// How far an attempt has got.
 #[derive(Debug, Clone)]
@@ -243,11 +243,7 @@ pub(super) fn read_filling(
                 _budget: held,
                 _window: w,
             });
-            let next = pace.next(n, kept_up);
-            if pace.widens(next) {
-                window.add_permits(WIDE_WINDOW - WINDOW);
-            }
-            Ok(Some((block, (pos + n as u64, next, rx))))
+            Ok(Some((block, (pos + n as u64, pace.next(n, kept_up), rx))))
         }
     })
     .boxed()

@@ -93,10 +93,9 @@ impl Blob {
     ///
     /// Back-pressure: disk and origin bytes come in blocks of at most [`BLOCK`], each
     /// holding a share of `budget` (`server.max_buffered`, node-wide) and of this
-    /// response's window of [`WINDOW`] blocks ([`WIDE_WINDOW`] once a disk or filling-file
-    /// response has sent [`PROVEN`] bytes as they came) until the transport drops it (written
-    /// to the socket, or the stream abandoned). The next block is read only when a window
-    /// slot is free, i.e. when the client has taken an earlier one.
+    /// response's window of [`WINDOW`] blocks until the transport drops it (written to the
+    /// socket, or the stream abandoned). The next block is read only when a window slot is
+    /// free, i.e. when the client has taken an earlier one.
     pub fn into_stream(self, start: u64, end: u64) -> ByteStream {
         match self {
             Blob::Bytes(b) => {
@@ -134,13 +133,6 @@ pub const BLOCK: usize = 128 << 10;
 /// Blocks one response may hold at a time (read, verified, or queued in the transport):
 /// the next one is read while the transport writes the one before.
 pub const WINDOW: usize = 2;
-/// Blocks a response from disk (or a filling file) may hold once it has sent [`PROVEN`]
-/// bytes as fast as they came: its connection then moves more than two blocks each time it
-/// gets its turn, and a large file is not starved by the small responses around it. With two,
-/// an 11 MiB file fetched while 64 connections read the PoP-sized site took 42-287 ms (nginx
-/// 15-27) and the run's p99.9 was 260-340 ms; with eight, 13-53 ms and 35 ms. Clients that
-/// stop reading are held by the node-wide budget as before ([`Budget::block_cap`]).
-pub const WIDE_WINDOW: usize = 8;
 
 /// The node-wide bound on response bytes buffered in memory (`server.max_buffered`): bytes
 /// read from disk or the origin that the client has not taken yet.
@@ -317,17 +309,6 @@ impl Pace {
         }
     }
 
-    /// Whether the response has sent [`PROVEN`] bytes (its client takes blocks as they come).
-    fn proven(self) -> bool {
-        self.sent >= PROVEN
-    }
-
-    /// Whether the response proved itself with the block that made `next`: its window may
-    /// widen to [`WIDE_WINDOW`].
-    fn widens(self, next: Pace) -> bool {
-        !self.proven() && next.proven()
-    }
-
     /// The pace after a block of `n` bytes, read when the client had (`kept_up`) or had not
     /// left a window slot free.
     fn next(self, n: usize, kept_up: bool) -> Pace {
@@ -414,11 +395,7 @@ fn read_blocks(
                 _budget: held,
                 _window: w,
             });
-            let next = pace.next(n, kept_up);
-            if pace.widens(next) {
-                window.add_permits(WIDE_WINDOW - WINDOW);
-            }
-            Ok(Some((block, (pos + n as u64, next))))
+            Ok(Some((block, (pos + n as u64, pace.next(n, kept_up)))))
         }
     })
     .boxed()
@@ -1400,49 +1377,6 @@ mod tests {
             },
             Some(disk),
         )
-    }
-
-    /// The blocks a stream hands out while every one of them is held (none dropped): it
-    /// stops at its window.
-    async fn blocks_held(s: &mut ByteStream) -> usize {
-        let mut held = Vec::new();
-        while let Ok(Some(b)) =
-            tokio::time::timeout(std::time::Duration::from_millis(300), s.next()).await
-        {
-            held.push(b.unwrap());
-        }
-        held.len()
-    }
-
-    /// A disk hit's window is [`WINDOW`] blocks until the response has sent [`PROVEN`]
-    /// bytes as they came, then [`WIDE_WINDOW`]; a client that holds everything from the
-    /// start never gets more than [`WINDOW`].
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_fast_reader_gets_the_wide_window_a_stalled_one_does_not() {
-        let store = Arc::new(MemoryStore::new());
-        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 13 % 251) as u8).collect();
-        let (hash, size) = (Hash::of(&data), data.len() as u64);
-        store.put_object(&hash, Bytes::from(data)).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let tiers = disk_tiers(store, dir.path());
-        let (blob, _) = tiers.get(hash, size, "s").await.unwrap();
-        blob.into_stream(0, size)
-            .try_for_each(|_| async { Ok(()) })
-            .await
-            .unwrap();
-        fills_done(&tiers).await;
-
-        let (blob, _) = tiers.get(hash, size, "s").await.unwrap();
-        assert!(matches!(blob, Blob::File { .. }), "a disk hit");
-        assert_eq!(blocks_held(&mut blob.into_stream(0, size)).await, WINDOW);
-
-        let (blob, _) = tiers.get(hash, size, "s").await.unwrap();
-        let mut s = blob.into_stream(0, size);
-        let mut sent = 0;
-        while sent < PROVEN {
-            sent += s.next().await.unwrap().unwrap().len() as u64;
-        }
-        assert_eq!(blocks_held(&mut s).await, WIDE_WINDOW);
     }
 
     /// Waits (up to 10 s) for the fill's task to end: clients may finish just before it
