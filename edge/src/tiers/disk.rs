@@ -364,9 +364,8 @@ impl DiskTier {
     }
 }
 
-/// `n` bytes of `file` from offset `at`, read into `v`'s spare, uninitialised room (made
-/// with `Vec::with_capacity(n)` by the caller, on a runtime thread: blocks then come from
-/// the few allocator arenas of the runtime threads rather than one per pool thread). A zeroed
+/// `n` bytes of `file` from offset `at`, read into `v`'s spare, uninitialised room (`v` is
+/// cleared first; pass the previous buffer back to reuse its allocation). A zeroed
 /// allocation of a block's size (`vec![0; n]`) makes jemalloc hand its pages back to the
 /// kernel and fault them in again (an IPI to every core each time): a fifth of the node's
 /// CPU when it streamed large files. Short of `n` bytes is an `UnexpectedEof`. Blocking.
