@@ -452,6 +452,17 @@ impl Conn {
         })
     }
 
+    /// When the watchdog of a connection that is not parked looks at it once after its last
+    /// response (see [`Conn::watching`]): a [`PARK_AFTER`] after it, if that is still to
+    /// come and nothing is in flight.
+    fn release_check(&self) -> Option<Instant> {
+        if self.shared.inflight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let due = self.shared.idle_since.load(Ordering::Relaxed) + PARK_AFTER.as_millis() as u64;
+        (self.gate.now_ms() < due).then(|| self.gate.at(due))
+    }
+
     /// Drives `conn` (a hyper connection) until it ends; or until it is idle for
     /// `idle_timeout` or evicted at the cap (then `graceful` is called: HTTP/2 GOAWAY,
     /// HTTP/1.1 closes once idle; it is dropped if still open [`GRACE`] later with nothing
@@ -528,6 +539,13 @@ impl Conn {
                 Some(Park::Now) => (true, wake.min(Instant::now() + PARK_AFTER)),
                 Some(Park::At(t)) => (false, wake.min(t)),
                 None => (false, wake),
+            };
+            // Any other connection (HTTP/2) is polled once more a PARK_AFTER after its last
+            // response: h2 gives back its buffers then (vendor/README.md), and an idle
+            // connection is polled by nothing else.
+            let wake = match (!park).then(|| self.release_check()).flatten() {
+                Some(t) => wake.min(t),
+                None => wake,
             };
             let served = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
                 Poll::Ready(r) => Poll::Ready(r.map(|()| Outcome::Ended)),

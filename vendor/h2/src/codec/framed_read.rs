@@ -18,6 +18,10 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead as InnerFramedRead;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 
+/// edge: the read buffer taken when a given-back one is needed again (tokio-util's initial
+/// capacity).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
@@ -62,6 +66,18 @@ impl<T> FramedRead<T> {
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
         FramedRead { inner, decoder }
+    }
+
+    /// edge: an idle connection gives back its read buffer (when nothing is buffered: no
+    /// partial frame) and the HPACK decoder's scratch buffer (not while a header block is
+    /// only partly received).
+    pub fn release_idle_memory(&mut self) {
+        if self.inner.read_buffer().is_empty() && self.inner.read_buffer().capacity() > 0 {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+        }
+        if self.decoder.partial.is_none() {
+            self.decoder.hpack.release_scratch();
+        }
     }
 
     pub fn get_ref(&self) -> &T {
@@ -421,7 +437,19 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+            // edge: an idle connection gives its read buffer back (`release_idle_memory`);
+            // take one of tokio-util's usual size again before reading, not the 8 bytes its
+            // `reserve(1)` would grow an empty one to, and give it back again if nothing
+            // came (a poll of an idle connection).
+            let released = self.inner.read_buffer().capacity() == 0;
+            if released {
+                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            }
+            let polled = Pin::new(&mut self.inner).poll_next(cx);
+            if released && polled.is_pending() && self.inner.read_buffer().is_empty() {
+                *self.inner.read_buffer_mut() = BytesMut::new();
+            }
+            let bytes = match ready!(polled) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),

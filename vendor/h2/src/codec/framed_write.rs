@@ -223,6 +223,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // edge: the buffer was given back after the last flush; take one again.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +311,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // edge: a given-back buffer (capacity 0) counts as room: `buffer` takes a new one.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {
@@ -323,6 +329,14 @@ where
 impl<B> Encoder<B> {
     fn max_frame_size(&self) -> usize {
         self.max_frame_size as usize
+    }
+
+    /// edge: drops the write buffer once everything in it is written (nothing pending, no
+    /// frame in flight), so an idle connection holds none.
+    fn release_buf(&mut self) {
+        if self.next.is_none() && !self.buf.has_remaining() && self.buf.get_ref().capacity() > 0 {
+            self.buf = Cursor::new(BytesMut::new());
+        }
     }
 }
 
@@ -341,6 +355,12 @@ impl<T, B> FramedWrite<T, B> {
     /// Set the peer's header table size.
     pub fn set_header_table_size(&mut self, val: usize) {
         self.encoder.hpack.update_max_size(val);
+    }
+
+    /// edge: an idle connection gives back its write buffer (when all of it is written);
+    /// `buffer` takes a new one for the next frame.
+    pub fn release_idle_memory(&mut self) {
+        self.encoder.release_buf();
     }
 
     /// Retrieve the last data frame that has been sent

@@ -121,6 +121,13 @@ impl<T, B> Codec<T, B> {
         self.framed_write().take_last_data_frame()
     }
 
+    /// edge: an idle connection gives back its read, write and HPACK scratch buffers
+    /// (`FramedRead::release_idle_memory`, `FramedWrite::release_idle_memory`).
+    pub fn release_idle_memory(&mut self) {
+        self.inner.release_idle_memory();
+        self.framed_write().release_idle_memory();
+    }
+
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }

@@ -158,7 +158,17 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // edge: taken when a header block is decoded, given back when the connection
+            // is idle (`release_scratch`).
+            buffer: BytesMut::new(),
+        }
+    }
+
+    /// edge: gives back the scratch buffer of Huffman-decoded strings (an idle
+    /// connection). The strings already decoded keep their own part of it.
+    pub fn release_scratch(&mut self) {
+        if self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
         }
     }
 
@@ -185,6 +195,11 @@ impl Decoder {
         use self::Representation::*;
 
         let mut can_resize = true;
+
+        // edge: the scratch buffer is given back while the connection is idle.
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(4096);
+        }
 
         if let Some(size) = self.max_size_update.take() {
             self.last_max_update = size;

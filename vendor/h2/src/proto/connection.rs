@@ -24,7 +24,18 @@ where
     codec: Codec<T, Prioritized<B>>,
 
     inner: ConnectionInner<P, B>,
+
+    /// edge: when the connection last waited with a stream open (or, idle, last gave its
+    /// buffers back), for `release_when_idle`.
+    last_busy: Option<std::time::Instant>,
 }
+
+/// edge: how long a connection goes without waiting with a stream open before it gives back
+/// its buffers (`release_when_idle`). Long enough that a client sending requests one after another does
+/// not make it take and give back buffers per request; the server's owner polls an idle
+/// connection once after it (edge's `listen::conn` watchdog does, a second after a
+/// connection's last response).
+const RELEASE_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 // Extracted part of `Connection` which does not depend on `T`. Reduces the amount of duplicated
 // method instantiations.
@@ -159,6 +170,7 @@ where
         span.follows_from(tracing::Span::current());
         Connection {
             codec,
+            last_busy: None,
             inner: ConnectionInner {
                 state: State::Open,
                 error: None,
@@ -332,6 +344,8 @@ where
                                 continue;
                             }
 
+                            self.release_when_idle();
+
                             return Poll::Pending;
                         }
                     };
@@ -349,6 +363,30 @@ where
                 State::Closed(reason, initiator) => {
                     return Poll::Ready(self.take_error(reason, initiator));
                 }
+            }
+        }
+    }
+
+    /// edge: called when the connection waits with everything flushed and nothing to read.
+    /// With no stream open now and none at any wait for `RELEASE_IDLE_AFTER`, gives back the
+    /// read, write and HPACK scratch buffers and the stream store's and frame queues' memory
+    /// (taken again when the next frame comes), so an idle connection holds only its state.
+    /// At most once per `RELEASE_IDLE_AFTER` on a connection that stays busy without ever
+    /// waiting with a stream open.
+    fn release_when_idle(&mut self) {
+        let now = std::time::Instant::now();
+        if self.inner.streams.has_streams_or_other_references() {
+            self.last_busy = Some(now);
+            return;
+        }
+        match self.last_busy {
+            Some(busy) if now.duration_since(busy) < RELEASE_IDLE_AFTER => {}
+            // A new connection has no buffers worth giving back yet.
+            None => self.last_busy = Some(now),
+            Some(_) => {
+                self.inner.streams.release_idle_memory();
+                self.codec.release_idle_memory();
+                self.last_busy = Some(now);
             }
         }
     }

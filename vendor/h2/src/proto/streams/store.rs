@@ -86,6 +86,19 @@ impl Store {
         }
     }
 
+    /// edge: gives the slab's and the id map's memory back when no stream is stored (an
+    /// idle connection). No key can be outstanding then: every key names a stored stream.
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.ids.is_empty() {
+            if self.slab.capacity() > 0 {
+                self.slab = slab::Slab::new();
+            }
+            if self.ids.capacity() > 0 {
+                self.ids = IndexMap::new();
+            }
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

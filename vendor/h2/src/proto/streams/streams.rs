@@ -1149,6 +1149,20 @@ where
         me.counts.has_streams() || me.refs > 1
     }
 
+    /// edge: with no stream open and no handle to one outside the connection, gives back
+    /// the memory of the stream store and of the frame buffers (slabs keep their capacity
+    /// otherwise, so an idle connection would hold what its busiest moment needed).
+    pub fn release_idle_memory(&self) {
+        let mut me = self.inner.lock().unwrap();
+        if me.counts.has_streams() || me.refs > 1 {
+            return;
+        }
+        me.store.release_if_empty();
+        me.actions.recv.release_idle_memory();
+        drop(me);
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_wired_streams(&self) -> usize {
         let me = self.inner.lock().unwrap();
