@@ -230,7 +230,9 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // edge: a copy of its own, so that the table does not keep the scratch
+                    // buffer or frame its strings were decoded into alive.
+                    self.table.insert(owned(entry.clone()));
                     consume(src);
 
                     if f(entry).is_break() {
@@ -476,6 +478,24 @@ fn peek_u8<B: Buf>(buf: &B) -> Option<u8> {
         Some(buf.chunk()[0])
     } else {
         None
+    }
+}
+
+/// edge: `entry` with its strings in allocations of their own (a table entry outlives the
+/// header block it came in, and a slice would keep the whole buffer it points into).
+fn owned(entry: Header) -> Header {
+    match entry {
+        Header::Field { name, value } => {
+            let sensitive = value.is_sensitive();
+            let mut copy = header::HeaderValue::from_bytes(value.as_bytes())
+                .unwrap_or_else(|_| value.clone());
+            copy.set_sensitive(sensitive);
+            Header::Field { name, value: copy }
+        }
+        Header::Authority(s) => Header::Authority(BytesStr::from(s.as_str())),
+        Header::Scheme(s) => Header::Scheme(BytesStr::from(s.as_str())),
+        Header::Path(s) => Header::Path(BytesStr::from(s.as_str())),
+        other => other,
     }
 }
 
