@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Node, Workspace, raw_exchange, write_files};
+use support::{Node, Workspace, metrics, raw_exchange, write_files};
 
 const SITE: &str = "shop";
 const INDEX: &[u8] = b"<h1>home</h1>\n";
@@ -90,23 +90,6 @@ fn conn_gauges(admin: SocketAddr) -> (u64, u64, u64) {
         m("edge_connections_idle"),
         m("edge_connections_parked"),
     )
-}
-
-/// The node's metrics: a lookup by name with labels (`edge_x{reason="y"}`).
-fn metrics(admin: SocketAddr) -> impl Fn(&str) -> u64 {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    move |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} in the metrics: {text}")) as u64
-    }
 }
 
 /// Opens `n` keep-alive connections, one request each, and waits until they are parked

@@ -12,32 +12,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{H2, Workspace, write_files};
+use support::{H2, Workspace, metrics, write_files};
 
 const CONNS: usize = 1000;
 const BOUND_KIB: f64 = 17.0;
-
-/// The node's metrics: a lookup by name.
-fn metrics(admin: SocketAddr) -> impl Fn(&str) -> u64 {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    move |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in the node's metrics")) as u64
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_h2_connections_give_their_buffers_back() {
