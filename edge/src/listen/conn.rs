@@ -543,9 +543,9 @@ impl Conn {
             // Any other connection (HTTP/2) is polled once more a PARK_AFTER after its last
             // response: h2 gives back its buffers then (vendor/README.md), and an idle
             // connection is polled by nothing else.
-            let wake = match (!park).then(|| self.release_check()).flatten() {
-                Some(t) => wake.min(t),
-                None => wake,
+            let wake = match self.release_check() {
+                Some(t) if !park => wake.min(t),
+                _ => wake,
             };
             let served = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
                 Poll::Ready(r) => Poll::Ready(r.map(|()| Outcome::Ended)),
