@@ -31,9 +31,9 @@ where
 }
 
 /// edge: how long a connection goes without waiting with a stream open before it gives back
-/// its buffers (`release_when_idle`). Long enough that a client sending requests one after another does
-/// not make it take and give back buffers per request; the server's owner polls an idle
-/// connection once after it (edge's `listen::conn` watchdog does, a second after a
+/// its buffers (`release_when_idle`). Long enough that a client sending requests one after
+/// another does not make it take and give back buffers per request; the server's owner polls
+/// an idle connection once after it (edge's `listen::conn` watchdog does, a second after a
 /// connection's last response).
 const RELEASE_IDLE_AFTER: Duration = Duration::from_millis(500);
 
