@@ -507,8 +507,16 @@ fn large_site() -> (Workspace, Vec<u8>) {
 
 /// Fetches the large file once over HTTP/1.1 and once over HTTP/2, each time waiting a
 /// moment before reading the body (so a node that buffered would show it), and checks the
-/// bytes and the node's memory growth.
-async fn stream_large_file(node: &Node, data: &[u8], first_status: &str, second_status: &str) {
+/// bytes and the node's memory growth. With `committed`, the second fetch waits for that
+/// disk-tier file first: a fill's clients get the last byte once it is verified, a moment
+/// before its file is renamed into the tier.
+async fn stream_large_file(
+    node: &Node,
+    data: &[u8],
+    first_status: &str,
+    second_status: &str,
+    committed: Option<&std::path::Path>,
+) {
     let want = blake3::hash(data);
     let mut h1 = H1::new(node.addr);
     assert_eq!(h1.get("/").await.status, 200, "warm-up");
@@ -525,6 +533,9 @@ async fn stream_large_file(node: &Node, data: &[u8], first_status: &str, second_
             }
         })
         .await;
+    if let Some(f) = committed {
+        assert!(file_appears(f).await, "the fill's file is in the disk tier");
+    }
     let h2 = H2::connect(node.addr).await;
     let mut waited = false;
     let r2 = h2
@@ -575,11 +586,10 @@ async fn stream_large_file(node: &Node, data: &[u8], first_status: &str, second_
 async fn a_64_mib_file_streams_through_the_disk_tier_in_bounded_memory() {
     let (ws, data) = large_site();
     let node = ws.serve().default_site(SITE).start();
-    stream_large_file(&node, &data, MISS, HIT_DISK).await;
+    let file = cache_file(&ws.cache(), &data);
+    stream_large_file(&node, &data, MISS, HIT_DISK, Some(&file)).await;
     assert_eq!(
-        fs::read(cache_file(&ws.cache(), &data))
-            .map(|b| blake3::hash(&b))
-            .ok(),
+        fs::read(&file).map(|b| blake3::hash(&b)).ok(),
         Some(blake3::hash(&data)),
         "the disk tier holds the file"
     );
@@ -589,7 +599,7 @@ async fn a_64_mib_file_streams_through_the_disk_tier_in_bounded_memory() {
 async fn a_64_mib_file_streams_from_the_store_without_a_disk_tier_in_bounded_memory() {
     let (ws, data) = large_site();
     let node = ws.serve().default_site(SITE).no_disk().start();
-    stream_large_file(&node, &data, MISS, MISS).await;
+    stream_large_file(&node, &data, MISS, MISS, None).await;
     assert!(!ws.cache().exists(), "no disk tier was created");
 }
 
