@@ -6,12 +6,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Node, Workspace, raw_exchange, write_files};
+use support::{Node, Workspace, metrics_text, raw_exchange, write_files};
 
 const SITE: &str = "shop";
 const FILES: usize = 40;
@@ -19,18 +18,6 @@ const SILENT: usize = 1_200;
 
 fn body(i: usize) -> Vec<u8> {
     format!("file {i}\n").repeat(100 + i).into_bytes()
-}
-
-fn metrics(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The value of the sample line starting with `name` (labels included) in Prometheus text.
@@ -89,7 +76,7 @@ fn at_the_descriptor_limit_new_clients_are_served_and_no_breaker_opens() {
         assert!(took < Duration::from_secs(2), "file {i} took {took:?}");
     }
 
-    let text = metrics(admin);
+    let text = metrics_text(admin);
     for face in ["meta", "objects"] {
         assert_eq!(
             sample(

@@ -459,16 +459,22 @@ pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     rest.split('/').next()?.parse().ok()
 }
 
-/// The node's metrics: a lookup by name with labels (`edge_x{reason="y"}`).
-pub fn metrics(admin: SocketAddr) -> impl Fn(&str) -> u64 {
+/// The admin listener's `/metrics` response, head and Prometheus text.
+pub fn metrics_text(admin: SocketAddr) -> String {
     let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(
         format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The node's metrics: a lookup by name with labels (`edge_x{reason="y"}`).
+pub fn metrics(admin: SocketAddr) -> impl Fn(&str) -> u64 {
+    let text = metrics_text(admin);
     move |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
